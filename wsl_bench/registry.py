@@ -1,0 +1,146 @@
+"""Name → factory registries for methods and datasets, with entry-point plugins.
+
+One registry per kind of plugin. Built-in plugins register with a decorator that names them
+explicitly; third-party packages expose theirs through the entry-point groups
+``wsl_bench.methods`` and ``wsl_bench.datasets`` (the entry point's name is the registered name,
+its object the class or factory), loaded the first time a registry is queried.
+
+Names may carry a variant tag after a dot, ``gmic.m1``: a variant is registered as its own name,
+so listing ``gmic*`` shows every variant.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(KeyError):
+    """An unknown or duplicate name. ``str()`` gives the readable message (KeyError quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownNameError(RegistryError):
+    """A name that is not registered; the message lists the known names."""
+
+
+class DuplicateNameError(RegistryError):
+    """A second registration under a name already taken."""
+
+
+class Registry(Generic[T]):
+    """A mapping from names to factories (usually classes) of one kind of plugin.
+
+    Args:
+        kind: what the registry holds, for messages ("method", "dataset").
+        entry_point_group: the ``importlib.metadata`` entry-point group scanned for plugins.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Callable[..., T]] = {}
+        self._entry_points_loaded = False
+
+    # -- registration -----------------------------------------------------------------------
+    def register(self, name: str, factory: Callable[..., T] | None = None):
+        """Register ``factory`` under ``name``; usable as ``@registry.register("name")``.
+
+        Raises:
+            DuplicateNameError: ``name`` is already registered.
+            ValueError: ``name`` is empty or contains characters that would break wildcards.
+        """
+        if not name or any(ch in name for ch in "*?[], "):
+            raise ValueError(f"invalid {self.kind} name {name!r}: use letters, digits, '_', '-', '+', '.', '@'")
+
+        def decorator(obj: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries and self._entries[name] is not obj:
+                raise DuplicateNameError(f"{self.kind} {name!r} is already registered (by {self._entries[name]!r})")
+            self._entries[name] = obj
+            return obj
+
+        return decorator(factory) if factory is not None else decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (used by tests that register temporary plugins)."""
+        self._entries.pop(name, None)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded or self.entry_point_group is None:
+            return
+        self._entry_points_loaded = True
+        for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            if ep.name in self._entries:
+                continue  # a built-in name wins; a plugin cannot silently replace it
+            try:
+                self.register(ep.name, ep.load())
+            except Exception as exc:  # a broken plugin must not break the whole suite
+                log.warning("could not load %s plugin %r from %s: %s", self.kind, ep.name, ep.value, exc)
+
+    def reload_entry_points(self) -> None:
+        """Scan the entry-point group again (after installing a plugin in a running process)."""
+        self._entry_points_loaded = False
+        self._load_entry_points()
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered under ``name``.
+
+        Raises:
+            UnknownNameError: with the list of known names.
+        """
+        self._load_entry_points()
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def list(self, pattern: str | Iterable[str] = "*") -> list[str]:
+        """Registered names matching one or several ``fnmatch`` patterns, sorted, without repeats.
+
+        A pattern without wildcards must name a registered entry exactly (else UnknownNameError),
+        so a typo in ``--methods`` is reported instead of silently selecting nothing.
+        """
+        self._load_entry_points()
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        selected: list[str] = []
+        for pat in patterns:
+            pat = pat.strip()
+            if not pat:
+                continue
+            if any(ch in pat for ch in "*?["):
+                matches = sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pat))
+                if not matches:
+                    known = ", ".join(sorted(self._entries))
+                    raise UnknownNameError(f"no {self.kind} matches {pat!r}; known {self.kind}s: {known}")
+            else:
+                self.get(pat)
+                matches = [pat]
+            selected.extend(m for m in matches if m not in selected)
+        return selected
+
+    def describe(self, name: str) -> str:
+        """The one-line description of an entry: its ``description`` attribute or docstring's first line."""
+        obj: Any = self.get(name)
+        text = getattr(obj, "description", None) or (obj.__doc__ or "").strip().splitlines()[:1]
+        if isinstance(text, list):
+            text = text[0] if text else ""
+        return str(text).strip()
+
+
+METHODS: Registry = Registry("method", "wsl_bench.methods")
+DATASETS: Registry = Registry("dataset", "wsl_bench.datasets")

@@ -1,0 +1,180 @@
+"""The saliency contract every method implements.
+
+A method receives a batch of standardised one-channel images ``N×1×H×W`` and returns a
+:class:`SaliencyOutput`: raw maps at whatever resolution the method works at, image-level
+probabilities, and the declared value range of the maps. Methods never resize, normalise or
+threshold their maps for scoring: the harness does that, identically for all methods
+(see ``wsl_bench.harness``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+CLASSES: tuple[str, ...] = ("benign", "malignant")
+"""The class order of every ``maps``/``scores`` channel, label and mask in the suite."""
+
+MapRange = Literal["probability", "unbounded"]
+MAP_RANGES: tuple[str, ...] = ("probability", "unbounded")
+
+
+@dataclass
+class SaliencyOutput:
+    """What a method returns for a batch of N images.
+
+    Attributes:
+        maps: ``N×C×h×w`` float tensor, C = ``len(CLASSES)``, any spatial size ``h×w``.
+        scores: ``N×C`` image-level probabilities in [0, 1].
+        map_range: ``"probability"`` for maps already in [0, 1] (sigmoid outputs), scored as they
+            are; ``"unbounded"`` for gradient/attribution maps, min–max normalised per image and
+            class by the harness.
+        extras: optional method-specific tensors for figures (patch locations, attention weights,
+            intermediate maps); the first dimension of each tensor is N.
+    """
+
+    maps: torch.Tensor
+    scores: torch.Tensor
+    map_range: MapRange = "probability"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, batch_size: int) -> None:
+        """Check shapes, range declaration and finiteness.
+
+        Raises:
+            ValueError: naming the first problem found.
+        """
+        c = len(CLASSES)
+        if self.map_range not in MAP_RANGES:
+            raise ValueError(f"map_range must be one of {MAP_RANGES}, got {self.map_range!r}")
+        if self.maps.ndim != 4 or self.maps.shape[0] != batch_size or self.maps.shape[1] != c:
+            raise ValueError(f"maps must be N×{c}×h×w with N={batch_size}, got {tuple(self.maps.shape)}")
+        if self.scores.shape != (batch_size, c):
+            raise ValueError(f"scores must be N×{c} with N={batch_size}, got {tuple(self.scores.shape)}")
+        if not torch.isfinite(self.maps).all():
+            raise ValueError("maps contain NaN or infinite values")
+        if not torch.isfinite(self.scores).all():
+            raise ValueError("scores contain NaN or infinite values")
+
+    def detach_to(self, device: str | torch.device = "cpu") -> SaliencyOutput:
+        """A copy with every tensor detached and moved to ``device`` (for storage and figures)."""
+
+        def move(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.detach().to(device)
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return type(value)(move(v) for v in value)
+            return value
+
+        return SaliencyOutput(move(self.maps), move(self.scores), self.map_range, move(self.extras))
+
+    def select(self, index: int) -> SaliencyOutput:
+        """The output for image ``index`` of the batch, keeping a batch dimension of 1."""
+
+        def pick(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                return value[index : index + 1]
+            if isinstance(value, dict):
+                return {k: pick(v) for k, v in value.items()}
+            return value
+
+        return SaliencyOutput(pick(self.maps), pick(self.scores), self.map_range, pick(self.extras))
+
+
+class SaliencyMethod(ABC):
+    """Base class of every method: turns images into saliency maps and image-level scores.
+
+    Subclasses set the class attributes and implement :meth:`predict`. Trainable methods derive
+    from :class:`TrainableMethod` instead.
+
+    Class attributes:
+        name: the registered name (set by the registry decorator's caller, used in records).
+        description: one line for ``wsl-bench list``.
+        map_range: the range of the maps it returns (see :class:`SaliencyOutput`).
+        trainable: whether ``wsl-bench run`` must train (or load) it before evaluation.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    map_range: ClassVar[MapRange] = "probability"
+    trainable: ClassVar[bool] = False
+
+    def __init__(
+        self, device: str | torch.device = "cpu", seed: int = 0, image_size: tuple[int, int] | None = None
+    ) -> None:
+        """Args:
+        device: where ``predict`` runs; inputs arrive on this device.
+        seed: seeds any randomness of the method (random baselines, initialisation).
+        image_size: ``(H, W)`` of the images it will see, for methods whose architecture scales
+            with the input (patch sizes, windows); ``None`` means the published 2944×1920.
+        """
+        self.device = torch.device(device)
+        self.seed = seed
+        self.image_size = tuple(image_size) if image_size is not None else (2944, 1920)
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> SaliencyOutput:
+        """Saliency maps and image-level probabilities for a batch.
+
+        Args:
+            images: ``N×1×H×W`` float32, each image standardised (mean 0, std 1), on ``self.device``.
+
+        Returns:
+            A :class:`SaliencyOutput` with ``maps`` ``N×C×h×w`` and ``scores`` ``N×C``; no tensor in
+            it may keep an autograd graph.
+        """
+
+    def to(self, device: str | torch.device) -> SaliencyMethod:
+        """Move the method (and any model it holds) to ``device``; returns ``self``."""
+        self.device = torch.device(device)
+        for module in self.modules().values():
+            module.to(self.device)
+        return self
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The ``torch.nn.Module`` objects the method runs (for parameter counts, device moves)."""
+        return {}
+
+    def num_parameters(self) -> int:
+        """Parameters of all modules of the method (0 for model-free baselines)."""
+        return sum(p.numel() for m in self.modules().values() for p in m.parameters())
+
+    def checksums(self) -> dict[str, str]:
+        """Identifiers of the weights in use (file checksums), recorded in the run manifest."""
+        return {}
+
+
+class TrainableMethod(SaliencyMethod):
+    """A method with a network trained from image-level labels by ``wsl_bench.training``.
+
+    Subclasses build their network in ``__init__`` (deterministically from ``seed``), return it from
+    :meth:`network`, and define the weakly-supervised loss in :meth:`training_loss`. The shared
+    trainer does everything else (optimiser, epochs, checkpoints, validation).
+    """
+
+    trainable: ClassVar[bool] = True
+
+    @abstractmethod
+    def network(self) -> torch.nn.Module:
+        """The one module holding every trained parameter (its ``state_dict`` is the checkpoint)."""
+
+    @abstractmethod
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar loss for a batch, computed in training mode with autograd.
+
+        Args:
+            images: ``N×1×H×W`` standardised images.
+            labels: ``N×C`` float {0, 1} image-level labels in ``CLASSES`` order.
+        """
+
+    def config_dict(self) -> dict[str, Any]:
+        """Everything that determines the architecture, stored in checkpoints and cache keys."""
+        return {"image_size": list(self.image_size)}
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"network": self.network()}
