@@ -143,6 +143,12 @@ class MammogramDataset(ABC):
         for sample_id in self.ids():
             yield self.get(sample_id)
 
+    @classmethod
+    def options_for(cls, preset: Any, split: str, seed: int) -> dict[str, Any]:
+        """Extra constructor options a run preset implies for ``split`` (e.g. the synthetic set's
+        image count and seed). Datasets read from disk need none."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What identifies this dataset's content for manifests and cache keys."""
         return {"name": self.name, "root": self.root, "split": self.split, "image_size": self.image_size}

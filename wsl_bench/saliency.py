@@ -164,13 +164,27 @@ class TrainableMethod(SaliencyMethod):
         """The one module holding every trained parameter (its ``state_dict`` is the checkpoint)."""
 
     @abstractmethod
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scalar loss for a batch, computed in training mode with autograd.
 
         Args:
             images: ``N×1×H×W`` standardised images.
             labels: ``N×C`` float {0, 1} image-level labels in ``CLASSES`` order.
+            pos_weight: optional ``C`` weights of positive examples in every binary cross-entropy
+                term (``torch.nn.functional.binary_cross_entropy_with_logits`` semantics), set by the
+                trainer to counter class imbalance.
         """
+
+    def classifier(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The image classifier inside the method, for post-hoc explainers.
+
+        Returns:
+            ``(module, target_layer)``: ``module(images N×1×H×W) -> N×C`` class logits (before any
+            sigmoid) and the layer Grad-CAM-style explainers use by default.
+        """
+        raise NotImplementedError(f"method {self.name!r} exposes no classifier for post-hoc explainers")
 
     def config_dict(self) -> dict[str, Any]:
         """Everything that determines the architecture, stored in checkpoints and cache keys."""

@@ -1,0 +1,119 @@
+"""Registry behaviour, the built-in registrations, and plugins through real entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import wsl_bench
+from wsl_bench.registry import DuplicateNameError, Registry, UnknownNameError
+
+
+def test_register_get_and_wildcards():
+    registry: Registry = Registry("widget")
+
+    @registry.register("gmic")
+    class A:
+        """First widget."""
+
+    registry.register("gmic.m1", A)
+    registry.register("glam", object)
+    assert registry.get("gmic") is A
+    assert registry.list("gmic*") == ["gmic", "gmic.m1"]
+    assert registry.list(["glam", "gmic*"]) == ["glam", "gmic", "gmic.m1"]
+    assert registry.describe("gmic") == "First widget."
+
+
+def test_duplicate_name_is_an_error():
+    registry: Registry = Registry("widget")
+    registry.register("a", int)
+    with pytest.raises(DuplicateNameError, match="already registered"):
+        registry.register("a", float)
+
+
+def test_unknown_name_lists_known_names():
+    registry: Registry = Registry("widget")
+    registry.register("alpha", int)
+    registry.register("beta", int)
+    with pytest.raises(UnknownNameError, match="unknown widget 'gamma'; known widgets: alpha, beta"):
+        registry.get("gamma")
+    with pytest.raises(UnknownNameError, match="no widget matches 'z\\*'"):
+        registry.list("z*")
+
+
+def test_invalid_names_are_refused():
+    registry: Registry = Registry("widget")
+    for bad in ("", "a*b", "a,b", "a b"):
+        with pytest.raises(ValueError):
+            registry.register(bad, int)
+
+
+def test_builtins_are_registered():
+    methods = wsl_bench.list_methods()
+    for name in ("random", "centre_prior", "intensity", "cam"):
+        assert name in methods
+    assert "synthetic" in wsl_bench.list_datasets()
+
+
+def test_plugin_found_through_a_real_entry_point(tmp_path):
+    """Install a throw-away distribution with entry points in a temporary site folder and find it
+    by name in a fresh interpreter, exactly as a third-party plugin would be found."""
+    site = tmp_path / "site"
+    package = site / "toy_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent('''
+        import torch
+        from wsl_bench.saliency import SaliencyMethod, SaliencyOutput
+        from wsl_bench.data import MammogramDataset
+
+        class FlatMethod(SaliencyMethod):
+            """A plugin method: flat maps."""
+            description = "flat plugin map"
+            map_range = "probability"
+
+            def predict(self, images):
+                n = images.shape[0]
+                return SaliencyOutput(torch.full((n, 2, 4, 4), 0.5), torch.full((n, 2), 0.5))
+
+        class EmptyDataset(MammogramDataset):
+            """A plugin dataset."""
+            needs_root = False
+
+            def ids(self):
+                return []
+
+            def load(self, sample_id):
+                raise KeyError(sample_id)
+    '''))
+    dist_info = site / "toy_plugin-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[wsl_bench.methods]\nflat-plugin = toy_plugin:FlatMethod\n\n"
+        "[wsl_bench.datasets]\nempty-plugin = toy_plugin:EmptyDataset\n"
+    )
+    code = textwrap.dedent('''
+        import json, wsl_bench
+        m = wsl_bench.create_method("flat-plugin")
+        out = m.predict(__import__("torch").zeros(3, 1, 8, 8))
+        print(json.dumps({"methods": wsl_bench.list_methods("flat*"), "datasets": wsl_bench.list_datasets("empty*"),
+                          "shape": list(out.maps.shape)}))
+    ''')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"methods": ["flat-plugin"]' in result.stdout
+    assert '"datasets": ["empty-plugin"]' in result.stdout
+    assert '"shape": [3, 2, 4, 4]' in result.stdout
+
+
+def test_card_folders_are_not_python_packages():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("methods", "datasets"):
+        assert (root / folder).is_dir(), f"top-level {folder}/ (cards) is missing"
+        assert not (root / folder / "__init__.py").exists(), f"top-level {folder}/ must not be a Python package"

@@ -1,0 +1,279 @@
+"""The ``wsl-bench`` command line.
+
+Sub-commands: ``list``, ``run``, ``train``, ``report``, ``data synth``, ``data prepare``, ``bench``.
+Exit codes: 0 success, 1 a run finished with failed images or a command failed, 2 bad usage
+(unknown method, dataset or preset name, malformed option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user mistake in the command line: reported without a traceback, exit code 2."""
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 2944x1920, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, booleans), else text."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--option must look like key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsl-bench",
+        description="Weakly-supervised localization benchmark for high-resolution mammograms.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsl-bench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("list", help="registered methods and datasets")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("run", help="train what needs training, evaluate, write records and the report")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated names or wildcards, e.g. 'glam,gmic' or 'gmic*' (default: every method "
+                        "that needs no user-supplied weights)")
+    p.add_argument("--dataset", default="synthetic", help="registered dataset (default: synthetic)")
+    p.add_argument("--data-root", default=None, help="the dataset's files (not needed for synthetic)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--preset", default="cpu", help="run size: tiny, cpu (default) or full")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>-seed<seed>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1, help="images per predict call")
+    p.add_argument("--classifier", default=None,
+                   help="classifier explained by post-hoc explainers (e.g. cam, gmic, glam)")
+    p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
+    p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                   help="extra constructor option passed to every selected method (repeatable)")
+    p.add_argument("--retry-failed", action="store_true", help="recompute records that failed or ran out of memory")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser("train", help="train one method from image-level labels")
+    p.add_argument("--method", required=True)
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--out", default=None, help="training folder (default: runs/train-<method>-<preset>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("report", help="rebuild tables and figures from a run folder's records")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="where to write (default: RUN_DIR/report)")
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command")
+    p = data.add_parser("synth", help="write the synthetic set to disk in the folder format")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--size", type=_parse_size, default=(736, 480), help="HxW, e.g. 2944x1920")
+    p.add_argument("--seed", type=int, default=0)
+    p = data.add_parser("prepare", help="preprocess a real dataset once into the folder format")
+    p.add_argument("dataset")
+    p.add_argument("--src", required=True, help="the dataset as downloaded")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=_parse_size, default=(2944, 1920))
+    p.add_argument("--workers", type=int, default=2)
+
+    p = sub.add_parser("bench", help="speed and memory of methods at batch 1")
+    p.add_argument("--methods", default="glam,gmic")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=_parse_size, default=(2944, 1920))
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=5)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import list_datasets, list_methods
+    from .registry import DATASETS, METHODS
+
+    listing = {
+        "methods": [{"name": n, "description": METHODS.describe(n)} for n in list_methods()],
+        "datasets": [{"name": n, "description": DATASETS.describe(n)} for n in list_datasets()],
+    }
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for kind in ("methods", "datasets"):
+        print(f"{kind}:")
+        width = max((len(e["name"]) for e in listing[kind]), default=0)
+        for entry in listing[kind]:
+            print(f"  {entry['name']:<{width}}  {entry['description']}")
+    return 0
+
+
+def _run_config(args: argparse.Namespace):
+    from . import _load_builtins
+    from .harness import RunConfig, parse_methods
+    from .presets import get_preset
+    from .registry import DATASETS
+
+    _load_builtins()
+    get_preset(args.preset)
+    DATASETS.get(args.dataset)
+    methods = parse_methods(args.methods)
+    options: dict[str, Any] = dict(args.option)
+    if args.classifier:
+        options["classifier"] = args.classifier
+    if args.weights:
+        if len(methods) != 1:
+            raise UsageError("--weights needs exactly one method in --methods")
+        options["weights"] = args.weights
+    method_options = tuple((m, tuple(sorted(options.items()))) for m in methods) if options else ()
+    return RunConfig(
+        methods=tuple(methods),
+        dataset=args.dataset,
+        data_root=args.data_root,
+        split=args.split,
+        preset=args.preset,
+        device=args.device,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        method_options=method_options,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .harness import run, summarise_statuses
+
+    config = _run_config(args)
+    out = Path(args.out or f"runs/{config.dataset}-{config.preset}-seed{config.seed}")
+    print(f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
+          f"(preset {config.preset}, device {config.device}) -> {out}")
+    summary = run(config, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    print(summarise_statuses(summary))
+    print(f"records: {out / 'records.jsonl'}")
+    print(f"report:  {out / 'report' / 'results.md'} (tables, figures, index.html in {out / 'report'})")
+    if summary.failed:
+        print(f"{summary.failed} image(s) failed; their errors are in the records", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from . import create_method
+    from .harness import RunConfig, open_dataset
+    from .presets import get_preset
+    from .trained import train_config_for
+    from .training import Trainer
+
+    preset = get_preset(args.preset)
+    method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size)
+    method.name = args.method
+    if not method.trainable:
+        raise UsageError(f"method {args.method!r} has nothing to train")
+    config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
+                       device=args.device, seed=args.seed)
+    train_config = train_config_for(method, args.preset, args.seed)
+    if args.epochs is not None:
+        train_config = replace(train_config, epochs=args.epochs)
+    out = Path(args.out or f"runs/train-{args.method}-{args.preset}-seed{args.seed}")
+    trainer = Trainer(method, train_config, out, progress=not args.no_progress)
+    result = trainer.fit(open_dataset(config, "train"), open_dataset(config, "val"), resume=args.resume)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {args.method}: final {result.final_checkpoint}, best {result.best_checkpoint}")
+    print("last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    out = build_report(args.run_dir, args.out)
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from .datasets.folder import write_synthetic
+
+        out = write_synthetic(args.out, n=args.n, image_size=args.size, seed=args.seed)
+        print(f"synthetic set written to {out}")
+        return 0
+    if args.data_command == "prepare":
+        from . import _load_builtins
+        from .prepare import prepare_dataset
+        from .registry import DATASETS
+
+        _load_builtins()
+        DATASETS.get(args.dataset)
+        out = prepare_dataset(args.dataset, args.src, args.out, image_size=args.size, workers=args.workers)
+        print(f"prepared {args.dataset} into {out}")
+        return 0
+    raise UsageError("choose a data command: synth or prepare")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import print_bench, run_bench
+    from .harness import parse_methods
+
+    results = run_bench(parse_methods(args.methods), device=args.device, size=args.size,
+                        precision=args.precision, repeats=args.repeats)
+    print_bench(results)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_report, "data": cmd_data,
+            "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .registry import UnknownNameError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:  # plain `wsl-bench` runs the default benchmark
+        args = parser.parse_args([*(["-v"] if args.verbose else []), "run"])
+    command = args.command
+    try:
+        return COMMANDS[command](args)
+    except (UnknownNameError, UsageError) as exc:
+        print(f"wsl-bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        print(f"wsl-bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished records are kept: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

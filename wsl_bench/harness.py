@@ -1,0 +1,450 @@
+"""The benchmark harness: methods × dataset → a run folder of records, then the report.
+
+A run folder holds::
+
+    manifest.json     schema, configuration and its hash, seed, package versions, git commit and
+                      dirty flag, device, checkpoint checksums, per-method facts (parameters, ...)
+    records.jsonl     one JSON object per (image, method) — see :func:`make_record`
+    maps/             normalised maps of a few lesion images per method, for the qualitative figure
+    done              written when every (image, method) has a record
+    report/           tables and figures (``wsl_bench.report``), rebuilt from the above alone
+
+Running the same command on the same folder resumes: records already there are kept and only the
+missing (image, method) pairs are computed. A failure on one image (unreadable file, NaN map,
+out of memory) becomes a record with ``status`` "failed"/"oom" and its error, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from . import create_dataset, create_method, list_methods
+from .data import MammogramDataset, Sample, SampleError
+from .manifest import (
+    MANIFEST_SCHEMA,
+    config_hash,
+    device_info,
+    git_state,
+    package_versions,
+    read_json,
+    write_json_atomic,
+)
+from .presets import get_preset
+from .profiling import count_gflops, measure, memory_kind
+from .records import RecordWriter, read_records
+from .registry import DATASETS, METHODS
+from .saliency import CLASSES, SaliencyMethod, SaliencyOutput
+from .scoring import MapError, image_level_fields, score_image
+from .trained import ensure_trained
+
+log = logging.getLogger(__name__)
+
+FIGURE_MAP_HEIGHT = 256
+"""Height of the maps kept for the qualitative figure (small: the figure needs no more)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run.
+
+    Attributes:
+        methods: registered method names (wildcards already expanded).
+        dataset: registered dataset name.
+        data_root: the dataset's files (``None`` for the built-in synthetic set).
+        split: evaluated split.
+        preset: run size (``wsl_bench.presets``).
+        device: ``"cpu"`` or ``"cuda"``.
+        seed: seeds data generation, initialisation and training.
+        batch_size: images per ``predict`` call.
+        bins: histogram bins of the localisation metrics.
+        figure_images: lesion images whose maps are kept for the qualitative figure.
+        method_options: extra constructor options per method, as ``((method, ((key, value), ...)), ...)``.
+    """
+
+    methods: tuple[str, ...]
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    split: str = "test"
+    preset: str = "cpu"
+    device: str = "cpu"
+    seed: int = 0
+    batch_size: int = 1
+    bins: int = 1000
+    figure_images: int = 4
+    method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        return dict(dict(self.method_options).get(method, ()))
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the configuration a resumed run must share (methods may be added)."""
+        config = asdict(self)
+        config.pop("methods")
+        config.pop("method_options")
+        return config
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run` did."""
+
+    out_dir: Path
+    computed: int = 0
+    reused: int = 0
+    failed: int = 0
+    statuses: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class RunConfigMismatch(ValueError):
+    """The output folder holds a run with another configuration."""
+
+
+def default_methods() -> list[str]:
+    """Every registered method that runs without user-supplied files (published-weight variants
+    such as ``gmic.m1`` need the user's weights and are left out of the default benchmark)."""
+    return [name for name in list_methods("*") if not getattr(METHODS.get(name), "requires_weights", False)]
+
+
+def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDataset:
+    """The configured dataset at the preset's size, for ``split`` (default: the evaluated split)."""
+    preset = get_preset(config.preset)
+    split = split or config.split
+    options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
+    return create_dataset(config.dataset, root=config.data_root, split=split, image_size=preset.image_size, **options)
+
+
+def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[SaliencyMethod, dict[str, Any]]:
+    """Instantiate a method; train it (or load its cached checkpoint) when it is trainable.
+
+    Returns:
+        the method ready for ``predict`` and its checkpoint facts for the manifest.
+    """
+    preset = get_preset(config.preset)
+    method = create_method(
+        name, device=config.device, seed=config.seed, image_size=preset.image_size, **config.options_for(name)
+    )
+    method.name = name
+    checkpoint: dict[str, Any] = dict(method.checksums())
+    if method.trainable and not getattr(method, "weights_loaded", False):
+        checkpoint.update(ensure_trained(method, config, progress=progress))
+    return method, checkpoint
+
+
+def _manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "manifest.json"
+    identity = config.identity()
+    if path.exists():
+        manifest = read_json(path)
+        if manifest.get("config_hash") != config_hash(identity):
+            raise RunConfigMismatch(
+                f"{out_dir} holds a run with another configuration ({manifest.get('config')}); "
+                f"this one is {identity}. Use a new --out folder to start a new run."
+            )
+        manifest["config"]["methods"] = sorted(set(manifest["config"].get("methods", [])) | set(config.methods))
+        return manifest
+    return {
+        "schema_version": MANIFEST_SCHEMA,
+        "config": {**identity, "methods": list(config.methods)},
+        "config_hash": config_hash(identity),
+        "preset": get_preset(config.preset).to_dict(),
+        "seed": config.seed,
+        "packages": package_versions(),
+        "git": git_state(),
+        "device": device_info(torch.device(config.device)),
+        "memory_kind": memory_kind(torch.device(config.device)),
+        "methods": {},
+        "checkpoints": {},
+    }
+
+
+class SampleCache:
+    """Loaded samples of the evaluated split, kept while they fit in a byte budget, so every method
+    sees identical images without decoding them once per method."""
+
+    def __init__(self, dataset: MammogramDataset, budget_bytes: int = 2 * 2**30) -> None:
+        self.dataset = dataset
+        self.budget = budget_bytes
+        self.used = 0
+        self._samples: dict[str, Sample | SampleError] = {}
+
+    def get(self, sample_id: str) -> Sample:
+        cached = self._samples.get(sample_id)
+        if isinstance(cached, SampleError):
+            raise cached
+        if cached is not None:
+            return cached
+        try:
+            sample = self.dataset.get(sample_id)
+        except SampleError as exc:
+            self._samples[sample_id] = exc
+            raise
+        except Exception as exc:  # any loader bug becomes a per-sample failure, named
+            error = SampleError(f"{sample_id}: {type(exc).__name__}: {exc}", sample_id)
+            self._samples[sample_id] = error
+            raise error from exc
+        size = sample.image.nbytes + sum(m.nbytes for m in sample.masks.values() if m is not None)
+        if self.used + size <= self.budget:
+            self._samples[sample_id] = sample
+            self.used += size
+        return sample
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+
+
+def make_record(image_id: str, method: str, status: str, error: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A record with the fields every record has; scored fields come in ``fields``."""
+    record = {
+        "image_id": image_id,
+        "method": method,
+        "status": status,
+        "error": error,
+        "dice": {c: None for c in CLASSES},
+        "dice_pixels": {c: None for c in CLASSES},
+        "has_lesion": {c: None for c in CLASSES},
+        "score": {c: None for c in CLASSES},
+        "label": {c: None for c in CLASSES},
+        "time_s": None,
+        "peak_memory_mb": None,
+        "gflops": None,
+    }
+    record.update(fields)
+    return record
+
+
+def _save_figure_maps(out_dir: Path, method: str, sample: Sample, maps: torch.Tensor) -> None:
+    """Keep a small copy of one image's normalised maps (and, once, the image and masks)."""
+    h, w = sample.size
+    size = (FIGURE_MAP_HEIGHT, max(1, round(w * FIGURE_MAP_HEIGHT / h)))
+    small = F.interpolate(maps[None].float(), size=size, mode="area")[0].numpy().astype(np.float16)
+    folder = out_dir / "maps" / method
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"{sample.id}.npz", maps=small)
+    image_file = out_dir / "maps" / "_images" / f"{sample.id}.npz"
+    if not image_file.exists():
+        image_file.parent.mkdir(parents=True, exist_ok=True)
+        image = F.interpolate(torch.from_numpy(sample.image)[None].float(), size=size, mode="area")[0, 0].numpy()
+        masks = {}
+        for name in CLASSES:
+            mask = sample.masks.get(name)
+            if mask is not None:
+                masks[name] = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[
+                    0, 0
+                ].numpy() > 0.5
+        np.savez_compressed(image_file, image=image.astype(np.float16), **{f"mask_{k}": v for k, v in masks.items()})
+
+
+def _batches(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate_method(
+    method: SaliencyMethod,
+    ids: list[str],
+    samples: SampleCache,
+    writer: RecordWriter,
+    config: RunConfig,
+    out_dir: Path,
+    figure_ids: set[str],
+    progress: bool = True,
+) -> dict[str, int]:
+    """Score ``method`` on the images ``ids`` (those without a record yet), writing one record each."""
+    device = torch.device(config.device)
+    counts = {"ok": 0, "failed": 0, "oom": 0}
+    gflops_per_image: float | None = None
+    warmed_up = False
+    bar = tqdm(total=len(ids), desc=f"evaluate {method.name}", disable=not progress, unit="img")
+    for batch_ids in _batches(ids, config.batch_size):
+        loaded: list[Sample] = []
+        for sample_id in batch_ids:
+            try:
+                loaded.append(samples.get(sample_id))
+            except SampleError as exc:
+                writer.write(make_record(sample_id, method.name, "failed", f"loading: {exc}"))
+                counts["failed"] += 1
+        if not loaded:
+            bar.update(len(batch_ids))
+            continue
+        try:
+            images = torch.from_numpy(np.stack([s.image for s in loaded])).to(device)
+            if not warmed_up:
+                # One untimed call first: lazy initialisation, allocator growth and oneDNN/cuDNN
+                # kernel selection must not count as the first image's time. It also yields the
+                # FLOP count (per image: the batch is the same for every call).
+                first_image = images[:1]
+                gflops_per_image = count_gflops(lambda: method.predict(first_image))  # noqa: B023 (called now)
+                warmed_up = True
+            with measure(device) as cost:
+                output: SaliencyOutput = method.predict(images)
+            output.validate(len(loaded))
+            output = output.detach_to("cpu")
+        except Exception as exc:
+            status = "oom" if _is_oom(exc) else "failed"
+            message = f"{type(exc).__name__}: {exc}"
+            if status == "oom":
+                message = f"out of memory on {device} for a batch of {len(loaded)} at {loaded[0].size}: {exc}"
+            for sample in loaded:
+                writer.write(make_record(sample.id, method.name, status, message))
+            counts[status] += len(loaded)
+            bar.update(len(batch_ids))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        per_image_time = cost.seconds / len(loaded)
+        for index, sample in enumerate(loaded):
+            try:
+                scored = score_image(output.maps[index], output.map_range, sample, config.bins)
+                fields = {**scored.fields, **image_level_fields(output.scores[index], sample)}
+            except (MapError, ValueError) as exc:
+                writer.write(make_record(sample.id, method.name, "failed", f"scoring: {exc}"))
+                counts["failed"] += 1
+                continue
+            writer.write(
+                make_record(
+                    sample.id,
+                    method.name,
+                    "ok",
+                    time_s=per_image_time,
+                    peak_memory_mb=cost.peak_memory_mb,
+                    gflops=gflops_per_image,
+                    batch_size=len(loaded),
+                    map_range=output.map_range,
+                    map_shape=list(output.maps.shape[-2:]),
+                    mask_kind=sample.meta.get("mask_kind", "pixel"),
+                    **fields,
+                )
+            )
+            counts["ok"] += 1
+            if sample.id in figure_ids:
+                _save_figure_maps(out_dir, method.name, sample, scored.normalised_maps)
+        bar.update(len(batch_ids))
+    bar.close()
+    return counts
+
+
+def choose_figure_ids(ids: list[str], samples: SampleCache, count: int) -> set[str]:
+    """The first ``count`` images (in split order) that hold a lesion: the same for every method."""
+    chosen: set[str] = set()
+    for sample_id in ids:
+        if len(chosen) >= count:
+            break
+        try:
+            sample = samples.get(sample_id)
+        except SampleError:
+            continue
+        if any(m is not None and m.any() for m in sample.masks.values()):
+            chosen.add(sample_id)
+    return chosen
+
+
+def run(
+    config: RunConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    retry_failed: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    write_report: bool = True,
+) -> RunSummary:
+    """Evaluate ``config.methods`` on the dataset and write the run folder (and its report).
+
+    Args:
+        config: what to run.
+        out_dir: the run folder; an existing one with the same configuration is resumed.
+        progress: tqdm progress bars.
+        retry_failed: recompute records whose status is "failed" or "oom" instead of keeping them.
+        shard: ``(rank, world_size)``: evaluate every ``world_size``-th image starting at ``rank``
+            (distributed evaluation; each rank writes ``records.rank<r>.jsonl``).
+        write_report: build ``report/`` at the end (rank 0 does it after merging in distributed runs).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = shard
+    manifest = _manifest(config, out_dir)
+    write_json_atomic(out_dir / "manifest.json", manifest)
+
+    dataset = open_dataset(config)
+    all_ids = dataset.ids()
+    ids = all_ids[rank::world]
+    records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+    existing = read_records(sorted(out_dir.glob("records*.jsonl")))
+    final_statuses = {"ok", "skipped"} if retry_failed else {"ok", "skipped", "failed", "oom"}
+    done = {(r["image_id"], r["method"]) for r in existing if r["status"] in final_statuses}
+    summary = RunSummary(out_dir, reused=sum(1 for i in ids for m in config.methods if (i, m) in done))
+
+    samples = SampleCache(dataset)
+    figure_ids = choose_figure_ids(all_ids, samples, config.figure_images) & set(ids)
+    with RecordWriter(records_path) as writer:
+        for name in config.methods:
+            todo = [i for i in ids if (i, name) not in done]
+            if not todo:
+                continue
+            try:
+                method, checkpoint = build_method(name, config, progress=progress)
+            except (FileNotFoundError, NotImplementedError) as exc:
+                # A method that cannot be built here (weights the user has not supplied, a missing
+                # optional dependency) is skipped with its reason; the others still run.
+                log.warning("skipping %s: %s", name, exc)
+                for sample_id in todo:
+                    writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}"))
+                summary.statuses[name] = {"skipped": len(todo)}
+                continue
+            manifest["methods"][name] = {
+                "params": method.num_parameters(),
+                "map_range": method.map_range,
+                "description": METHODS.describe(name),
+                "options": {k: str(v) for k, v in config.options_for(name).items()},
+            }
+            if checkpoint:
+                manifest["checkpoints"][name] = checkpoint
+            write_json_atomic(out_dir / "manifest.json", manifest)
+            counts = evaluate_method(method, todo, samples, writer, config, out_dir, figure_ids, progress)
+            summary.statuses[name] = counts
+            summary.computed += sum(counts.values())
+            summary.failed += counts["failed"] + counts["oom"]
+            del method
+            if config.device == "cuda":
+                torch.cuda.empty_cache()
+
+    records = read_records(sorted(out_dir.glob("records*.jsonl")))
+    have = {(r["image_id"], r["method"]) for r in records}
+    if all((i, m) in have for i in all_ids for m in config.methods):
+        (out_dir / "done").write_text("complete\n")
+    if write_report and rank == 0:
+        from .report import build_report
+
+        build_report(out_dir, out_dir / "report")
+    return summary
+
+
+def parse_methods(spec: str | None) -> list[str]:
+    """``"a,b,gmic*"`` → registered names (wildcards expanded); ``None``/empty → the default set."""
+    if not spec:
+        return default_methods()
+    return list_methods_many(spec.split(","))
+
+
+def list_methods_many(patterns: list[str]) -> list[str]:
+    from . import _load_builtins
+
+    _load_builtins()
+    return METHODS.list([p for p in patterns if p.strip()])
+
+
+def summarise_statuses(summary: RunSummary) -> str:
+    """One line per method: how many records of each status this invocation wrote."""
+    lines = []
+    for name, counts in summary.statuses.items():
+        parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        lines.append(f"  {name}: {parts or 'nothing new'}")
+    return "\n".join(lines)

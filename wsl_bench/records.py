@@ -1,0 +1,140 @@
+"""Run records: one JSON object per (image, method) in ``records.jsonl``, written so a kill loses
+at most the record being written.
+
+Each record is appended as one line, flushed and ``fsync``-ed before the next image is scored.
+A killed run can leave a partial last line; :class:`RecordWriter` cuts it off when the file is
+reopened, and :func:`read_records` skips any line that is not valid JSON, so resuming never fails on
+it. When the same (image, method) appears twice (a retried failure), the last record wins.
+
+Per-class pixel histograms (the counts every localisation metric is computed from) are stored
+compactly: little-endian uint32 counts, zlib-compressed, base64 text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = 1
+STATUSES = ("ok", "failed", "oom", "skipped")
+
+
+def encode_counts(counts: np.ndarray) -> str:
+    """Histogram counts (non-negative integers < 2**32) → compact text."""
+    array = np.asarray(counts)
+    if array.size and (array.min() < 0 or array.max() >= 2**32):
+        raise ValueError("histogram counts must lie in [0, 2**32)")
+    return base64.b64encode(zlib.compress(array.astype("<u4").tobytes(), 6)).decode("ascii")
+
+
+def decode_counts(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_counts`: an int64 array."""
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<u4").astype(np.int64)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a record")
+
+
+def _clean_floats(value: Any) -> Any:
+    """Replace NaN/inf by ``None``: JSON has no NaN and a record must stay standard JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_floats(v) for v in value]
+    return value
+
+
+class RecordWriter:
+    """Appends records to a JSON Lines file durably.
+
+    Args:
+        path: the ``records.jsonl`` file (created if missing).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_partial_last_line()
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def _drop_partial_last_line(self) -> None:
+        """Cut a last line that has no newline (a write interrupted by a kill)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run",
+                        self.path, len(data) - keep)
+            handle.truncate(keep)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record and make it durable before returning."""
+        if record.get("status") not in STATUSES:
+            raise ValueError(f"record status must be one of {STATUSES}, got {record.get('status')!r}")
+        line = json.dumps(_clean_floats({"schema": RECORD_SCHEMA, **record}), default=_json_default,
+                          allow_nan=False, separators=(",", ":"))
+        self._handle.write(line + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
+    """All valid records of one or several files, the last one per (image, method) kept.
+
+    Lines that are not valid JSON (a partial line from a killed run) are skipped with a warning.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in paths:
+        for record in _iter_file(Path(path)):
+            latest[(record["image_id"], record["method"])] = record
+    return list(latest.values())
+
+
+def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s line %d: not a complete record, skipped", path, number)
+                continue
+            if "image_id" in record and "method" in record:
+                yield record

@@ -1,0 +1,240 @@
+"""The report's figures (matplotlib, headless), each written as PNG and PDF.
+
+Each function takes parsed run data and writes one figure; :func:`draw_all` draws every figure
+the run's records support and returns the names drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are drawn on servers without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .saliency import CLASSES  # noqa: E402
+
+if TYPE_CHECKING:
+    from .report import RunData
+
+log = logging.getLogger(__name__)
+
+CLASS_COLOURS = {"benign": "#2ca02c", "malignant": "#d62728"}
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> None:
+    fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _per_image_frame(data: RunData) -> pd.DataFrame:
+    """One row per ok record and class with a lesion: method, image, class, dice, lesion fraction."""
+    rows = []
+    for r in data.records:
+        if r["status"] != "ok":
+            continue
+        for cls in CLASSES:
+            if r["has_lesion"].get(cls):
+                rows.append(
+                    {
+                        "method": r["method"],
+                        "image_id": r["image_id"],
+                        "class": cls,
+                        "dice": r["dice"][cls],
+                        "lesion_fraction": (r.get("lesion_fraction") or {}).get(cls),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["method", "image_id", "class", "dice", "lesion_fraction"])
+
+
+def dice_boxplot(data: RunData, out: Path) -> bool:
+    """Per-image Dice at τ=0.5, one box per method, one panel per class."""
+    frame = _per_image_frame(data)
+    if frame.empty:
+        return False
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(max(6, 1.1 * len(data.methods) * 2), 4.2), sharey=True)
+    for ax, cls in zip(np.atleast_1d(axes), CLASSES, strict=True):
+        values = [frame[(frame["method"] == m) & (frame["class"] == cls)]["dice"].to_numpy() for m in data.methods]
+        positions = [i for i, v in enumerate(values) if len(v)]
+        if positions:
+            ax.boxplot([values[i] for i in positions], positions=positions, widths=0.6, showmeans=True,
+                       patch_artist=True, boxprops={"facecolor": CLASS_COLOURS[cls], "alpha": 0.35},
+                       meanprops={"marker": "^", "markerfacecolor": "black", "markeredgecolor": "black"})
+        ax.set_xticks(range(len(data.methods)), data.methods, rotation=45, ha="right")
+        ax.set_title(f"{cls} lesions (n images = {frame[frame['class'] == cls]['image_id'].nunique()})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("Dice at τ = 0.5 (per image)")
+    fig.suptitle("Per-image Dice (box: quartiles, ▲: mean)")
+    fig.tight_layout()
+    _save(fig, out, "dice_boxplot")
+    return True
+
+
+def dice_vs_lesion_size(data: RunData, out: Path) -> bool:
+    """Per-image Dice against lesion area (% of the image, log scale), one panel per class."""
+    frame = _per_image_frame(data).dropna(subset=["lesion_fraction"])
+    if frame.empty:
+        return False
+    fig, axes = plt.subplots(1, len(CLASSES), figsize=(12, 4.5), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for ax, cls in zip(np.atleast_1d(axes), CLASSES, strict=True):
+        sub = frame[frame["class"] == cls]
+        for i, method in enumerate(data.methods):
+            points = sub[sub["method"] == method]
+            if points.empty:
+                continue
+            x = 100 * points["lesion_fraction"].to_numpy()
+            y = points["dice"].to_numpy()
+            ax.scatter(x, y, s=12, alpha=0.5, color=cmap(i % 20), label=method)
+            if len(x) >= 4:  # a running mean over log-spaced size bins shows the trend
+                edges = np.quantile(x, np.linspace(0, 1, 5))
+                centres, means = [], []
+                for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+                    inside = (x >= lo) & (x <= hi)
+                    if inside.any():
+                        centres.append(np.sqrt(max(lo, 1e-6) * hi))
+                        means.append(y[inside].mean())
+                ax.plot(centres, means, color=cmap(i % 20), linewidth=1.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("lesion area (% of image, log scale)")
+        ax.set_title(f"{cls} lesions")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("Dice at τ = 0.5")
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = np.atleast_1d(axes)[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="method (line: binned mean)")
+    fig.suptitle("Dice against lesion size")
+    fig.tight_layout()
+    _save(fig, out, "dice_vs_lesion_size")
+    return True
+
+
+def cost_vs_dice(results: pd.DataFrame, out: Path) -> bool:
+    """Median time per image (log scale) against mean Dice at τ=0.5, one marker per method and class."""
+    frame = results.dropna(subset=["time_median_s", "dice"])
+    if frame.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for cls, marker in zip(CLASSES, ("o", "s"), strict=True):
+        sub = frame[frame["class"] == cls]
+        ax.scatter(sub["time_median_s"].clip(lower=1e-5), sub["dice"], marker=marker, s=50,
+                   color=CLASS_COLOURS[cls], label=cls, alpha=0.8)
+        for _, row in sub.iterrows():
+            ax.annotate(row["method"], (max(row["time_median_s"], 1e-5), row["dice"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("median time per image (s, log scale)")
+    ax.set_ylabel("mean Dice at τ = 0.5")
+    ax.set_title("Cost against localisation quality")
+    ax.grid(alpha=0.3)
+    ax.legend(title="lesion class")
+    fig.tight_layout()
+    _save(fig, out, "cost_vs_dice")
+    return True
+
+
+def _load_npz(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
+
+
+def qualitative_grid(data: RunData, out: Path, max_images: int = 4) -> bool:
+    """Rows: a few lesion images; columns: the image with ground-truth outlines, then each method's
+    map of the class present (malignant when both are), same colour scale [0, 1] for all."""
+    image_dir = data.run_dir / "maps" / "_images"
+    ids = sorted(p.stem for p in image_dir.glob("*.npz"))[:max_images]
+    if not ids:
+        return False
+    methods = [m for m in data.methods if (data.run_dir / "maps" / m).is_dir()]
+    columns = 1 + len(methods)
+    fig, axes = plt.subplots(len(ids), columns, figsize=(1.9 * columns, 2.9 * len(ids)), squeeze=False)
+    mappable = None
+    for row, image_id in enumerate(ids):
+        stored = _load_npz(image_dir / f"{image_id}.npz")
+        assert stored is not None
+        masks = {cls: stored.get(f"mask_{cls}") for cls in CLASSES}
+        present = [cls for cls in CLASSES if masks[cls] is not None and masks[cls].any()]
+        shown = "malignant" if "malignant" in present else (present[0] if present else CLASSES[-1])
+        ax = axes[row, 0]
+        ax.imshow(stored["image"].astype(np.float32), cmap="gray")
+        for cls in present:
+            ax.contour(masks[cls].astype(np.float32), levels=[0.5], colors=CLASS_COLOURS[cls], linewidths=1.0)
+        ax.set_title(f"{image_id}\nground truth" if row == 0 else image_id, fontsize=7)
+        for col, method in enumerate(methods, start=1):
+            ax = axes[row, col]
+            maps = _load_npz(data.run_dir / "maps" / method / f"{image_id}.npz")
+            if maps is None:
+                ax.text(0.5, 0.5, "no map", ha="center", va="center", transform=ax.transAxes)
+            else:
+                mappable = ax.imshow(maps["maps"][CLASSES.index(shown)].astype(np.float32), cmap="inferno",
+                                     vmin=0, vmax=1)
+                if masks[shown] is not None:
+                    ax.contour(masks[shown].astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.7)
+            ax.set_title(f"{method}\n({shown} map)" if row == 0 else f"({shown})", fontsize=7)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if mappable is not None:
+        fig.colorbar(mappable, ax=axes, shrink=0.6, label="normalised saliency (as scored)")
+    fig.suptitle("Saliency maps as scored (cyan / coloured outlines: ground-truth lesions; "
+                 "green benign, red malignant)", fontsize=9)
+    _save(fig, out, "qualitative")
+    return True
+
+
+def plot_training_curves(history: list[dict[str, float]], path: str | Path, title: str = "training") -> None:
+    """Loss and validation AUC per epoch of one training run (one PNG)."""
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, style in (("train_loss", "-o"), ("val_loss", "--s")):
+        values = [row.get(key, np.nan) for row in history]
+        if np.isfinite(values).any():
+            left.plot(epochs, values, style, label=key.replace("_", " "))
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend()
+    left.grid(alpha=0.3)
+    for cls in CLASSES:
+        values = [row.get(f"val_auc_{cls}", np.nan) for row in history]
+        if np.isfinite(values).any():
+            right.plot(epochs, values, "-o", color=CLASS_COLOURS[cls], label=f"val AUC {cls}")
+    right.set_xlabel("epoch")
+    right.set_ylabel("AUC")
+    right.set_ylim(0, 1)
+    if right.get_legend_handles_labels()[0]:
+        right.legend()
+    right.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_all(data: RunData, results: pd.DataFrame, out: Path) -> list[str]:
+    """Draw every figure the records support; a figure that fails is logged, never fatal."""
+    drawn = []
+    for name, draw in (
+        ("qualitative", lambda: qualitative_grid(data, out)),
+        ("dice_boxplot", lambda: dice_boxplot(data, out)),
+        ("dice_vs_lesion_size", lambda: dice_vs_lesion_size(data, out)),
+        ("cost_vs_dice", lambda: cost_vs_dice(results, out)),
+    ):
+        try:
+            if draw():
+                drawn.append(name)
+        except Exception as exc:
+            log.warning("figure %s could not be drawn: %s", name, exc)
+            plt.close("all")
+    return drawn
