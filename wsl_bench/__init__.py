@@ -29,14 +29,29 @@ def _load_builtins() -> None:
         from . import datasets, methods  # noqa: F401
 
 
+def split_method_name(name: str) -> tuple[str, dict[str, Any]]:
+    """``"gradcam@gmic"`` → ``("gradcam", {"classifier": "gmic"})``: the ``explainer@classifier``
+    spelling of a post-hoc explainer applied to a chosen classifier; other names pass through."""
+    if "@" in name:
+        base, classifier = name.split("@", 1)
+        return base, {"classifier": classifier}
+    return name, {}
+
+
 def create_method(name: str, **options: Any) -> SaliencyMethod:
     """Instantiate the method registered as ``name`` with ``options`` (device, seed, image_size, ...).
+
+    ``explainer@classifier`` names (``gradcam@gmic``) set the explainer's ``classifier`` option.
+    The instance's ``name`` is the full name asked for (records and reports use it).
 
     Raises:
         wsl_bench.registry.UnknownNameError: listing the known method names.
     """
     _load_builtins()
-    return METHODS.get(name)(**options)
+    base, implied = split_method_name(name)
+    method = METHODS.get(base)(**{**implied, **options})
+    method.name = name
+    return method
 
 
 def create_dataset(name: str, **options: Any) -> MammogramDataset:

@@ -193,7 +193,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size)
-    method.name = args.method
     if not method.trainable:
         raise UsageError(f"method {args.method!r} has nothing to train")
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,

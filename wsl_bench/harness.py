@@ -132,7 +132,6 @@ def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[S
     method = create_method(
         name, device=config.device, seed=config.seed, image_size=preset.image_size, **config.options_for(name)
     )
-    method.name = name
     checkpoint: dict[str, Any] = dict(method.checksums())
     if method.trainable and not getattr(method, "weights_loaded", False):
         checkpoint.update(ensure_trained(method, config, progress=progress))
@@ -428,17 +427,29 @@ def run(
 
 
 def parse_methods(spec: str | None) -> list[str]:
-    """``"a,b,gmic*"`` → registered names (wildcards expanded); ``None``/empty → the default set."""
-    if not spec:
+    """``"a,b,gmic*,gradcam@gmic"`` → method names (wildcards expanded, ``explainer@classifier``
+    names checked part by part); ``None`` or empty → :func:`default_methods`.
+
+    Raises:
+        UnknownNameError: a name or pattern that matches nothing, listing the known names.
+    """
+    from . import split_method_name
+
+    if not spec or not spec.strip():
         return default_methods()
-    return list_methods_many(spec.split(","))
-
-
-def list_methods_many(patterns: list[str]) -> list[str]:
-    from . import _load_builtins
-
-    _load_builtins()
-    return METHODS.list([p for p in patterns if p.strip()])
+    names: list[str] = []
+    for pattern in (p.strip() for p in spec.split(",")):
+        if not pattern:
+            continue
+        base, implied = split_method_name(pattern)
+        if implied:
+            METHODS.list(base)  # both halves must be known methods
+            METHODS.list(implied["classifier"])
+            matches = [pattern]
+        else:
+            matches = list_methods(pattern)
+        names.extend(m for m in matches if m not in names)
+    return names
 
 
 def summarise_statuses(summary: RunSummary) -> str:

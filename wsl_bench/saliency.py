@@ -190,5 +190,13 @@ class TrainableMethod(SaliencyMethod):
         """Everything that determines the architecture, stored in checkpoints and cache keys."""
         return {"image_size": list(self.image_size)}
 
+    def training_identity(self) -> dict[str, Any]:
+        """What identifies the trained weights: the method and its architecture.
+
+        Methods that explain another method's network (post-hoc explainers) return that network's
+        identity, so they share its cached checkpoint instead of training a copy.
+        """
+        return {"method": self.name, "config": self.config_dict()}
+
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"network": self.network()}

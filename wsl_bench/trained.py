@@ -51,10 +51,11 @@ def load_method_weights(method: SaliencyMethod, path: str | Path) -> dict[str, A
     checkpoint = load_checkpoint_file(path, map_location=method.device)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != "wsl_bench.checkpoint/1":
         raise ValueError(f"{path}: not a wsl-bench checkpoint")
-    if checkpoint["method"] != method.name or checkpoint["config"] != method.config_dict():
+    identity = method.training_identity()
+    if {"method": checkpoint["method"], "config": checkpoint["config"]} != identity:
         raise ValueError(
             f"{path}: checkpoint of {checkpoint['method']!r} with config {checkpoint['config']} does not fit "
-            f"{method.name!r} with config {method.config_dict()}"
+            f"{identity['method']!r} with config {identity['config']}"
         )
     method.network().load_state_dict(checkpoint["state_dict"])
     method.network().eval()
@@ -72,15 +73,16 @@ def ensure_trained(method: TrainableMethod, config: RunConfig, progress: bool = 
     train_config = train_config_for(method, config.preset, config.seed)
     train_set = open_dataset(config, "train")
     val_set = open_dataset(config, "val")
+    identity = method.training_identity()
     key_data = {
-        "method": method.name,
-        "method_config": method.config_dict(),
+        "method": identity["method"],
+        "method_config": identity["config"],
         "train_data": train_set.describe(),
         "val_data": val_set.describe(),
         "train_config": train_config.__dict__,
     }
     key = config_hash(key_data)
-    folder = cache_root() / "checkpoints" / method.name / key
+    folder = cache_root() / "checkpoints" / identity["method"] / key
     final = folder / "final.pt"
     if not final.exists():
         log.info("training %s (cache %s)", method.name, folder)

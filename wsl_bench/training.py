@@ -189,8 +189,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "format": TRAINER_STATE_FORMAT,
-            "method": self.method.name,
-            "method_config": self.method.config_dict(),
+            "identity": self.method.training_identity(),
             "train_config": asdict(self.config),
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -210,10 +209,9 @@ class Trainer:
         state = load_checkpoint_file(path)
         if state.get("format") != TRAINER_STATE_FORMAT:
             raise ValueError(f"{path}: not a wsl-bench trainer checkpoint (format {state.get('format')!r})")
-        if state["method"] != self.method.name or state["method_config"] != self.method.config_dict():
+        if state["identity"] != self.method.training_identity():
             raise ValueError(
-                f"{path}: checkpoint of method {state['method']!r} with config {state['method_config']} cannot "
-                f"resume {self.method.name!r} with config {self.method.config_dict()}"
+                f"{path}: checkpoint of {state['identity']} cannot resume {self.method.training_identity()}"
             )
         if state["train_config"] != asdict(self.config):
             raise ValueError(
@@ -336,10 +334,11 @@ class Trainer:
 
     def method_checkpoint(self, train_set: MammogramDataset, metrics: dict[str, float]) -> dict[str, Any]:
         """The project's checkpoint format: weights plus the record of how they were made."""
+        identity = self.method.training_identity()
         return {
             "format": "wsl_bench.checkpoint/1",
-            "method": self.method.name,
-            "config": self.method.config_dict(),
+            "method": identity["method"],
+            "config": identity["config"],
             "state_dict": self.network.state_dict(),
             "meta": {
                 "training_data": train_set.describe(),
