@@ -1,3 +1,10 @@
 """Built-in datasets. Importing this package registers every one of them in ``DATASETS``."""
 
-from . import synthetic  # noqa: F401
+from . import (  # noqa: F401
+    cbis_ddsm,
+    folder,
+    inbreast,
+    nyu,
+    synthetic,
+    vindr,
+)

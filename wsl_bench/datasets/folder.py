@@ -1,0 +1,509 @@
+"""The generic ``folder`` dataset format: a CSV index, one image file and one PNG mask per class.
+
+Layout (``datasets/folder.md`` is the reference)::
+
+    ROOT/labels.csv                  id, split, benign, malignant [, image] [, any extra columns]
+    ROOT/images/<id>.png             16- or 8-bit grayscale PNG (TIFF/DICOM via the ``image`` column)
+    ROOT/masks/benign/<id>.png       8-bit PNG, nonzero = lesion
+    ROOT/masks/malignant/<id>.png
+
+Mask semantics, per image and class: a mask file present means annotated (its pixels are the
+lesions); no file and label 0 means annotated with no lesion (all-false mask); no file and label 1
+means not annotated (mask ``None``).
+
+:class:`FolderDataset` reads it, :class:`FolderWriter` writes it (resumable), and
+:func:`write_synthetic` exports the built-in synthetic dataset in this format.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError, standardise
+from ..imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
+from ..registry import DATASETS
+from ..saliency import CLASSES
+
+INDEX_FILE = "labels.csv"
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "split", *CLASSES)
+IMAGE_COLUMN = "image"
+# Extra columns holding JSON (lists/dicts) that the reader decodes; every other extra column stays text.
+JSON_COLUMNS: tuple[str, ...] = ("lesion_areas", "lesions")
+# Meta keys that are never written as extra columns (they are columns already, or machine-local).
+_RESERVED_META = frozenset({"id", "split", "source", IMAGE_COLUMN, *CLASSES})
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Fractions of write_synthetic's n that go to each split (test and val rounded, train the rest).
+SYNTHETIC_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+SYNTHETIC_COLUMNS: tuple[str, ...] = ("view", "laterality", "density", "density_category", "lesion_areas", "lesions")
+
+__all__ = [
+    "FolderDataset",
+    "FolderWriter",
+    "INDEX_FILE",
+    "synthetic_split_counts",
+    "write_synthetic",
+]
+
+
+def _mask_path(root: Path, cls: str, sample_id: str) -> Path:
+    return root / "masks" / cls / f"{sample_id}.png"
+
+
+def _default_image(sample_id: str) -> str:
+    return f"images/{sample_id}.png"
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class _Row:
+    """One row of labels.csv: id, split, labels, image path relative to ROOT, extra columns."""
+
+    id: str
+    split: str
+    labels: tuple[tuple[str, int], ...]
+    image: str
+    extras: tuple[tuple[str, str], ...]
+    line: int
+
+
+def _parse_label(value: str, cls: str, line: int, index_path: Path) -> int:
+    text = value.strip()
+    try:
+        number = float(text)  # "1", "1.0" (pandas writes floats when a column had NaN)
+    except ValueError:
+        number = math.nan
+    if number not in (0.0, 1.0):
+        raise DatasetError(f"{index_path}, line {line}: {cls} label {value!r} is not 0 or 1")
+    return int(number)
+
+
+def read_index(root: Path) -> list[_Row]:
+    """Read and validate ``ROOT/labels.csv`` (all splits).
+
+    Raises:
+        DatasetError: missing file, missing required column, empty id, unknown split, a label
+            outside {0, 1} or a repeated id; the message names the file and the line.
+    """
+    index_path = root / INDEX_FILE
+    if not index_path.is_file():
+        raise DatasetError(
+            f"{index_path}: index file not found (the folder format needs ROOT/{INDEX_FILE}; see datasets/folder.md)"
+        )
+    try:
+        text = index_path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{index_path}: unreadable ({exc})") from exc
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DatasetError(f"{index_path}: empty file (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(
+            f"{index_path}: missing required column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})"
+        )
+    if len(set(header)) != len(header):
+        raise DatasetError(f"{index_path}: repeated column names in the header {header}")
+    rows: list[_Row] = []
+    seen: dict[str, int] = {}
+    for line, values in enumerate(reader, start=2):
+        if not any(v.strip() for v in values):
+            continue  # blank line
+        if len(values) > len(header):
+            raise DatasetError(f"{index_path}, line {line}: {len(values)} fields but the header has {len(header)}")
+        cells = {name: (values[i].strip() if i < len(values) else "") for i, name in enumerate(header)}
+        sample_id = cells["id"]
+        if not sample_id:
+            raise DatasetError(f"{index_path}, line {line}: empty id")
+        if sample_id in seen:
+            raise DatasetError(f"{index_path}, line {line}: id {sample_id!r} repeats line {seen[sample_id]}")
+        seen[sample_id] = line
+        if cells["split"] not in SPLITS:
+            raise DatasetError(f"{index_path}, line {line}: split {cells['split']!r} is not one of {', '.join(SPLITS)}")
+        labels = tuple((c, _parse_label(cells[c], c, line, index_path)) for c in CLASSES)
+        image = cells.get(IMAGE_COLUMN) or _default_image(sample_id)
+        extras = tuple((k, v) for k, v in cells.items() if k not in REQUIRED_COLUMNS and k != IMAGE_COLUMN and v != "")
+        rows.append(_Row(sample_id, cells["split"], labels, image, extras, line))
+    return rows
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an ``H×W`` image to ``size``: area averaging when shrinking, bilinear when enlarging."""
+    h, w = size
+    shrinking = h <= image.shape[0] and w <= image.shape[1]
+    resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image.astype(np.float32)).resize((w, h), resample=resample), dtype=np.float32)
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``H×W`` bool mask; a lesion that would vanish keeps its covered pixels."""
+    h, w = size
+    im = Image.fromarray(mask.astype(np.uint8) * 255)
+    out = np.asarray(im.resize((w, h), resample=Image.Resampling.NEAREST)) > 127
+    if mask.any() and not out.any():
+        # a lesion smaller than one output pixel: keep every output pixel it overlaps
+        out = np.asarray(im.resize((w, h), resample=Image.Resampling.BOX)) > 0
+    return out
+
+
+def _lesion_areas(masks: Mapping[str, np.ndarray | None]) -> dict[str, list[int]]:
+    """Areas (pixels) of the 8-connected components of each annotated mask."""
+    from scipy import ndimage
+
+    areas: dict[str, list[int]] = {}
+    for cls, mask in masks.items():
+        if mask is None:
+            continue
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        areas[cls] = [int(a) for a in np.bincount(labelled.ravel())[1:]] if count else []
+    return areas
+
+
+@DATASETS.register("folder")
+class FolderDataset(MammogramDataset):
+    """Images, masks and labels in the generic folder format (see ``datasets/folder.md``).
+
+    Args:
+        root: the dataset folder (holds ``labels.csv``).
+        split: "train", "val" or "test".
+        image_size: ``(H, W)`` to resize every image (area/bilinear) and mask (nearest) to;
+            ``None`` keeps each file's own size.
+
+    Raises:
+        DatasetError: missing root or labels.csv, a missing required column, a bad label (the
+            row's line and the file are named), or no rows for ``split``.
+    """
+
+    name = "folder"
+    description = "any dataset in the generic folder format: labels.csv + 16-bit PNG images + one PNG mask per class"
+    needs_root = True
+
+    def __init__(
+        self, root: str | os.PathLike | None = None, split: str = "test", image_size: tuple[int, int] | None = None
+    ) -> None:
+        super().__init__(root=None if root is None else str(root), split=split, image_size=image_size)
+        self.path = Path(self.root)
+        if not self.path.is_dir():
+            raise DatasetError(f"{self.path}: dataset folder not found")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise DatasetError(f"image_size must be (H, W) with positive sizes, got {self.image_size}")
+        rows = read_index(self.path)
+        self._rows = {r.id: r for r in rows if r.split == split}
+        if not self._rows:
+            counts = {s: sum(r.split == s for r in rows) for s in SPLITS}
+            present = ", ".join(f"{s}={n}" for s, n in counts.items())
+            raise DatasetError(f"{self.path / INDEX_FILE}: no rows for split {split!r} (rows per split: {present})")
+        self._ids = list(self._rows)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def load(self, sample_id: str) -> Sample:
+        """Read, check, resize (if asked) and standardise one sample.
+
+        Raises:
+            SampleError: unknown id, a missing or corrupt image or mask, a mask of another size
+                than its image, or a mask that contradicts the label (the file is named).
+        """
+        row = self._rows.get(sample_id)
+        if row is None:
+            raise SampleError(f"{sample_id!r} is not in split {self.split!r} of {self.path / INDEX_FILE}", sample_id)
+        image_path = self.path / row.image
+        try:
+            pixels = read_image(image_path)
+            labels = dict(row.labels)
+            masks: dict[str, np.ndarray | None] = {}
+            for cls in CLASSES:
+                mask_path = _mask_path(self.path, cls, sample_id)
+                if mask_path.exists():
+                    mask = read_mask(mask_path, shape=pixels.shape)
+                    if mask.any() != bool(labels[cls]):
+                        problem = "has lesion pixels" if mask.any() else "is empty"
+                        raise SampleError(
+                            f"{mask_path}: mask {problem} but {self.path / INDEX_FILE} line {row.line} "
+                            f"has {cls}={labels[cls]}",
+                            sample_id,
+                            str(mask_path),
+                        )
+                    masks[cls] = mask
+                else:
+                    masks[cls] = None if labels[cls] else np.zeros(pixels.shape, dtype=bool)
+        except SampleError as exc:
+            exc.sample_id = sample_id
+            raise
+        original_size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        image = pixels.astype(np.float32)
+        if self.image_size is not None and tuple(self.image_size) != original_size:
+            image = _resize_image(image, self.image_size)
+            masks = {c: None if m is None else _resize_mask(m, self.image_size) for c, m in masks.items()}
+        meta: dict[str, Any] = {
+            "id": sample_id,
+            "split": row.split,
+            "source": str(image_path),
+            "original_size": original_size,
+        }
+        for key, value in row.extras:
+            meta[key] = _decode_extra(key, value)
+        scale = (image.shape[0] * image.shape[1]) / (original_size[0] * original_size[1])
+        if isinstance(meta.get("lesion_areas"), dict):
+            meta["lesion_areas"] = {c: [int(round(a * scale)) for a in v] for c, v in meta["lesion_areas"].items()}
+        else:
+            meta["lesion_areas"] = _lesion_areas(masks)
+        return Sample(image=standardise(image)[None], masks=masks, labels=labels, meta=meta)
+
+    def describe(self) -> dict[str, Any]:
+        digest = hashlib.sha256((self.path / INDEX_FILE).read_bytes()).hexdigest()
+        return super().describe() | {"root": str(self.path.resolve()), "index_sha256": digest}
+
+
+def _decode_extra(key: str, value: str) -> Any:
+    if key in JSON_COLUMNS:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+# ----------------------------------------------------------------------------- writing
+def _encode_extra(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)
+
+
+class FolderWriter:
+    """Writes samples in the folder format, one at a time, resumably.
+
+    Images and masks are written atomically before the sample's row is appended to
+    ``labels.csv`` (and flushed), so a row exists only for a complete sample. Reopening an
+    existing ROOT resumes: :meth:`has` is true for every id already listed, and a row cut short by
+    a crash is dropped.
+
+    Args:
+        root: output folder (created).
+        extra_columns: meta keys stored as extra columns, in this order; other meta keys are not
+            stored. When ``None``, the first written sample's meta keys define the columns and
+            later samples may not bring new keys (ValueError). An existing labels.csv's header wins.
+    """
+
+    def __init__(self, root: str | os.PathLike, extra_columns: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.root / INDEX_FILE
+        self._strict = extra_columns is None
+        self._columns: list[str] | None = None
+        if extra_columns is not None:
+            bad = [c for c in extra_columns if c in _RESERVED_META]
+            if bad:
+                raise ValueError(f"extra_columns may not include reserved names {bad}")
+            self._columns = [*REQUIRED_COLUMNS, IMAGE_COLUMN, *extra_columns]
+        self._ids: set[str] = set()
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self.index_path.exists():
+            return
+        data = self.index_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            # the last row was cut mid-write: drop it, its sample will be written again
+            keep = data.rfind(b"\n") + 1
+            with open(self.index_path, "r+b") as fh:
+                fh.truncate(keep)
+            data = data[:keep]
+        if not data:
+            return
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        header = [h.strip() for h in rows[0]]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{self.index_path}: cannot resume, missing column(s) {', '.join(missing)}")
+        if self._columns is not None and header != self._columns:
+            raise ValueError(f"{self.index_path}: existing columns {header} differ from the requested {self._columns}")
+        self._columns = header
+        id_col = header.index("id")
+        self._ids = {r[id_col].strip() for r in rows[1:] if len(r) > id_col and r[id_col].strip()}
+
+    def has(self, sample_id: str) -> bool:
+        """Whether ``sample_id`` is already written (its row is in labels.csv)."""
+        return sample_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def write(
+        self,
+        sample_id: str,
+        split: str,
+        image_u16: np.ndarray,
+        masks: Mapping[str, np.ndarray | None],
+        labels: Mapping[str, int],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write one sample: image, non-empty masks, then its row.
+
+        Args:
+            sample_id: unique id, usable as a file name (letters, digits, ``._-``).
+            split: "train", "val" or "test".
+            image_u16: ``H×W`` uint16 (written as 16-bit PNG) or uint8 (8-bit PNG).
+            masks: class → ``H×W`` bool mask or ``None`` (not annotated); a missing class is ``None``.
+            labels: class → 0/1 for every class.
+            meta: extra columns (lists and dicts are stored as JSON).
+
+        Raises:
+            ValueError: a repeated id, a bad split, label, image or mask, a mask that contradicts
+                its label (lesion pixels with label 0, or an empty mask with label 1, which the
+                format cannot hold), or new meta keys (see the class docs).
+        """
+        if not isinstance(sample_id, str) or not _SAFE_ID.match(sample_id):
+            raise ValueError(f"sample id {sample_id!r} is not usable as a file name (letters, digits, '._-')")
+        if sample_id in self._ids:
+            raise ValueError(f"{self.index_path}: id {sample_id!r} is already written (check has() first)")
+        if split not in SPLITS:
+            raise ValueError(f"{sample_id}: split {split!r} is not one of {', '.join(SPLITS)}")
+        image = np.asarray(image_u16)
+        if image.ndim != 2 or image.dtype not in (np.uint16, np.uint8):
+            raise ValueError(f"{sample_id}: image must be 2-D uint16 or uint8, got {image.dtype} {image.shape}")
+        for cls in CLASSES:
+            if labels.get(cls) not in (0, 1):
+                raise ValueError(f"{sample_id}: label {cls}={labels.get(cls)!r} must be 0 or 1")
+        checked: dict[str, np.ndarray | None] = {}
+        for cls in CLASSES:
+            mask = masks.get(cls)
+            if mask is not None:
+                mask = np.asarray(mask).astype(bool, copy=False)
+                if mask.shape != image.shape:
+                    raise ValueError(f"{sample_id}: {cls} mask is {mask.shape} but the image is {image.shape}")
+                if mask.any() != bool(labels[cls]):
+                    what = "has lesion pixels" if mask.any() else "is empty"
+                    raise ValueError(f"{sample_id}: {cls} mask {what} but the label is {labels[cls]}")
+            checked[cls] = mask
+        meta = {k: v for k, v in (meta or {}).items() if k not in _RESERVED_META}
+        if self._columns is None:
+            self._columns = [*REQUIRED_COLUMNS, IMAGE_COLUMN, *meta]
+        extras = [c for c in self._columns if c not in REQUIRED_COLUMNS and c != IMAGE_COLUMN]
+        unknown = [k for k in meta if k not in self._columns]
+        if unknown and self._strict:
+            raise ValueError(
+                f"{sample_id}: meta keys {unknown} are not columns of {self.index_path} ({self._columns}); "
+                "pass extra_columns to FolderWriter to choose the stored keys"
+            )
+
+        image_rel = _default_image(sample_id)
+        if image.dtype == np.uint16:
+            write_png16(self.root / image_rel, image)
+        else:
+            write_png8(self.root / image_rel, image)
+        for cls, mask in checked.items():
+            path = _mask_path(self.root, cls, sample_id)
+            if mask is not None and mask.any():
+                write_mask_png(path, mask)
+            elif path.exists():
+                path.unlink()  # a stale mask from an interrupted earlier attempt would change the meaning
+
+        cells = {"id": sample_id, "split": split, IMAGE_COLUMN: image_rel, **{c: str(int(labels[c])) for c in CLASSES}}
+        cells.update({k: _encode_extra(meta.get(k)) for k in extras})
+        new_file = not self.index_path.exists() or self.index_path.stat().st_size == 0
+        with open(self.index_path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            if new_file:
+                writer.writerow(self._columns)
+            writer.writerow([cells.get(c, "") for c in self._columns])
+            fh.flush()
+        self._ids.add(sample_id)
+
+
+# ----------------------------------------------------------------------------- synthetic export
+def synthetic_split_counts(n: int) -> dict[str, int]:
+    """How :func:`write_synthetic` splits ``n`` images: test 20 % and val 10 % (rounded), train the rest."""
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    test = int(round(n * SYNTHETIC_SPLIT_FRACTIONS["test"]))
+    val = int(round(n * SYNTHETIC_SPLIT_FRACTIONS["val"]))
+    return {"train": n - test - val, "val": val, "test": test}
+
+
+def write_synthetic(
+    out: str | os.PathLike, n: int, image_size: tuple[int, int], seed: int, progress: bool = True
+) -> Path:
+    """Write ``n`` synthetic mammograms to ``out`` in the folder format (resumable).
+
+    Image ``i`` of split ``s`` is ``SyntheticMammograms(split=s, n=counts[s], image_size=image_size,
+    seed=seed)``'s image ``i``, with ``counts = synthetic_split_counts(n)``, so reading ``out``
+    back with :class:`FolderDataset` gives the same samples. ``out/synthetic.json`` records the
+    parameters; rerunning with the same ones resumes, with other ones is an error.
+
+    Args:
+        out: output folder.
+        n: total number of images over the three splits.
+        image_size: ``(H, W)``.
+        seed: dataset seed.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``out`` as a Path.
+
+    Raises:
+        ValueError: ``out`` holds a synthetic export with other parameters.
+    """
+    from tqdm.auto import tqdm
+
+    from .synthetic import SyntheticMammograms
+    from .synthetic_generator import GENERATOR_VERSION
+
+    out = Path(out)
+    counts = synthetic_split_counts(n)
+    params = {
+        "generator": "synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "n": int(n),
+        "split_counts": counts,
+    }
+    params_path = out / "synthetic.json"
+    if params_path.exists():
+        previous = json.loads(params_path.read_text())
+        if previous != params:
+            raise ValueError(f"{params_path}: {out} holds a synthetic export made with {previous}, not {params}")
+    elif (out / INDEX_FILE).exists():
+        raise ValueError(f"{out / INDEX_FILE} exists but {params_path} does not: {out} is not a synthetic export")
+    out.mkdir(parents=True, exist_ok=True)
+    params_path.write_text(json.dumps(params, indent=2) + "\n")
+    writer = FolderWriter(out, extra_columns=SYNTHETIC_COLUMNS)
+    with tqdm(total=n, desc=f"synthetic → {out}", unit="img", disable=not progress) as bar:
+        for split in SPLITS:
+            if counts[split] == 0:
+                continue
+            dataset = SyntheticMammograms(
+                split=split, n=counts[split], image_size=tuple(image_size), seed=seed, cache_mb=0
+            )
+            for sample_id in dataset.ids():
+                if not writer.has(sample_id):
+                    item = dataset.raw(sample_id)
+                    writer.write(sample_id, split, item.image_u16, item.masks, item.labels, item.meta)
+                bar.update(1)
+    return out
