@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import create_dataset, create_method, list_methods
+from . import create_dataset, create_method, list_methods, split_method_name
 from .data import MammogramDataset, Sample, SampleError
 from .manifest import (
     MANIFEST_SCHEMA,
@@ -401,7 +401,7 @@ def run(
             manifest["methods"][name] = {
                 "params": method.num_parameters(),
                 "map_range": method.map_range,
-                "description": METHODS.describe(name),
+                "description": METHODS.describe(split_method_name(name)[0]),
                 "options": {k: str(v) for k, v in config.options_for(name).items()},
             }
             if checkpoint:

@@ -198,5 +198,11 @@ class TrainableMethod(SaliencyMethod):
         """
         return {"method": self.name, "config": self.config_dict()}
 
+    def training_method(self) -> TrainableMethod:
+        """The method the trainer fits and validates: itself, or for a post-hoc explainer the
+        classifier method it explains (validation then uses the classifier's own scores and never
+        runs the explainer)."""
+        return self
+
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"network": self.network()}

@@ -70,7 +70,8 @@ def ensure_trained(method: TrainableMethod, config: RunConfig, progress: bool = 
     """
     from .harness import open_dataset
 
-    train_config = train_config_for(method, config.preset, config.seed)
+    trainee = method.training_method()  # a post-hoc explainer trains the classifier it explains
+    train_config = train_config_for(trainee, config.preset, config.seed)
     train_set = open_dataset(config, "train")
     val_set = open_dataset(config, "val")
     identity = method.training_identity()
@@ -88,7 +89,7 @@ def ensure_trained(method: TrainableMethod, config: RunConfig, progress: bool = 
         log.info("training %s (cache %s)", method.name, folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "key.json", key_data)
-        Trainer(method, train_config, folder, progress=progress).fit(train_set, val_set, resume=True)
+        Trainer(trainee, train_config, folder, progress=progress).fit(train_set, val_set, resume=True)
     # The checkpoint selected on the validation split (by TrainConfig.best_criterion) is evaluated;
     # the final one stands in when validation gave no usable criterion.
     chosen = folder / "best.pt" if (folder / "best.pt").exists() else final
