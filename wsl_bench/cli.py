@@ -195,6 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size)
     if not method.trainable:
         raise UsageError(f"method {args.method!r} has nothing to train")
+    method = method.training_method()  # an explainer trains the classifier it explains
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed)
     train_config = train_config_for(method, args.preset, args.seed)

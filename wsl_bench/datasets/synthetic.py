@@ -115,6 +115,11 @@ class SyntheticMammograms(MammogramDataset):
         self._cache = _LRUCache(int(cache_mb * 2**20))
         self._ids = [sample_id(self.seed, split, i) for i in range(self.n)]
 
+    @classmethod
+    def options_for(cls, preset: Any, split: str, seed: int) -> dict[str, Any]:
+        """A run preset fixes how many images each split has; the run seed fixes their content."""
+        return {"n": getattr(preset, f"n_{split}"), "seed": seed}
+
     def ids(self) -> list[str]:
         return list(self._ids)
 

@@ -1,3 +1,10 @@
 """Built-in methods. Importing this package registers every one of them in ``METHODS``."""
 
-from . import baselines  # noqa: F401
+from . import (  # noqa: F401
+    baselines,
+    cam,
+    captum_methods,
+    glam,
+    gmic,
+    gradcam,
+)

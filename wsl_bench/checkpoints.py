@@ -1,0 +1,338 @@
+"""Reading and writing model weights: published checkpoints and this project's own format.
+
+Two kinds of file load into a method's network:
+
+* **Published** weights: a ``torch.save``-d flat state dict in the published key names (GLAM
+  ``model_sep.ckpt`` / ``model_joint.ckpt``, GMIC ``sample_model_1.p`` … ``_5.p``), or the
+  reference ``.npz`` files of ``../shared/reference`` (float16 arrays, cast to float32). The
+  networks in :mod:`wsl_bench.methods` name their submodules after the published keys, so the key
+  mapping (:func:`map_published_keys`) is the identity except for a ``module.`` prefix that
+  ``DataParallel`` adds. Every key must be used and every shape must match.
+* **Own** checkpoints, the format the trainer writes (``wsl_bench.training``):
+  ``{"format": "wsl_bench.checkpoint/1", "method", "config", "state_dict", "meta": {"training_data",
+  "seed", "metrics", ...}}``. :func:`save_checkpoint` writes one from a :class:`CheckpointMetadata`
+  record atomically (temporary file, then ``os.replace``: a crash never leaves a half-written
+  file); loading one into another method family or configuration is refused.
+
+Every file is read with ``torch.load(..., weights_only=True)`` (through
+:func:`wsl_bench.checkpoint_io.load_checkpoint_file`) or ``numpy.load(allow_pickle=False)``: no
+arbitrary pickle is ever executed.
+
+Published-weight variants (``glam.sep``, ``gmic.m1`` …) find their file through ``weights=`` or
+the directory named by the ``WSL_BENCH_WEIGHTS_DIR`` environment variable, which holds the files
+under their published names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint_io import atomic_torch_save, load_checkpoint_file
+
+FORMAT = "wsl_bench.checkpoint/1"
+"""The ``format`` tag of the project's checkpoints (shared with the trainer)."""
+WEIGHTS_DIR_ENV = "WSL_BENCH_WEIGHTS_DIR"
+"""Environment variable naming a directory that holds published weight files under their published names."""
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used; the message names the file and the problem."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A published-weight variant whose file was not supplied; the message says where to get it."""
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """What a checkpoint of this project records besides the weights.
+
+    Attributes:
+        method: registered method name that produced the weights (``glam``, ``gmic.m2`` ...).
+        config: the method's ``config_dict()`` (architecture and inference settings).
+        training_data: the training data (a dataset's ``describe()`` record, or a description).
+        seed: the seed of the run.
+        metrics: validation metrics at save time (name → value).
+        extra: anything else JSON-like the trainer records (``train_config``, ``epochs_completed`` ...).
+    """
+
+    method: str
+    config: dict[str, Any]
+    training_data: Any = ""
+    seed: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_checkpoint(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The checkpoint dictionary in the trainer's layout."""
+        meta = {**self.extra, "training_data": self.training_data, "seed": self.seed, "metrics": dict(self.metrics)}
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "config": dict(self.config),
+            "state_dict": dict(state_dict),
+            "meta": meta,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, obj: Mapping[str, Any], where: str) -> CheckpointMetadata:
+        try:
+            meta = dict(obj.get("meta") or {})
+            return cls(
+                method=str(obj["method"]),
+                config=dict(obj["config"]),
+                training_data=meta.pop("training_data", ""),
+                seed=int(meta.pop("seed", 0)),
+                metrics=dict(meta.pop("metrics", None) or {}),
+                extra=meta,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: incomplete wsl-bench checkpoint record ({exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (recorded in run manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return load_checkpoint_file(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except ValueError as exc:  # weights_only refuses arbitrary pickles; a corrupt file fails to parse
+        raise CheckpointError(f"{path}: not a readable weights file ({exc.__cause__ or exc})") from None
+
+
+def read_npz_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict stored as ``.npz`` arrays (float16 → float32, integers kept)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    state = {}
+    for key, array in arrays.items():
+        tensor = torch.from_numpy(np.array(array, copy=True))  # 0-d stays 0-d (ascontiguousarray would not)
+        state[key] = tensor.float() if tensor.is_floating_point() else tensor
+    return state
+
+
+def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMetadata | None]:
+    """Read any supported weights file.
+
+    Returns:
+        ``(state_dict, metadata)``: metadata is ``None`` for published files and ``.npz``.
+
+    Raises:
+        CheckpointError: unreadable file, or content that is not a state dict.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        return read_npz_state_dict(path), None
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("format"), str) and obj["format"].startswith("wsl_bench."):
+        if obj["format"] != FORMAT:
+            raise CheckpointError(f"{path}: checkpoint format {obj['format']!r}, this wsl-bench reads {FORMAT!r}")
+        metadata = CheckpointMetadata.from_checkpoint(obj, str(path))
+        state = obj.get("state_dict")
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{path}: checkpoint has no state_dict")
+        return _as_state_dict(state, path), metadata
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
+    return _as_state_dict(obj, path), None
+
+
+def _as_state_dict(obj: Mapping, path: Path) -> dict[str, torch.Tensor]:
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:10])}")
+    return {str(k): v for k, v in obj.items()}
+
+
+def map_published_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Published key names → this project's module names.
+
+    The networks use the published names as submodule names, so the mapping is the identity;
+    only the ``module.`` prefix of a checkpoint saved from ``DataParallel`` is removed.
+    """
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+# --------------------------------------------------------------------------------------------
+# Matching a state dict to a module
+# --------------------------------------------------------------------------------------------
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Require that ``state`` supplies exactly the module's keys, each with the right shape.
+
+    Raises:
+        CheckpointError: listing missing, unexpected and mis-shaped keys (with both shapes).
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
+                parts.append(f"{len(keys)} {label} key(s): {shown}")
+        raise CheckpointError(f"{where}: weights do not fit {type(module).__name__}: " + "; ".join(parts))
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """:func:`check_state_dict`, then copy every tensor into the module (dtype and device of the module)."""
+    check_state_dict(module, state, where)
+    expected = module.state_dict()
+    converted = {k: v.to(dtype=expected[k].dtype) for k, v in state.items()}
+    module.load_state_dict(converted, strict=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Own format
+# --------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, module: nn.Module, metadata: CheckpointMetadata) -> Path:
+    """Write ``module``'s state dict with ``metadata`` in the project's format, atomically.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    atomic_torch_save(metadata.to_checkpoint(state), path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMetadata]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: the file is not one of this project's checkpoints.
+    """
+    state, metadata = read_weights_file(path)
+    if metadata is None:
+        raise CheckpointError(
+            f"{path}: not a wsl-bench checkpoint (no metadata record); published weights load "
+            "through the method's weights= option"
+        )
+    return state, metadata
+
+
+def method_family(name: str) -> str:
+    """``gmic.m3`` → ``gmic``: variants share an architecture."""
+    return name.split(".", 1)[0]
+
+
+def check_compatible(metadata: CheckpointMetadata, method: str, config: Mapping[str, Any], where: str) -> None:
+    """Refuse a checkpoint of another method family or another configuration.
+
+    The ``"training"`` entry of a configuration (loss weights, learning rate) is not compared: it
+    shaped the weights but does not change what a loaded network computes.
+
+    Raises:
+        CheckpointError: naming the method or the differing configuration fields.
+    """
+    if method_family(metadata.method) != method_family(method):
+        raise CheckpointError(f"{where}: checkpoint of method {metadata.method!r} cannot be loaded into {method!r}")
+    ours = json.loads(json.dumps(dict(config)))  # tuples → lists, as stored
+    theirs = dict(metadata.config)
+    ours.pop("training", None)
+    theirs.pop("training", None)
+    differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differing:
+        detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r}, method {ours.get(k)!r}" for k in differing)
+        raise CheckpointError(
+            f"{where}: checkpoint was saved with another {method_family(method)} configuration ({detail})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Front door for methods
+# --------------------------------------------------------------------------------------------
+def resolve_weights(
+    method: str, weights: str | os.PathLike | None, published_file: str | None, source: str | None
+) -> Path | None:
+    """The weights file a method should load, or ``None`` for a randomly initialised method.
+
+    ``weights`` wins; a published-weight variant (``published_file`` set) otherwise looks for
+    ``$WSL_BENCH_WEIGHTS_DIR/<published_file>``.
+
+    Raises:
+        WeightsNotFoundError: a variant whose file is nowhere to be found, or a ``weights`` path
+            that does not exist; the message says where to obtain the file.
+    """
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            hint = f" (the published file {published_file!r} is available from {source})" if published_file else ""
+            raise WeightsNotFoundError(f"{method}: weights file {path} does not exist{hint}")
+        return path
+    if published_file is None:
+        return None
+    directory = os.environ.get(WEIGHTS_DIR_ENV)
+    if directory:
+        candidate = Path(directory).expanduser() / published_file
+        if candidate.is_file():
+            return candidate
+        where = f"not found in ${WEIGHTS_DIR_ENV}={directory}"
+    else:
+        where = f"${WEIGHTS_DIR_ENV} is not set"
+    raise WeightsNotFoundError(
+        f"{method} needs the published weights file {published_file!r} ({where}). Its licence does not let "
+        f"wsl-bench redistribute it: download it from {source}, then pass weights=PATH (--weights PATH) or put "
+        f"it in a directory named by ${WEIGHTS_DIR_ENV}."
+    )
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, method: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """Load any supported weights file into ``module``.
+
+    Published files and ``.npz`` go through :func:`map_published_keys`; own checkpoints are first
+    checked with :func:`check_compatible`.
+
+    Returns:
+        ``{"weights": path, "sha256": digest, "kind": "published" | "wsl-bench"}`` for manifests.
+
+    Raises:
+        CheckpointError: unreadable, incompatible or mismatching weights.
+    """
+    path = Path(path)
+    state, metadata = read_weights_file(path)
+    if metadata is None:
+        state = map_published_keys(state)
+        kind = "published"
+    else:
+        check_compatible(metadata, method, config, str(path))
+        kind = "wsl-bench"
+    load_state_dict_strict(module, state, str(path))
+    return {"weights": str(path), "sha256": file_sha256(path), "kind": kind}

@@ -1,0 +1,563 @@
+"""GLAM: Global-Local Activation Maps (Liu et al., MIDL 2021), faithful to the published model.
+
+A global module (pre-activation ResNet-22) gives three coarse saliency maps and the image-level
+prediction; the window where their weighted sum peaks is cropped at full resolution and a local
+module (ResNet-34 layout, all stages stride 1) segments it; the fused map is the mean of the
+pasted local map and the upsampled global map. See ``methods/glam.md`` and
+``../shared/reference/README.md`` (steps 1–8) for the exact path.
+
+Registered methods: ``glam`` (trainable, random initialisation unless ``weights=`` is given) and
+the published-weight variants ``glam.sep`` and ``glam.joint``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import METHODS
+from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from . import backbones as bb
+from . import inference
+
+GLAM_REPOSITORY = "https://github.com/nyukat/GLAM"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GlamConfig:
+    """Everything that fixes what GLAM computes (stored in checkpoints; a mismatch refuses a load).
+
+    Attributes:
+        image_size: ``(H, W)`` of the inputs; 2944×1920 is the published configuration.
+        patch_side: side of the square patch in pixels; ``None`` = ``round(512 · H / 2944)``.
+        num_patches: windows searched per image (``top_k_per_class``; 1 published).
+        percent_k: fraction of global-map pixels in the top-k pooling (0.03 published).
+        local_percent_k: fraction of local-map pixels pooled into a patch prediction (0.3,
+            ``detection_pooling_percent_k``); used by the training loss.
+        global_weights: weights of ``(cam_level3, cam_level2, cam_level1)`` in the global saliency.
+    """
+
+    image_size: tuple[int, int] = bb.PUBLISHED_IMAGE_SIZE
+    patch_side: int | None = None
+    num_patches: int = 1
+    percent_k: float = 0.03
+    local_percent_k: float = 0.3
+    global_weights: tuple[float, float, float] = (0.2, 0.6, 0.2)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        object.__setattr__(self, "global_weights", tuple(float(v) for v in self.global_weights))
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise ValueError(f"GLAM image_size must be (H, W) with both at least 32, got {self.image_size}")
+        if self.num_patches < 1:
+            raise ValueError(f"GLAM num_patches must be at least 1, got {self.num_patches}")
+        for name in ("percent_k", "local_percent_k"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"GLAM {name} must be in (0, 1], got {getattr(self, name)}")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """``(ph, pw)`` of the local module's input."""
+        if self.patch_side is not None:
+            return self.patch_side, self.patch_side
+        return bb.scaled_patch_size(512, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["global_weights"] = list(self.global_weights)
+        return d
+
+
+@dataclass(frozen=True)
+class GlamTrainingConfig:
+    """Training hyper-parameters (not published for GLAM; chosen for this suite).
+
+    Attributes:
+        stage: ``"joint"`` (both modules, one loss), ``"global"`` (global module alone) or
+            ``"local"`` (local module on windows chosen by the global module, which gets no gradient).
+        beta: weight of the L1 term on the saliency maps.
+        learning_rate: Adam learning rate suggested to the trainer.
+    """
+
+    stage: str = "joint"
+    beta: float = 1e-4
+    learning_rate: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.stage not in GLAM_STAGES:
+            raise ValueError(f"GLAM training stage must be one of {GLAM_STAGES}, got {self.stage!r}")
+
+
+GLAM_STAGES: tuple[str, ...] = ("joint", "global", "local")
+
+
+# --------------------------------------------------------------------------------------------
+# Network (submodule names = the published checkpoint's keys)
+# --------------------------------------------------------------------------------------------
+class UnusedWeight(nn.Module):
+    """Holds a published tensor the forward pass never uses (GLAM's ``combine`` 1×1 conv).
+
+    A buffer, not a parameter: it round-trips through state dicts but an optimiser or
+    DistributedDataParallel never sees an unused parameter.
+    """
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(*shape))
+
+
+class GlamSaliencyHeads(nn.Module):
+    """``postprocess_module``: 1×1 convolutions (no bias) to the two classes at three depths."""
+
+    def __init__(self, channels: tuple[int, int, int] = (64, 128, 256), classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.gn_conv_1 = nn.Conv2d(channels[0], classes, kernel_size=1, bias=False)
+        self.gn_conv_2 = nn.Conv2d(channels[1], classes, kernel_size=1, bias=False)
+        self.gn_conv_last = nn.Conv2d(channels[2], classes, kernel_size=1, bias=False)
+        self.combine = UnusedWeight(classes, 3 * classes, 1, 1)
+
+
+class GlamGlobalNetwork(nn.Module):
+    """``global_network``: the ResNet-22 backbone and its saliency heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.downsampling_branch = bb.PreActResNet22()
+        self.postprocess_module = GlamSaliencyHeads()
+
+
+class GlamLocalNetwork(nn.Module):
+    """``detection_network``: stride-1 ResNet-34 trunk + 1×1 conv (512→2) + sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dn_resnet = bb.resnet34_stride1_trunk()
+        self.gn_conv_last = nn.Conv2d(512, len(CLASSES), kernel_size=1, bias=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """``M×1×ph×pw`` → local maps ``M×2×ph/4×pw/4`` in [0, 1]."""
+        return torch.sigmoid(self.gn_conv_last(self.dn_resnet(patches)))
+
+
+@dataclass
+class GlamGlobalOutputs:
+    """The global module's outputs for N images (h×w = the stage-3 map, 184×120 published).
+
+    Attributes:
+        cam_level1, cam_level2, cam_level3: ``N×2×h×w`` sigmoid maps of the three heads.
+        cam_mean: ``N×2×h×w`` their mean.
+        saliency_map_global: ``N×2×h×w`` weighted sum used for window search and fusion.
+        y_cam_logits: ``4×N×2`` top-k pooled cam_level1, 2, 3 and cam_mean (probabilities,
+            named as published).
+        y_global: ``N×2`` the image-level prediction (mean of the first three).
+    """
+
+    cam_level1: torch.Tensor
+    cam_level2: torch.Tensor
+    cam_level3: torch.Tensor
+    cam_mean: torch.Tensor
+    saliency_map_global: torch.Tensor
+    y_cam_logits: torch.Tensor
+    y_global: torch.Tensor
+
+
+@dataclass
+class GlamOutputs:
+    """Everything one GLAM forward pass computes for N images and K patches.
+
+    Attributes:
+        glob: :class:`GlamGlobalOutputs`.
+        patch_locations: ``N×K×2`` int64 upper-left corners (row, column) in input pixels.
+        patches: ``N×K×ph×pw`` crops fed to the local module.
+        local_maps: ``N×K×2×hl×wl`` local module maps (``raw_local_cam``).
+        y_local: ``N×K×2`` top-k pooled patch predictions (k = local_percent_k of the pixels).
+        saliency_map: ``N×2×H×W`` fused map, or ``None`` when not requested.
+    """
+
+    glob: GlamGlobalOutputs
+    patch_locations: torch.Tensor
+    patches: torch.Tensor
+    local_maps: torch.Tensor
+    y_local: torch.Tensor
+    saliency_map: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def glam_global_from_features(
+    config: GlamConfig,
+    heads: GlamSaliencyHeads,
+    stage3: torch.Tensor,
+    stage4: torch.Tensor,
+    final: torch.Tensor,
+) -> GlamGlobalOutputs:
+    """Saliency heads, global saliency and top-k pooling (reference steps 2–4).
+
+    Args:
+        heads: anything with ``gn_conv_1``, ``gn_conv_2``, ``gn_conv_last`` callables.
+        stage3, stage4: raw outputs of ``layer_list.2`` and ``layer_list.3``.
+        final: ``ReLU(final_bn(layer_list.4))``.
+    """
+    size = stage3.shape[-2:]
+    cam1 = torch.sigmoid(heads.gn_conv_1(stage3))
+    cam2 = torch.sigmoid(F.interpolate(heads.gn_conv_2(stage4), size=size, mode="nearest"))
+    cam3 = torch.sigmoid(F.interpolate(heads.gn_conv_last(final), size=size, mode="nearest"))
+    cam_mean = (cam1 + cam2 + cam3) / 3
+    w3, w2, w1 = config.global_weights
+    saliency = w3 * cam3 + w2 * cam2 + w1 * cam1
+    k = bb.top_fraction_count(config.percent_k, (size[0], size[1]))
+    pooled = torch.stack([bb.top_k_mean(m, k) for m in (cam1, cam2, cam3, cam_mean)])
+    y_global = (pooled[0] + pooled[1] + pooled[2]) / 3
+    return GlamGlobalOutputs(cam1, cam2, cam3, cam_mean, saliency, pooled, y_global)
+
+
+class GlamNetwork(nn.Module):
+    """The whole GLAM model; ``state_dict`` keys equal the published checkpoint's.
+
+    Args:
+        config: :class:`GlamConfig`.
+    """
+
+    def __init__(self, config: GlamConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GlamConfig()
+        self.global_network = GlamGlobalNetwork()
+        self.detection_network = GlamLocalNetwork()
+
+    # -- pieces ------------------------------------------------------------------------------
+    def run_global(self, images: torch.Tensor) -> GlamGlobalOutputs:
+        """Global module on ``N×1×H×W`` images."""
+        stages, final = self.global_network.downsampling_branch(images)
+        return glam_global_from_features(
+            self.config, self.global_network.postprocess_module, stages[2], stages[3], final
+        )
+
+    def choose_patches(self, images: torch.Tensor, saliency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window search on the global saliency, then crops (reference steps 5–6).
+
+        Returns:
+            ``(patch_locations N×K×2 int64, patches N×K×ph×pw)``.
+        """
+        return choose_patches(self.config, images, saliency)
+
+    def forward(self, images: torch.Tensor, fuse: bool = True) -> GlamOutputs:
+        """Args:
+        images: ``N×1×H×W`` standardised images.
+        fuse: whether to build the ``N×2×H×W`` fused map (not needed for the loss).
+        """
+        glob = self.run_global(images)
+        locations, patches = self.choose_patches(images, glob.saliency_map_global)
+        n, k, ph, pw = patches.shape
+        local = self.detection_network(patches.reshape(n * k, 1, ph, pw))
+        return finish_glam(self.config, images.shape[-2:], glob, locations, patches, local, fuse)
+
+
+def choose_patches(
+    config: GlamConfig, images: torch.Tensor, saliency: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """See :meth:`GlamNetwork.choose_patches`."""
+    map_size = (saliency.shape[-2], saliency.shape[-1])
+    image_size = (images.shape[-2], images.shape[-1])
+    window = bb.window_in_map(config.patch_size, map_size, image_size)
+    corners = bb.select_windows(saliency, window, config.num_patches)
+    locations = bb.map_to_image_coords(corners, map_size, image_size)
+    return locations, bb.extract_patches(images, locations, config.patch_size)
+
+
+def finish_glam(
+    config: GlamConfig,
+    image_size: tuple[int, int] | torch.Size,
+    glob: GlamGlobalOutputs,
+    locations: torch.Tensor,
+    patches: torch.Tensor,
+    local: torch.Tensor,
+    fuse: bool,
+    fuse_fn: Any = None,
+) -> GlamOutputs:
+    """Patch predictions and fusion (reference steps 7–8) from the local maps ``(N·K)×2×hl×wl``.
+
+    ``fuse_fn`` replaces :func:`fuse_maps` (same signature and result), e.g. :func:`fuse_maps_fast`.
+    """
+    n, k, ph, pw = patches.shape
+    hl, wl = local.shape[-2:]
+    y_local = bb.top_k_mean(local, bb.top_fraction_count(config.local_percent_k, (hl, wl))).view(n, k, -1)
+    local_maps = local.view(n, k, -1, hl, wl)
+    fused = None
+    if fuse:
+        fused = (fuse_fn or fuse_maps)(glob.saliency_map_global, local, locations, (ph, pw), tuple(image_size))
+    return GlamOutputs(glob, locations, patches, local_maps, y_local, fused)
+
+
+def fuse_maps(
+    global_map: torch.Tensor,
+    local: torch.Tensor,
+    locations: torch.Tensor,
+    patch: tuple[int, int],
+    image_size: tuple[int, int],
+) -> torch.Tensor:
+    """``(pasted local maps + global map) / 2`` at input resolution, both resized nearest.
+
+    Args:
+        global_map: ``N×2×h×w``.
+        local: ``(N·K)×2×hl×wl`` local maps.
+        locations: ``N×K×2`` corners in pixels.
+
+    Returns:
+        ``N×2×H×W``.
+    """
+    n, k = locations.shape[:2]
+    local_up = F.interpolate(local, size=patch, mode="nearest").view(n, k, -1, patch[0], patch[1])
+    canvas = bb.paste_patches(local_up.to(global_map.dtype), locations, image_size)
+    return (canvas + F.interpolate(global_map, size=image_size, mode="nearest")) / 2
+
+
+class GlamEngine:
+    """GLAM inference: the same computation as :class:`GlamNetwork` in eval mode, faster.
+
+    Both backbones run as :mod:`.inference` engines (BatchNorm folded, ReLU and residual adds fused
+    into the convolutions, channels-last, ``precision`` compute dtype); heads, pooling, window
+    search, crops and fusion run in float32 exactly as in the plain network.
+    """
+
+    def __init__(self, network: GlamNetwork, precision: str) -> None:
+        dtype = inference.compute_dtype(precision)
+        self.config = network.config
+        self.heads = network.global_network.postprocess_module
+        self.global_engine = inference.PreActResNetEngine(network.global_network.downsampling_branch, dtype)
+        self.local_engine = inference.LocalResNetEngine(network.detection_network.dn_resnet, dtype)
+        self.local_head = network.detection_network.gn_conv_last
+
+    def __call__(self, images: torch.Tensor, fuse: bool = True) -> GlamOutputs:
+        stages, final = self.global_engine(images)
+        glob = glam_global_from_features(self.config, self.heads, stages[2].float(), stages[3].float(), final.float())
+        locations, patches = choose_patches(self.config, images, glob.saliency_map_global)
+        n, k, ph, pw = patches.shape
+        features = self.local_engine(patches.reshape(n * k, 1, ph, pw))
+        local = torch.sigmoid(self.local_head(features.float()))
+        return finish_glam(self.config, images.shape[-2:], glob, locations, patches, local, fuse, fuse_maps_fast)
+
+
+def fuse_maps_fast(
+    global_map: torch.Tensor,
+    local: torch.Tensor,
+    locations: torch.Tensor,
+    patch: tuple[int, int],
+    image_size: tuple[int, int],
+) -> torch.Tensor:
+    """:func:`fuse_maps` with the same values, computing only the patch pixels beyond ``global / 2``
+    (see :func:`~.backbones.fuse_half_and_half`)."""
+    n, k = locations.shape[:2]
+    local_up = F.interpolate(local, size=patch, mode="nearest").view(n, k, -1, patch[0], patch[1])
+    return bb.fuse_half_and_half(global_map, local_up, locations, image_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Registered methods
+# --------------------------------------------------------------------------------------------
+@METHODS.register("glam")
+class GlamMethod(TrainableMethod):
+    """GLAM (Liu et al., MIDL 2021): global saliency, one full-resolution patch, fused map.
+
+    Args:
+        device: where it runs.
+        seed: seeds the random initialisation (used when no ``weights`` are given).
+        image_size: ``(H, W)``; ``None`` = the published 2944×1920. Patch and window sizes scale
+            with it (see :class:`GlamConfig`).
+        weights: a published checkpoint (``model_sep.ckpt`` / ``model_joint.ckpt``, or the
+            reference ``.npz``) or a checkpoint saved by this project.
+        **hyperparameters: fields of :class:`GlamConfig` (``num_patches``, ``percent_k``,
+            ``local_percent_k``, ``patch_side``) and of :class:`GlamTrainingConfig` (``stage``,
+            ``beta``, ``learning_rate``), plus ``precision`` (``"fp32"`` or ``"bf16"``, CPU/GPU
+            inference only) and ``fast`` (default True: folded, fused inference path; False runs
+            the plain modules).
+    """
+
+    name: ClassVar[str] = "glam"
+    description: ClassVar[str] = "GLAM (Liu et al. 2021): global-local activation maps, fused at full resolution"
+    map_range: ClassVar[str] = "probability"
+    published_file: ClassVar[str | None] = None
+    config_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        image_size: tuple[int, int] | None = None,
+        weights: str | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        super().__init__(device=device, seed=seed, image_size=image_size)
+        options = {**self.config_defaults, **hyperparameters}
+        self.precision = inference.check_precision(options.pop("precision", "fp32"))
+        self.fast = bool(options.pop("fast", True))
+        self.config, self.training_config = _split_options(options, self.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._network = GlamNetwork(self.config)
+        self._network.to(self.device)
+        self._engine = inference.EngineCache()
+        self.weights_info = inference.load_method_weights(self, weights)
+
+    # -- contract ------------------------------------------------------------------------------
+    def network(self) -> GlamNetwork:
+        return self._network
+
+    def config_dict(self) -> dict[str, Any]:
+        """Architecture and inference settings, plus the training hyper-parameters under ``"training"``
+        (part of the trainer's cache key; ignored when checking whether a checkpoint fits)."""
+        return {**self.config.to_dict(), "training": asdict(self.training_config)}
+
+    def checksums(self) -> dict[str, str]:
+        return dict(self.weights_info)
+
+    def forward(self, images: torch.Tensor, fuse: bool = True) -> GlamOutputs:
+        """Inference forward pass without autograd, every intermediate kept (figures, fidelity tests).
+
+        Uses the fast engine (folded BatchNorm, channels-last, optional bfloat16) unless ``fast=False``.
+        """
+        images = inference.check_images(images, self.device, self.name)
+        with torch.inference_mode():
+            if not self.fast:
+                with inference.eval_mode(self._network):
+                    return self._network(images, fuse=fuse)
+            engine = self._engine.get(self._network, self.precision, GlamEngine)
+            return engine(images, fuse=fuse)
+
+    def predict(self, images: torch.Tensor) -> SaliencyOutput:
+        out = self.forward(images, fuse=True)
+        return SaliencyOutput(
+            maps=out.saliency_map.float(),
+            scores=out.glob.y_global.float(),
+            map_range="probability",
+            extras={
+                "patch_locations": out.patch_locations,
+                "global_map": out.glob.saliency_map_global.float(),
+                "local_maps": out.local_maps.float(),
+            },
+        )
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Weakly-supervised GLAM loss for the configured ``stage`` (see :class:`GlamTrainingConfig`).
+
+        joint: BCE(y_global) + BCE(patch prediction) + β·(mean|global saliency| + mean|local maps|);
+        global: the first and the global L1 term; local: the second and the local L1 term, with
+        the global module run without gradient. The patch prediction of an image is the largest
+        top-k pooled prediction over its K patches (one patch in the published configuration).
+
+        Args:
+            images: ``N×1×H×W``; labels: ``N×2`` float {0, 1}.
+            pos_weight: optional ``2`` weights of positive terms in every BCE (class imbalance).
+        """
+        labels = labels.to(dtype=torch.float32, device=images.device)
+        stage, beta = self.training_config.stage, self.training_config.beta
+        net = self._network
+        if stage == "global":
+            glob = net.run_global(images)
+            return glam_global_loss(glob, labels, beta, pos_weight)
+        if stage == "local":
+            with torch.no_grad():
+                glob = net.run_global(images)
+        else:
+            glob = net.run_global(images)
+        locations, patches = net.choose_patches(images, glob.saliency_map_global)
+        n, k, ph, pw = patches.shape
+        local = net.detection_network(patches.reshape(n * k, 1, ph, pw))
+        out = finish_glam(self.config, images.shape[-2:], glob, locations, patches, local, fuse=False)
+        loss = glam_local_loss(out, labels, beta, pos_weight)
+        if stage == "joint":
+            loss = loss + glam_global_loss(glob, labels, beta, pos_weight)
+        return loss
+
+    def classifier(self) -> tuple[nn.Module, nn.Module]:
+        """Classifier view of the global module for post-hoc explainers.
+
+        Returns:
+            ``(module, target_layer)``: ``module(images N×1×H×W)`` gives ``N×2`` logits, the logit
+            of ``y_global`` (the pooled probability, clamped to [1e-6, 1 − 1e-6]), so explaining a
+            logit explains GLAM's own image-level decision; ``target_layer`` is the last block of
+            the global backbone (``layer_list.4.1``, 256×46×30 published).
+        """
+        return GlamClassifier(self._network), self._network.global_network.downsampling_branch.layer_list[-1][-1]
+
+
+class GlamClassifier(nn.Module):
+    """``images → logit(y_global)``; see :meth:`GlamMethod.classifier`."""
+
+    def __init__(self, network: GlamNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.network.run_global(images).y_global, eps=1e-6)
+
+
+def glam_global_loss(
+    glob: GlamGlobalOutputs, labels: torch.Tensor, beta: float, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BCE on ``y_global`` (summed over classes, mean over images) + β·mean|global saliency|."""
+    return bb.binary_cross_entropy(glob.y_global, labels, pos_weight) + beta * glob.saliency_map_global.abs().mean()
+
+
+def glam_local_loss(
+    out: GlamOutputs, labels: torch.Tensor, beta: float, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BCE on the image's patch prediction (max over its patches) + β·mean|local maps|."""
+    return bb.binary_cross_entropy(out.y_local.amax(dim=1), labels, pos_weight) + beta * out.local_maps.abs().mean()
+
+
+def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GlamConfig, GlamTrainingConfig]:
+    arch_fields = set(GlamConfig.__dataclass_fields__) - {"image_size"}
+    train_fields = set(GlamTrainingConfig.__dataclass_fields__)
+    unknown = set(options) - arch_fields - train_fields
+    if unknown:
+        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
+        raise TypeError(f"unknown GLAM hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
+    config = GlamConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
+    training = GlamTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
+    return config, training
+
+
+def _variant(name: str, published_file: str, training: str, **defaults: Any) -> type[GlamMethod]:
+    doc = (
+        f"GLAM with the published ``{published_file}`` weights ({training}). The file is not distributed\n"
+        f"with wsl-bench: pass ``weights=PATH`` or put it in ``$WSL_BENCH_WEIGHTS_DIR``; obtain it\n"
+        f"from {GLAM_REPOSITORY}."
+    )
+    cls = type(
+        f"Glam{name.split('.')[-1].title()}Method",
+        (GlamMethod,),
+        {
+            "__doc__": doc,
+            "__module__": __name__,
+            "name": name,
+            "description": f"GLAM, published weights {published_file} ({training})",
+            "published_file": published_file,
+            "published_source": GLAM_REPOSITORY,
+            "config_defaults": defaults,
+        },
+    )
+    return METHODS.register(name)(cls)
+
+
+GlamSepMethod = _variant("glam.sep", "model_sep.ckpt", "modules trained separately")
+GlamJointMethod = _variant("glam.joint", "model_joint.ckpt", "modules fine-tuned jointly")
+
+__all__ = [
+    "GLAM_STAGES",
+    "GlamConfig",
+    "GlamJointMethod",
+    "GlamMethod",
+    "GlamNetwork",
+    "GlamOutputs",
+    "GlamSepMethod",
+    "GlamTrainingConfig",
+]

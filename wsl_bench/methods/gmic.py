@@ -1,0 +1,371 @@
+"""GMIC: Globally-Aware Multiple Instance Classifier (Shen et al., Medical Image Analysis 2021).
+
+A global network (pre-activation ResNet-22) gives a coarse saliency map and ``y_global``; K
+windows where the map peaks are cropped at full resolution, a ResNet-18 encodes each, gated
+attention pools them into ``y_local``, and a fusion layer combines the global and local
+representations into ``y_fusion``, GMIC's prediction. See ``methods/gmic.md`` and
+``../shared/reference/README.md`` for the exact path.
+
+Registered methods: ``gmic`` (trainable) and the published-weight variants ``gmic.m1`` … ``gmic.m5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import METHODS
+from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from . import backbones as bb
+from . import inference
+
+GMIC_REPOSITORY = "https://github.com/nyukat/GMIC"
+
+PUBLISHED_GMIC_MODELS: dict[str, tuple[float, float, float]] = {
+    "m1": (3.26e-6, 0.02, 4.13e-6),
+    "m2": (2.28e-4, 0.03, 1.16e-5),
+    "m3": (1.42e-4, 0.03, 3.22e-5),
+    "m4": (9.41e-6, 0.05, 1.46e-5),
+    "m5": (4.28e-5, 0.1, 3.53e-6),
+}
+"""The five published GMIC-ResNet-18 models: (β, top-t fraction, learning rate)."""
+
+
+@dataclass(frozen=True)
+class GmicConfig:
+    """Everything that fixes what GMIC computes (stored in checkpoints; a mismatch refuses a load).
+
+    Attributes:
+        image_size: ``(H, W)``; 2944×1920 published.
+        patch_side: square patch side in pixels; ``None`` = ``round(256 · H / 2944)``.
+        num_patches: K, patches per image (6 published).
+        percent_t: top-t fraction of the saliency map pooled into ``y_global`` (0.02, 0.03,
+            0.03, 0.05, 0.1 for the five published models).
+    """
+
+    image_size: tuple[int, int] = bb.PUBLISHED_IMAGE_SIZE
+    patch_side: int | None = None
+    num_patches: int = 6
+    percent_t: float = 0.02
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise ValueError(f"GMIC image_size must be (H, W) with both at least 32, got {self.image_size}")
+        if self.num_patches < 1:
+            raise ValueError(f"GMIC num_patches must be at least 1, got {self.num_patches}")
+        if not 0 < self.percent_t <= 1:
+            raise ValueError(f"GMIC percent_t must be in (0, 1], got {self.percent_t}")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        if self.patch_side is not None:
+            return self.patch_side, self.patch_side
+        return bb.scaled_patch_size(256, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+
+@dataclass(frozen=True)
+class GmicTrainingConfig:
+    """Training hyper-parameters (published model 1's by default; see :data:`PUBLISHED_GMIC_MODELS`).
+
+    Attributes:
+        beta: weight of the L1 term ``mean|saliency map|``.
+        learning_rate: Adam learning rate suggested to the trainer.
+    """
+
+    beta: float = PUBLISHED_GMIC_MODELS["m1"][0]
+    learning_rate: float = PUBLISHED_GMIC_MODELS["m1"][2]
+
+
+class GmicPostprocess(nn.Module):
+    """``left_postprocess_net``: 1×1 conv (256→2, no bias); a sigmoid follows."""
+
+    def __init__(self, channels: int = 256) -> None:
+        super().__init__()
+        self.gn_conv_last = nn.Conv2d(channels, len(CLASSES), kernel_size=1, bias=False)
+
+
+@dataclass
+class GmicOutputs:
+    """Everything one GMIC forward pass computes for N images and K patches.
+
+    Attributes:
+        saliency_map: ``N×2×h×w`` (46×30 published).
+        y_global: ``N×2`` top-t pooled saliency.
+        patch_locations: ``N×K×2`` int64 corners (row, column) in input pixels.
+        patches: ``N×K×p×p`` crops.
+        patch_features: ``N×K×512`` ResNet-18 features (global average pooled).
+        patch_attention: ``N×K`` attention weights (sum to 1 over K).
+        y_local: ``N×2`` attention-MIL prediction.
+        y_fusion: ``N×2`` GMIC's prediction.
+        global_features: ``N×256`` global max-pooled final map.
+    """
+
+    saliency_map: torch.Tensor
+    y_global: torch.Tensor
+    patch_locations: torch.Tensor
+    patches: torch.Tensor
+    patch_features: torch.Tensor
+    patch_attention: torch.Tensor
+    y_local: torch.Tensor
+    y_fusion: torch.Tensor
+    global_features: torch.Tensor
+
+
+class GmicNetwork(nn.Module):
+    """The whole GMIC model; ``state_dict`` keys equal the published checkpoint's."""
+
+    def __init__(self, config: GmicConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or GmicConfig()
+        self.ds_net = bb.PreActResNet22()
+        self.left_postprocess_net = GmicPostprocess(self.ds_net.out_channels)
+        self.dn_resnet = bb.resnet18_trunk()
+        feat = self.dn_resnet.out_channels
+        self.mil_attn_V = nn.Linear(feat, 128, bias=False)
+        self.mil_attn_U = nn.Linear(feat, 128, bias=False)
+        self.mil_attn_w = nn.Linear(128, 1, bias=False)
+        self.classifier_linear = nn.Linear(feat, len(CLASSES), bias=False)
+        self.fusion_dnn = nn.Linear(self.ds_net.out_channels + feat, len(CLASSES))
+
+    def run_global(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``N×1×H×W`` → ``(final map N×256×h×w, saliency N×2×h×w, y_global N×2)``."""
+        _, final = self.ds_net(images)
+        saliency = torch.sigmoid(self.left_postprocess_net.gn_conv_last(final))
+        return final, saliency, gmic_top_t(self.config, saliency)
+
+    def forward(self, images: torch.Tensor) -> GmicOutputs:
+        final, saliency, y_global = self.run_global(images)
+        locations, patches = choose_patches(self.config, images, saliency)
+        n, k, ph, pw = patches.shape
+        features = self.dn_resnet(patches.reshape(n * k, 1, ph, pw)).mean(dim=(2, 3)).view(n, k, -1)
+        return gmic_heads(self, final, saliency, y_global, locations, patches, features)
+
+
+def gmic_top_t(config: GmicConfig, saliency: torch.Tensor) -> torch.Tensor:
+    """Top-t mean pooling of each class map: ``N×2×h×w`` → ``N×2``."""
+    return bb.top_k_mean(saliency, bb.top_fraction_count(config.percent_t, (saliency.shape[-2], saliency.shape[-1])))
+
+
+def choose_patches(
+    config: GmicConfig, images: torch.Tensor, saliency: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K greedy windows on the saliency map, mapped to pixels, cropped: ``(N×K×2, N×K×p×p)``."""
+    map_size = (saliency.shape[-2], saliency.shape[-1])
+    image_size = (images.shape[-2], images.shape[-1])
+    window = bb.window_in_map(config.patch_size, map_size, image_size)
+    corners = bb.select_windows(saliency, window, config.num_patches)
+    locations = bb.map_to_image_coords(corners, map_size, image_size)
+    return locations, bb.extract_patches(images, locations, config.patch_size)
+
+
+def gmic_heads(
+    net: GmicNetwork,
+    final: torch.Tensor,
+    saliency: torch.Tensor,
+    y_global: torch.Tensor,
+    locations: torch.Tensor,
+    patches: torch.Tensor,
+    features: torch.Tensor,
+) -> GmicOutputs:
+    """Gated attention MIL over the patch features and the fusion layer (reference steps 6–7).
+
+    Args:
+        features: ``N×K×512`` patch features.
+    """
+    features = features.to(net.mil_attn_U.weight.dtype)
+    gate = torch.sigmoid(net.mil_attn_U(features)) * torch.tanh(net.mil_attn_V(features))
+    attention = torch.softmax(net.mil_attn_w(gate), dim=1)  # N×K×1
+    z = (attention * features).sum(dim=1)
+    y_local = torch.sigmoid(net.classifier_linear(z))
+    g = final.amax(dim=(2, 3)).to(z.dtype)
+    y_fusion = torch.sigmoid(net.fusion_dnn(torch.cat([g, z], dim=1)))
+    return GmicOutputs(saliency, y_global, locations, patches, features, attention[..., 0], y_local, y_fusion, g)
+
+
+class GmicEngine:
+    """GMIC inference: the same computation as :class:`GmicNetwork` in eval mode, faster.
+
+    Both backbones run as :mod:`.inference` engines (BatchNorm folded, ReLU and residual adds fused,
+    channels-last, ``precision`` compute dtype); everything after them runs in float32.
+    """
+
+    def __init__(self, network: GmicNetwork, precision: str) -> None:
+        dtype = inference.compute_dtype(precision)
+        self.network = network
+        self.global_engine = inference.PreActResNetEngine(network.ds_net, dtype)
+        self.local_engine = inference.LocalResNetEngine(network.dn_resnet, dtype)
+
+    def __call__(self, images: torch.Tensor) -> GmicOutputs:
+        net = self.network
+        _, final = self.global_engine(images)
+        final = final.float()
+        saliency = torch.sigmoid(net.left_postprocess_net.gn_conv_last(final))
+        y_global = gmic_top_t(net.config, saliency)
+        locations, patches = choose_patches(net.config, images, saliency)
+        n, k, ph, pw = patches.shape
+        features = self.local_engine(patches.reshape(n * k, 1, ph, pw)).float().mean(dim=(2, 3)).view(n, k, -1)
+        return gmic_heads(net, final, saliency, y_global, locations, patches, features)
+
+
+@METHODS.register("gmic")
+class GmicMethod(TrainableMethod):
+    """GMIC (Shen et al., Medical Image Analysis 2021): saliency map, six patches, attention MIL, fusion.
+
+    Args:
+        device: where it runs.
+        seed: seeds the random initialisation (used when no ``weights`` are given).
+        image_size: ``(H, W)``; ``None`` = the published 2944×1920. Patch and window sizes scale
+            with it (see :class:`GmicConfig`).
+        weights: a published checkpoint (``sample_model_N.p`` or the reference ``.npz``) or a
+            checkpoint saved by this project.
+        **hyperparameters: fields of :class:`GmicConfig` (``num_patches``, ``percent_t``,
+            ``patch_side``) and :class:`GmicTrainingConfig` (``beta``, ``learning_rate``), plus
+            ``precision`` (``"fp32"``/``"bf16"``) and ``fast`` (default True).
+    """
+
+    name: ClassVar[str] = "gmic"
+    description: ClassVar[str] = "GMIC (Shen et al. 2021): globally-aware multiple instance classifier"
+    map_range: ClassVar[str] = "probability"
+    published_file: ClassVar[str | None] = None
+    config_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        image_size: tuple[int, int] | None = None,
+        weights: str | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        super().__init__(device=device, seed=seed, image_size=image_size)
+        options = {**self.config_defaults, **hyperparameters}
+        self.precision = inference.check_precision(options.pop("precision", "fp32"))
+        self.fast = bool(options.pop("fast", True))
+        self.config, self.training_config = _split_options(options, self.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._network = GmicNetwork(self.config)
+        self._network.to(self.device)
+        self._engine = inference.EngineCache()
+        self.weights_info = inference.load_method_weights(self, weights)
+
+    def network(self) -> GmicNetwork:
+        return self._network
+
+    def config_dict(self) -> dict[str, Any]:
+        """Architecture and inference settings, plus the training hyper-parameters under ``"training"``
+        (part of the trainer's cache key; ignored when checking whether a checkpoint fits)."""
+        return {**self.config.to_dict(), "training": asdict(self.training_config)}
+
+    def checksums(self) -> dict[str, str]:
+        return dict(self.weights_info)
+
+    def forward(self, images: torch.Tensor) -> GmicOutputs:
+        """Inference forward pass without autograd, every intermediate kept."""
+        images = inference.check_images(images, self.device, self.name)
+        with torch.inference_mode():
+            if not self.fast:
+                with inference.eval_mode(self._network):
+                    return self._network(images)
+            return self._engine.get(self._network, self.precision, GmicEngine)(images)
+
+    def predict(self, images: torch.Tensor) -> SaliencyOutput:
+        out = self.forward(images)
+        return SaliencyOutput(
+            maps=out.saliency_map.float(),
+            scores=out.y_fusion.float(),
+            map_range="probability",
+            extras={
+                "patch_locations": out.patch_locations,
+                "patch_attention": out.patch_attention.float(),
+                "y_global": out.y_global.float(),
+                "y_local": out.y_local.float(),
+            },
+        )
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """GMIC's loss: Σ over classes of BCE(y_global) + BCE(y_local) + BCE(y_fusion), mean over
+        images, + β·mean|saliency map|.
+
+        Args:
+            images: ``N×1×H×W``; labels: ``N×2`` float {0, 1}.
+            pos_weight: optional ``2`` weights of positive terms in every BCE (class imbalance).
+        """
+        labels = labels.to(dtype=torch.float32, device=images.device)
+        out = self._network(images)
+        bce = sum(bb.binary_cross_entropy(y, labels, pos_weight) for y in (out.y_global, out.y_local, out.y_fusion))
+        return bce + self.training_config.beta * out.saliency_map.abs().mean()
+
+    def classifier(self) -> tuple[nn.Module, nn.Module]:
+        """Classifier view of the global network for post-hoc explainers.
+
+        Returns:
+            ``(module, target_layer)``: ``module(images)`` gives ``N×2`` logits, the logit of
+            ``y_global`` (top-t pooled saliency, clamped to [1e-6, 1 − 1e-6]); ``target_layer`` is
+            the last block of the global backbone (``ds_net.layer_list.4.1``).
+        """
+        return GmicClassifier(self._network), self._network.ds_net.layer_list[-1][-1]
+
+
+class GmicClassifier(nn.Module):
+    """``images → logit(y_global)``; see :meth:`GmicMethod.classifier`."""
+
+    def __init__(self, network: GmicNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.network.run_global(images)[2], eps=1e-6)
+
+
+def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GmicConfig, GmicTrainingConfig]:
+    arch_fields = set(GmicConfig.__dataclass_fields__) - {"image_size"}
+    train_fields = set(GmicTrainingConfig.__dataclass_fields__)
+    unknown = set(options) - arch_fields - train_fields
+    if unknown:
+        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
+        raise TypeError(f"unknown GMIC hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
+    config = GmicConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
+    training = GmicTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
+    return config, training
+
+
+def _variant(tag: str) -> type[GmicMethod]:
+    beta, percent_t, lr = PUBLISHED_GMIC_MODELS[tag]
+    index = tag[1:]
+    published_file = f"sample_model_{index}.p"
+    name = f"gmic.{tag}"
+    cls = type(
+        f"Gmic{tag.upper()}Method",
+        (GmicMethod,),
+        {
+            "__doc__": (
+                f"GMIC with the published ``{published_file}`` weights (top-t {percent_t}). The file is not\n"
+                f"distributed with wsl-bench: pass ``weights=PATH`` or put it in ``$WSL_BENCH_WEIGHTS_DIR``;\n"
+                f"obtain it from {GMIC_REPOSITORY}."
+            ),
+            "__module__": __name__,
+            "name": name,
+            "description": f"GMIC, published weights {published_file} (top-t {percent_t})",
+            "published_file": published_file,
+            "published_source": GMIC_REPOSITORY,
+            "config_defaults": {"percent_t": percent_t, "beta": beta, "learning_rate": lr},
+        },
+    )
+    return METHODS.register(name)(cls)
+
+
+GMIC_VARIANTS: dict[str, type[GmicMethod]] = {f"gmic.{tag}": _variant(tag) for tag in PUBLISHED_GMIC_MODELS}
+
+__all__ = ["GMIC_VARIANTS", "PUBLISHED_GMIC_MODELS", "GmicConfig", "GmicMethod", "GmicNetwork", "GmicOutputs"]
