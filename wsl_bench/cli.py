@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_parse_size, default=(2944, 1920))
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compare-plain", action="store_true",
+                   help="also time each method's plain path (the published computation, unfused) in the same run")
     return parser
 
 
@@ -242,8 +244,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import print_bench, run_bench
     from .harness import parse_methods
 
-    results = run_bench(parse_methods(args.methods), device=args.device, size=args.size,
-                        precision=args.precision, repeats=args.repeats)
+    specs: list = []
+    for name in parse_methods(args.methods):
+        if args.compare_plain:
+            specs.append((name, {"fast": False}))
+        specs.append(name)
+    results = run_bench(specs, device=args.device, size=args.size, precision=args.precision, repeats=args.repeats)
     print_bench(results)
     return 0
 
