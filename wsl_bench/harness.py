@@ -111,7 +111,7 @@ class RunConfigMismatch(ValueError):
 def default_methods() -> list[str]:
     """Every registered method that runs without user-supplied files (published-weight variants
     such as ``gmic.m1`` need the user's weights and are left out of the default benchmark)."""
-    return [name for name in list_methods("*") if not getattr(METHODS.get(name), "requires_weights", False)]
+    return [name for name in list_methods("*") if not METHODS.get(name).requires_weights]
 
 
 def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDataset:
@@ -133,7 +133,7 @@ def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[S
         name, device=config.device, seed=config.seed, image_size=preset.image_size, **config.options_for(name)
     )
     checkpoint: dict[str, Any] = dict(method.checksums())
-    if method.trainable and not getattr(method, "weights_loaded", False):
+    if method.trainable and not method.weights_loaded:
         checkpoint.update(ensure_trained(method, config, progress=progress))
     return method, checkpoint
 

@@ -103,6 +103,9 @@ class SaliencyMethod(ABC):
     description: ClassVar[str] = ""
     map_range: ClassVar[MapRange] = "probability"
     trainable: ClassVar[bool] = False
+    requires_weights: ClassVar[bool] = False
+    """True for variants that only make sense with user-supplied weights (published checkpoints);
+    the default benchmark leaves them out."""
 
     def __init__(
         self, device: str | torch.device = "cpu", seed: int = 0, image_size: tuple[int, int] | None = None
@@ -147,6 +150,11 @@ class SaliencyMethod(ABC):
     def checksums(self) -> dict[str, str]:
         """Identifiers of the weights in use (file checksums), recorded in the run manifest."""
         return {}
+
+    @property
+    def weights_loaded(self) -> bool:
+        """Whether weights were loaded from a file at construction (then nothing is trained)."""
+        return bool(self.checksums())
 
 
 class TrainableMethod(SaliencyMethod):

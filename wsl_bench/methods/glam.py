@@ -541,6 +541,7 @@ def _variant(name: str, published_file: str, training: str, **defaults: Any) -> 
             "name": name,
             "description": f"GLAM, published weights {published_file} ({training})",
             "published_file": published_file,
+            "requires_weights": True,
             "published_source": GLAM_REPOSITORY,
             "config_defaults": defaults,
         },

@@ -359,6 +359,7 @@ def _variant(tag: str) -> type[GmicMethod]:
             "name": name,
             "description": f"GMIC, published weights {published_file} (top-t {percent_t})",
             "published_file": published_file,
+            "requires_weights": True,
             "published_source": GMIC_REPOSITORY,
             "config_defaults": {"percent_t": percent_t, "beta": beta, "learning_rate": lr},
         },
