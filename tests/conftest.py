@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# OpenMP threads that spin while waiting steal the CPU from other processes of a test (torchrun
+# workers, killed-and-resumed runs); passive waiting keeps shared 2-core machines responsive.
+# Set before torch is first imported, which the imports below do.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
 from typing import Any, ClassVar
 
 import numpy as np

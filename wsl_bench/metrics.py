@@ -15,9 +15,10 @@ Conventions (the reports state them):
   Bin ``k`` holds the values ``k/bins <= v < (k+1)/bins``; the last bin also holds 1.0. A pixel is
   positive at threshold ``k/bins`` exactly when its bin index is ``>= k``.
 * Dice is computed per image and averaged over the images that contain a lesion of the class.
-* PxAP (Choe et al., CVPR 2020) pools the pixels of all images whose mask for the class is known,
-  including lesion-free images (all of their pixels are negatives), in two fixed-bin histograms
-  (lesion pixels, background pixels), so its memory does not grow with image or pixel count.
+* PxAP (Choe et al., CVPR 2020) pools the pixels of the images it is given in two fixed-bin
+  histograms (lesion pixels, background pixels), so its memory does not grow with image or pixel
+  count. The report gives it the images that contain a lesion of the class, like Dice (a
+  lesion-free image passed in contributes only negatives).
 """
 
 from __future__ import annotations
@@ -387,8 +388,8 @@ def pxap_from_histograms(pos: Any, neg: Any) -> float:
     equals ``sklearn.metrics.average_precision_score``.
 
     Args:
-        pos: length-B lesion-pixel counts pooled over all images whose mask is known.
-        neg: length-B background-pixel counts pooled likewise (lesion-free images contribute here).
+        pos: length-B lesion-pixel counts pooled over the scored images.
+        neg: length-B background-pixel counts pooled likewise.
 
     Returns:
         PxAP in [0, 1]; NaN when there is no lesion pixel.
@@ -556,7 +557,7 @@ class DiceMetric(_Metric):
 class PxAPMetric(_Metric):
     """PxAP over pooled fixed-bin histograms (memory independent of image count).
 
-    Pass every image whose mask for the class is known, lesion-free ones included.
+    The report passes the images that contain a lesion of the class (as for Dice).
     State: ``pos`` and ``neg``, two int64 arrays of length ``bins``.
 
     Args:

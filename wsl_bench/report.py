@@ -44,8 +44,8 @@ and class. *Dice* = 2|S∩M|/(|S|+|M|) with S = {map ≥ τ}, averaged over the 
 lesion of the class, at τ = 0.5 (`dice`, with a bootstrap 95% interval over images) and at the
 threshold that maximises mean Dice over the dataset (`dice_oracle` at `tau_oracle`). *PxAP*
 (Choe et al., CVPR 2020): precision and recall of pixels at thresholds 0, 1/B, …, (B−1)/B, counts
-pooled over all pixels of every image whose mask for the class is known (lesion-free images
-included), AP = Σ precision_l (recall_l − recall_{l−1}). *AUC*: image-level ROC AUC of the method's
+pooled over all pixels of the images that contain a lesion of the class (the images Dice is
+averaged over), AP = Σ precision_l (recall_l − recall_{l−1}). *AUC*: image-level ROC AUC of the method's
 scores (0.5 for methods without a classifier). *Cost*: per-image wall time after one warm-up call
 (median, 90th percentile), peak memory (GPU memory allocated on CUDA, process peak resident memory
 on CPU), GFLOP per image (`torch.utils.flop_counter`), parameters in millions.
@@ -105,12 +105,15 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         low, high = bootstrap_ci(lambda idx: float(dice_values[idx].mean()), len(dice_values), seed=seed)
     else:
         dice_mean = low = high = float("nan")
-    pos, neg = _histograms(ok, cls)
+    # Localisation is scored where there is something to localise: the images holding a lesion of
+    # the class (as Dice; Choe et al. likewise score only images that contain the object). A
+    # lesion-free image's per-image min-max scaled map would otherwise count as confident false
+    # positives by construction; image-level AUC measures how a method behaves on those images.
+    pos, neg = _histograms(lesion, cls)
     if pos.size and pos.sum() > 0:
         pxap = pxap_from_histograms(pos.sum(0), neg.sum(0))
         pxap_low, pxap_high = bootstrap_pxap_ci(pos, neg, seed=seed)
-        has = pos.sum(1) > 0
-        dice_oracle, tau_oracle = oracle_dice(pos[has], neg[has])
+        dice_oracle, tau_oracle = oracle_dice(pos, neg)
     else:
         pxap = pxap_low = pxap_high = dice_oracle = tau_oracle = float("nan")
     labelled = [r for r in ok if r["label"].get(cls) is not None and r["score"].get(cls) is not None]
@@ -133,7 +136,7 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         "tau_oracle": tau_oracle,
         "pxap": pxap,
         "auc": class_auc,
-        "n_images": sum(1 for r in ok if r["has_lesion"].get(cls) is not None),
+        "n_images": len(lesion),
         "time_median_s": _percentile(times, 50),
         "time_p90_s": _percentile(times, 90),
         "peak_memory_mb": max(memory) if memory else float("nan"),
