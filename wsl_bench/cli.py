@@ -76,16 +76,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="recompute records that failed or ran out of memory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    p = sub.add_parser("train", help="train one method from image-level labels")
+    p = sub.add_parser("train", help="train one method from image-level labels (every stage of its recipe)",
+                       description="Train one method from image-level labels only, every stage of its recipe in "
+                                   "order (GLAM: global, local, joint). Under torchrun the global batch is split "
+                                   "over the ranks (DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
     p.add_argument("--method", required=True)
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root", default=None)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the preset's epochs (each stage trains its share of them)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's (global) batch size")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--balance", default=None, choices=["none", "pos_weight", "sampler"],
+                   help="class-imbalance handling (default none)")
+    p.add_argument("--criterion", default=None, choices=["mean_auc", "loss", "mean_dice", "mean_pxap"],
+                   help="validation quantity selecting best.pt (default mean_auc: image-level labels only)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also checkpoint every STEPS optimisation steps (default: at epoch ends only)")
+    p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
+    p.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="use only the first N images of the train and val splits (quick runs)")
+    p.add_argument("--stage", default=None, help="train only this stage of the recipe (earlier ones must be done)")
+    p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                   help="constructor option of the method, e.g. stage=sep, beta=1e-4 (repeatable)")
     p.add_argument("--out", default=None, help="training folder (default: runs/train-<method>-<preset>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue every stage from its last checkpoint in --out (finished stages are kept)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="rebuild tables and figures from a run folder's records")
@@ -168,13 +187,26 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .distributed import init_from_env, run_sharded, shutdown
     from .harness import run, summarise_statuses
 
     config = _run_config(args)
     out = Path(args.out or f"runs/{config.dataset}-{config.preset}-seed{config.seed}")
-    print(f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
-          f"(preset {config.preset}, device {config.device}) -> {out}")
-    summary = run(config, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    context = init_from_env(config.device)  # under torchrun: one shard of the images per rank
+    if context.is_main:
+        print(f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
+              f"(preset {config.preset}, device {config.device}) -> {out}"
+              + (f", {context.world_size} processes" if context.enabled else ""))
+    if context.enabled:
+        try:
+            summary = run_sharded(config, out, context, progress=not args.no_progress,
+                                  retry_failed=args.retry_failed)
+        finally:
+            shutdown(context)
+        if not context.is_main:
+            return 1 if summary.failed else 0
+    else:
+        summary = run(config, out, progress=not args.no_progress, retry_failed=args.retry_failed)
     print(summarise_statuses(summary))
     print(f"records: {out / 'records.jsonl'}")
     print(f"report:  {out / 'report' / 'results.md'} (tables, figures, index.html in {out / 'report'})")
@@ -185,30 +217,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from . import create_method
+    from .distributed import init_from_env, shutdown
     from .harness import RunConfig, open_dataset
     from .presets import get_preset
-    from .trained import train_config_for
-    from .training import Trainer
+    from .trained import train_config_for, train_stages
+    from .training import FirstImages
 
     preset = get_preset(args.preset)
-    method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size)
+    options = dict(args.option)
+    method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size, **options)
     if not method.trainable:
         raise UsageError(f"method {args.method!r} has nothing to train")
     method = method.training_method()  # an explainer trains the classifier it explains
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed)
-    train_config = train_config_for(method, args.preset, args.seed)
-    if args.epochs is not None:
-        train_config = replace(train_config, epochs=args.epochs)
+    try:
+        train_config = train_config_for(
+            method, args.preset, args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            balance=args.balance, best_criterion=args.criterion, checkpoint_every_steps=args.checkpoint_every,
+            amp=False if args.no_amp else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
+    if args.max_images is not None:
+        train_set, val_set = FirstImages(train_set, args.max_images), FirstImages(val_set, args.max_images)
     out = Path(args.out or f"runs/train-{args.method}-{args.preset}-seed{args.seed}")
-    trainer = Trainer(method, train_config, out, progress=not args.no_progress)
-    result = trainer.fit(open_dataset(config, "train"), open_dataset(config, "val"), resume=args.resume)
+    context = init_from_env(args.device)
+    try:
+        result = train_stages(method, train_config, out, train_set, val_set, resume=args.resume,
+                              only_stage=args.stage, context=context, progress=not args.no_progress)
+    except (ValueError, FloatingPointError) as exc:  # bad data, a checkpoint that does not fit, divergence
+        print(f"wsl-bench train: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown(context)
+    if not context.is_main:
+        return 0
+    world = f" on {context.world_size} processes ({context.backend})" if context.enabled else ""
+    print(f"trained {args.method}{world}, stages {', '.join(result.stages)}: final {result.final_checkpoint}, "
+          f"best {result.best_checkpoint}")
     last = result.history[-1] if result.history else {}
-    print(f"trained {args.method}: final {result.final_checkpoint}, best {result.best_checkpoint}")
     print("last epoch: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+    if result.skipped_samples:
+        print(f"{len(result.skipped_samples)} training image(s) could not be loaded and were skipped", file=sys.stderr)
     return 0
 
 

@@ -426,6 +426,41 @@ def run(
     return summary
 
 
+def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
+    """Fold the per-rank ``records.rank<r>.jsonl`` of a distributed run into ``records.jsonl``.
+
+    Called by rank 0 once every rank has finished (after a barrier). Records are written in the order
+    a single-process run writes them (method by method in ``config.methods`` order, images in split
+    order; any earlier ``records.jsonl`` content is kept, the last record per (image, method) wins),
+    to a temporary file renamed over ``records.jsonl``; the rank files are removed afterwards. Writes
+    the ``done`` marker when every (image, method) has a record.
+
+    Returns:
+        the path of ``records.jsonl``.
+    """
+    out_dir = Path(out_dir)
+    target = out_dir / "records.jsonl"
+    shards = sorted(out_dir.glob("records.rank*.jsonl"))
+    records = read_records([target, *shards])
+    all_ids = open_dataset(config).ids()
+    method_order = {m: i for i, m in enumerate(config.methods)}
+    image_order = {i: n for n, i in enumerate(all_ids)}
+    records.sort(key=lambda r: (method_order.get(r["method"], len(method_order)), r["method"],
+                                image_order.get(r["image_id"], len(image_order)), r["image_id"]))
+    tmp = out_dir / ".records.jsonl.merge.tmp"
+    tmp.unlink(missing_ok=True)
+    with RecordWriter(tmp) as writer:
+        for record in records:
+            writer.write(record)
+    tmp.replace(target)
+    for shard in shards:
+        shard.unlink()
+    have = {(r["image_id"], r["method"]) for r in records}
+    if all((i, m) in have for i in all_ids for m in config.methods):
+        (out_dir / "done").write_text("complete\n")
+    return target
+
+
 def parse_methods(spec: str | None) -> list[str]:
     """``"a,b,gmic*,gradcam@gmic"`` → method names (wildcards expanded, ``explainer@classifier``
     names checked part by part); ``None`` or empty → :func:`default_methods`.

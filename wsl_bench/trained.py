@@ -1,26 +1,34 @@
-"""Trained weights for a run: train once, cache, reuse.
+"""Trained weights for a run: run a method's training stages, cache the result, reuse it.
 
 A trainable method's checkpoint is cached under ``$WSL_BENCH_CACHE`` (default
 ``$XDG_CACHE_HOME/wsl_bench`` or ``~/.cache/wsl_bench``) in a folder named by the hash of everything
-that determines the weights: method and its configuration, training data, training configuration
-and seed. A second run with the same settings loads the cached weights; an interrupted training
-resumes from its last checkpoint.
+that determines the weights: method and its configuration (training hyper-parameters included),
+training data, training configuration, the stages of its recipe and the seed. A second run with the
+same settings loads the cached weights; an interrupted training resumes from its last checkpoint.
+
+Staged recipes (GLAM: global, local, joint) train each stage into ``<folder>/stage-<name>/`` with
+its own ``last.pt``, ``best.pt``, ``final.pt``, ``log.csv`` and ``curves.png``; a stage starts from
+the previous stage's ``best.pt`` and resumes on its own. A one-stage recipe trains in the folder
+itself. The weights a run evaluates are the last stage's ``best.pt`` (``final.pt`` when validation
+gave no usable criterion).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint_io import load_checkpoint_file
+from .distributed import SINGLE_PROCESS, DistContext
 from .manifest import config_hash, file_sha256, write_json_atomic
 from .presets import get_preset
 from .saliency import SaliencyMethod, TrainableMethod
-from .training import TrainConfig, Trainer
+from .training import TrainConfig, Trainer, TrainingStage, TrainResult, load_network_weights, training_stages
 
 if TYPE_CHECKING:
+    from .data import MammogramDataset
     from .harness import RunConfig
 
 log = logging.getLogger(__name__)
@@ -34,36 +42,101 @@ def cache_root() -> Path:
     return Path(base) / "wsl_bench"
 
 
-def train_config_for(method: TrainableMethod, preset_name: str, seed: int) -> TrainConfig:
-    """The preset's training budget with the method's own overrides (``train_overrides`` attribute)."""
+def train_config_for(method: TrainableMethod, preset_name: str, seed: int, **overrides: Any) -> TrainConfig:
+    """The preset's training budget, then the method's recipe (its ``train_overrides`` attribute, e.g.
+    GMIC's published learning rate), then explicit ``overrides`` (command-line options)."""
     preset = get_preset(preset_name)
     fields: dict[str, Any] = {"epochs": preset.epochs, "batch_size": preset.batch_size, "seed": seed}
     fields.update(getattr(method, "train_overrides", {}))
+    fields.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**fields)
 
 
+def stage_folder(out_dir: str | Path, stages: tuple[TrainingStage, ...], stage: TrainingStage) -> Path:
+    """Where ``stage`` trains: ``out_dir`` for a one-stage recipe, else ``out_dir/stage-<name>``."""
+    return Path(out_dir) if len(stages) == 1 else Path(out_dir) / f"stage-{stage.name}"
+
+
+def stage_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint a finished stage hands on: ``best.pt``, else ``final.pt``; ``None`` if unfinished."""
+    if not (folder / "final.pt").exists():
+        return None
+    return folder / "best.pt" if (folder / "best.pt").exists() else folder / "final.pt"
+
+
+def train_stages(
+    method: TrainableMethod,
+    config: TrainConfig,
+    out_dir: str | Path,
+    train_set: MammogramDataset,
+    val_set: MammogramDataset | None = None,
+    resume: bool = False,
+    only_stage: str | None = None,
+    context: DistContext = SINGLE_PROCESS,
+    progress: bool = True,
+) -> TrainResult:
+    """Run the method's training stages in order (or only ``only_stage``), each in its folder.
+
+    Args:
+        resume: continue each stage from its ``last.pt`` where there is one (a finished stage is
+            then not trained again); without it every stage run here starts afresh.
+        only_stage: train just this stage; the stages before it must have finished already.
+
+    Returns:
+        the last stage run: its final and best checkpoints; ``history`` of every stage run here.
+
+    Raises:
+        ValueError: an unknown stage name, or an earlier stage that has not finished.
+    """
+    stages = training_stages(method)
+    names = [s.name for s in stages]
+    if only_stage is not None and only_stage not in names:
+        raise ValueError(f"{method.name} has no training stage {only_stage!r}; its stages: {', '.join(names)}")
+    previous: Path | None = None
+    history: list[dict[str, Any]] = []
+    skipped: set[str] = set()
+    result: TrainResult | None = None
+    for stage in stages:
+        folder = stage_folder(out_dir, stages, stage)
+        if only_stage is not None and stage.name != only_stage:
+            if names.index(stage.name) > names.index(only_stage):
+                break
+            previous = stage_checkpoint(folder)
+            if previous is None:
+                raise ValueError(
+                    f"stage {only_stage!r} of {method.name} starts from stage {stage.name!r}, which has not "
+                    f"finished in {folder}; train it first (--stage {stage.name}, or no --stage)"
+                )
+            continue
+        trainer = Trainer(method, config, folder, progress=progress, stage=stage, init_from=previous, context=context)
+        result = trainer.fit(train_set, val_set, resume=resume)
+        history += result.history
+        skipped |= set(result.skipped_samples)
+        previous = result.best_checkpoint
+    assert result is not None  # at least one stage ran
+    ran = [s.name for s in stages if only_stage in (None, s.name)]
+    return replace(result, history=history, skipped_samples=sorted(skipped), stages=ran)
+
+
 def load_method_weights(method: SaliencyMethod, path: str | Path) -> dict[str, Any]:
-    """Load a project-format checkpoint (``wsl_bench.checkpoint/1``) into ``method``.
+    """Load a project-format checkpoint (``wsl_bench.checkpoint/1``) into ``method`` and put it in eval mode.
 
     Raises:
         ValueError: the file belongs to another method or configuration.
     """
-    checkpoint = load_checkpoint_file(path, map_location=method.device)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "wsl_bench.checkpoint/1":
-        raise ValueError(f"{path}: not a wsl-bench checkpoint")
-    identity = method.training_identity()
-    if {"method": checkpoint["method"], "config": checkpoint["config"]} != identity:
-        raise ValueError(
-            f"{path}: checkpoint of {checkpoint['method']!r} with config {checkpoint['config']} does not fit "
-            f"{identity['method']!r} with config {identity['config']}"
-        )
-    method.network().load_state_dict(checkpoint["state_dict"])
+    meta = load_network_weights(method, Path(path))
     method.network().eval()
-    return checkpoint.get("meta", {})
+    return meta
 
 
-def ensure_trained(method: TrainableMethod, config: RunConfig, progress: bool = True) -> dict[str, Any]:
+def ensure_trained(
+    method: TrainableMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> dict[str, Any]:
     """Train ``method`` on the run's dataset (train/val splits) or load the cached result.
+
+    Under ``torchrun`` every rank calls this with the same ``context``: they train together
+    (DistributedDataParallel) into the one cache folder, which must then be on a filesystem every
+    rank sees; only rank 0 writes there.
 
     Returns:
         checkpoint facts for the manifest: path, sha256, cache key, training metrics.
@@ -75,29 +148,36 @@ def ensure_trained(method: TrainableMethod, config: RunConfig, progress: bool = 
     train_set = open_dataset(config, "train")
     val_set = open_dataset(config, "val")
     identity = method.training_identity()
+    stages = training_stages(trainee)
     key_data = {
         "method": identity["method"],
         "method_config": identity["config"],
         "train_data": train_set.describe(),
         "val_data": val_set.describe(),
         "train_config": train_config.__dict__,
+        "stages": [s.to_dict() for s in stages],
     }
     key = config_hash(key_data)
     folder = cache_root() / "checkpoints" / identity["method"] / key
-    final = folder / "final.pt"
-    if not final.exists():
+    last_stage = stage_folder(folder, stages, stages[-1])
+    context.barrier()  # every rank sees the same cache state before deciding to train
+    if stage_checkpoint(last_stage) is None:
         log.info("training %s (cache %s)", method.name, folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "key.json", key_data)
-        Trainer(trainee, train_config, folder, progress=progress).fit(train_set, val_set, resume=True)
-    # The checkpoint selected on the validation split (by TrainConfig.best_criterion) is evaluated;
+        if context.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "key.json", key_data)
+        context.barrier()
+        train_stages(trainee, train_config, folder, train_set, val_set, resume=True, context=context,
+                     progress=progress)
+    # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
     # the final one stands in when validation gave no usable criterion.
-    chosen = folder / "best.pt" if (folder / "best.pt").exists() else final
+    chosen = stage_checkpoint(last_stage)
     meta = load_method_weights(method, chosen)
     return {
         "path": str(chosen),
         "sha256": file_sha256(chosen),
         "cache_key": key,
+        "stages": [s.name for s in stages],
         "epochs_completed": meta.get("epochs_completed"),
         "train_metrics": meta.get("metrics"),
     }

@@ -1,14 +1,32 @@
 """The weakly-supervised trainer shared by every trainable method.
 
-Only image-level labels reach the loss: masks are never read during training (validation reads
-them to pick the best checkpoint by a localisation metric when asked). One trainer for all methods
-keeps the comparison fair: same optimiser, same data order, same budget rules.
+Only image-level labels reach the loss: masks are never read during training. Validation reads them
+to report Dice and PxAP per epoch (computed by :mod:`wsl_bench.scoring` and :mod:`wsl_bench.metrics`,
+the harness's own definitions) and, when asked, to pick the best checkpoint by one of them. One
+trainer for all methods keeps the comparison fair: same optimiser, same data order, same budget.
 
-Reproducibility and resumption: the data order of epoch ``e`` is a permutation drawn from
-``(seed, e)``, and a checkpoint stores the model, optimiser, epoch, step-in-epoch and every RNG state.
-A run killed at any moment and resumed from its last checkpoint therefore ends with the same
-weights as an uninterrupted run (on CPU). Checkpoints are written atomically (temporary file, then
-``os.replace``), so a kill during a write leaves the previous checkpoint intact.
+Stages. A method may declare a sequence of :class:`TrainingStage` (``training_stages()``), each a
+loss, a subset of the network to train and a share of the epoch budget: GLAM trains its global
+module, then its local module on the windows the frozen global module chooses, then optionally
+both. One :class:`Trainer` runs one stage into its own folder; ``wsl_bench.trained.train_stages``
+runs them in order, each starting from the previous stage's best checkpoint.
+
+Reproducibility and resumption. The data order of epoch ``e`` is drawn from ``(seed, e)``; every
+training image's augmentation from ``(seed, e, position)`` (:mod:`wsl_bench.augment`); a checkpoint
+stores the network, the optimiser, epoch, step in epoch, the losses of the epoch so far and torch's
+RNG states. A run killed at any moment and resumed from its last checkpoint therefore ends with the
+same weights as an uninterrupted run (on CPU). Checkpoints are written atomically (temporary file,
+then ``os.replace``), so a kill during a write leaves the previous checkpoint intact.
+
+Mixed precision (``amp``, CUDA only): the forward pass runs under bfloat16 autocast. bfloat16 keeps
+float32's exponent range, so no gradient scaler is needed (fp16 would need one); the methods compute
+their heads, pooling and losses in float32 (see their ``training_loss``).
+
+Data parallelism (``torchrun``, see :mod:`wsl_bench.distributed`). Every rank computes the same
+epoch order; each global batch is split over the ranks (``numpy.array_split``), each rank's loss (a
+mean over its images) is weighted by ``n_rank · world / n_global`` so that DistributedDataParallel's
+gradient average equals the gradient of the global batch mean, and BatchNorm statistics are
+synchronised. Only rank 0 validates and writes checkpoints, logs and figures.
 """
 
 from __future__ import annotations
@@ -17,22 +35,45 @@ import csv
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from .augment import Augmentation
 from .checkpoint_io import atomic_torch_save, load_checkpoint_file
-from .data import DatasetError, MammogramDataset, SampleError
-from .metrics import auc
+from .data import MammogramDataset
+from .distributed import SINGLE_PROCESS, DistContext, synchronise_batchnorm
+from .manifest import file_sha256
+from .metrics import auc, pxap_from_histograms
+from .records import decode_counts
 from .saliency import CLASSES, TrainableMethod
+from .scoring import score_image
+from .training_data import (  # noqa: F401  (re-exported: the trainer's data API)
+    FirstImages,
+    LabelledImages,
+    ValidationImages,
+    balanced_order,
+    epoch_order,
+)
 
 log = logging.getLogger(__name__)
 
-TRAINER_STATE_FORMAT = "wsl_bench.trainer_state/1"
+TRAINER_STATE_FORMAT = "wsl_bench.trainer_state/2"
+METHOD_CHECKPOINT_FORMAT = "wsl_bench.checkpoint/1"
+BALANCE_MODES: tuple[str, ...] = ("none", "pos_weight", "sampler")
+CRITERIA: dict[str, tuple[str, int]] = {
+    "mean_auc": ("val_mean_auc", 1),
+    "loss": ("val_loss", -1),
+    "mean_dice": ("val_mean_dice", 1),
+    "mean_pxap": ("val_mean_pxap", 1),
+}
+"""Best-checkpoint criteria: the validation column and its sign (+1: larger is better)."""
 
 
 @dataclass(frozen=True)
@@ -40,18 +81,24 @@ class TrainConfig:
     """Hyper-parameters of one training run.
 
     Attributes:
-        epochs: passes over the training split.
-        batch_size: images per optimisation step.
+        epochs: passes over the training split (a stage trains a share of them, see
+            :class:`TrainingStage`).
+        batch_size: images per optimisation step (the global batch, split over ranks).
         lr: Adam learning rate.
         weight_decay: Adam (L2) weight decay.
         seed: seeds initialisation-independent randomness: data order and augmentation.
-        balance: ``"pos_weight"`` weights positives by negatives/positives per class in the BCE
-            terms, ``"none"`` does nothing (use on balanced data such as the synthetic set).
+        balance: class-imbalance handling. ``"pos_weight"``: positive terms of every BCE weighted
+            by negatives/positives of their class over the training split; ``"sampler"``: each
+            epoch draws as many images as the split holds, with replacement, every label pattern
+            (none, benign, malignant, both) equally likely; ``"none"``: neither (balanced data
+            such as the synthetic set).
         checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0: only at
             epoch ends).
-        best_criterion: validation quantity that selects the kept "best" checkpoint:
-            ``"mean_auc"`` or ``"loss"`` (lowest).
-        amp: mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
+        best_criterion: validation quantity that selects ``best.pt`` (see :data:`CRITERIA`):
+            ``"mean_auc"`` (image-level labels only, the default), ``"loss"`` (lowest),
+            ``"mean_dice"`` or ``"mean_pxap"`` (these read the validation masks).
+        amp: bfloat16 autocast on CUDA; ignored on CPU.
+        val_bins: histogram bins of the validation Dice/PxAP (the harness's default is 1000).
         max_cached_images: training images kept decoded in memory (0: reload every time).
     """
 
@@ -64,87 +111,94 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     best_criterion: str = "mean_auc"
     amp: bool = True
+    val_bins: int = 1000
     max_cached_images: int = 4000
 
     def __post_init__(self) -> None:
-        if self.balance not in ("none", "pos_weight"):
-            raise ValueError(f"balance must be 'none' or 'pos_weight', got {self.balance!r}")
-        if self.best_criterion not in ("mean_auc", "loss"):
-            raise ValueError(f"best_criterion must be 'mean_auc' or 'loss', got {self.best_criterion!r}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.best_criterion not in CRITERIA:
+            raise ValueError(f"best_criterion must be one of {tuple(CRITERIA)}, got {self.best_criterion!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if self.lr <= 0 or self.checkpoint_every_steps < 0 or self.val_bins < 2:
+            raise ValueError("lr must be positive, checkpoint_every_steps non-negative and val_bins at least 2")
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage of a method's training recipe.
+
+    Attributes:
+        name: the stage's folder is ``stage-<name>`` (a one-stage recipe trains in the folder itself).
+        loss: passed to the method's ``training_loss(..., stage=loss)``; ``None`` passes nothing.
+        trainable: names of the network's submodules this stage trains (``network.get_submodule``);
+            the rest is frozen and kept in eval mode (its BatchNorm statistics do not move). Empty:
+            the whole network.
+        epochs_fraction: the stage trains ``max(1, round(fraction · TrainConfig.epochs))`` epochs.
+        lr_factor: the stage's learning rate is ``factor · TrainConfig.lr``.
+        criterion: best-checkpoint criterion of this stage (``None``: ``TrainConfig.best_criterion``),
+            e.g. ``"loss"`` where the image-level scores do not depend on what the stage trains.
+    """
+
+    name: str = "main"
+    loss: str | None = None
+    trainable: tuple[str, ...] = ()
+    epochs_fraction: float = 1.0
+    lr_factor: float = 1.0
+    criterion: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"a stage name must be letters, digits, '-' or '_', got {self.name!r}")
+        if self.epochs_fraction <= 0 or self.lr_factor <= 0:
+            raise ValueError(f"stage {self.name!r}: epochs_fraction and lr_factor must be positive")
+        if self.criterion is not None and self.criterion not in CRITERIA:
+            raise ValueError(f"stage {self.name!r}: criterion must be one of {tuple(CRITERIA)}")
+
+    def epochs(self, config: TrainConfig) -> int:
+        return max(1, round(config.epochs * self.epochs_fraction))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trainable"] = list(self.trainable)
+        return d
+
+
+def training_stages(method: TrainableMethod) -> tuple[TrainingStage, ...]:
+    """The method's declared stages (``training_stages()``), or one stage training everything."""
+    declared = getattr(method, "training_stages", None)
+    stages = tuple(declared()) if callable(declared) else ()
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{method.name}: stage names must be unique, got {names}")
+    return stages or (TrainingStage(),)
+
+
+def training_augmentation(method: TrainableMethod) -> Augmentation | None:
+    """The method's training-time augmentation (``training_augmentation()``), if it declares one."""
+    declared = getattr(method, "training_augmentation", None)
+    return declared() if callable(declared) else None
 
 
 @dataclass
 class TrainResult:
-    """What a finished training run leaves behind."""
+    """What a finished training run (one stage, or all of them) leaves behind."""
 
     final_checkpoint: Path
     best_checkpoint: Path
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     skipped_samples: list[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)
 
 
-class LabelledImages:
-    """Images and label vectors of a dataset split, loaded lazily and cached in memory.
-
-    Samples that fail to load are reported once and left out (training never dies on one image).
-    """
-
-    def __init__(self, dataset: MammogramDataset, max_cached: int) -> None:
-        self.dataset = dataset
-        self.ids = dataset.ids()
-        if not self.ids:
-            raise DatasetError(f"dataset {dataset.name!r} split {dataset.split!r} is empty: nothing to train on")
-        self.max_cached = max_cached
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.failed: dict[str, str] = {}
-
-    def get(self, sample_id: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(1×H×W image, C labels)`` or ``None`` when the sample cannot be loaded."""
-        if sample_id in self._cache:
-            return self._cache[sample_id]
-        if sample_id in self.failed:
-            return None
-        try:
-            sample = self.dataset.get(sample_id)
-        except SampleError as exc:
-            log.warning("training skips %s: %s", sample_id, exc)
-            self.failed[sample_id] = str(exc)
-            return None
-        labels = sample.label_vector()
-        if np.isnan(labels).any():
-            raise DatasetError(
-                f"sample {sample_id} of dataset {self.dataset.name!r} has no image-level label for every class "
-                f"({dict(zip(CLASSES, labels.tolist(), strict=True))}); weakly-supervised training needs labels"
-            )
-        item = (torch.from_numpy(sample.image), torch.from_numpy(labels))
-        if len(self._cache) < self.max_cached:
-            self._cache[sample_id] = item
-        return item
-
-    def batch(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        items = [item for item in (self.get(i) for i in ids) if item is not None]
-        if not items:
-            return None
-        return torch.stack([i for i, _ in items]), torch.stack([label for _, label in items])
-
-    def positive_weights(self) -> torch.Tensor:
-        """``C`` weights negatives/positives per class over the split (1 where a class has no positive)."""
-        labels = torch.stack([item[1] for item in (self.get(i) for i in self.ids) if item is not None])
-        positives = labels.sum(0)
-        negatives = labels.shape[0] - positives
-        return torch.where(positives > 0, negatives / positives.clamp_min(1), torch.ones_like(positives))
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The data order of one epoch: a permutation of ``range(n)`` fixed by ``(seed, epoch)``."""
-    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
-
-
+# --------------------------------------------------------------------------------------------
+# RNG state and small helpers
+# --------------------------------------------------------------------------------------------
 def _rng_state() -> dict[str, Any]:
-    """Torch's generator states: the only global randomness a training step may use (augmentation
-    and dropout draw from it; data order comes from :func:`epoch_order`)."""
+    """Torch's generator states: the only global randomness a training step may use (dropout;
+    data order and augmentation are drawn from their own seeded generators)."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -157,29 +211,121 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _trainable_parameters(network: nn.Module, names: tuple[str, ...], stage: str) -> list[nn.Parameter]:
+    if not names:
+        return list(network.parameters())
+    for name in names:
+        try:
+            network.get_submodule(name)
+        except AttributeError:
+            known = ", ".join(n for n, _ in network.named_children())
+            raise ValueError(f"stage {stage!r} trains {name!r}, which the network lacks (children: {known})") from None
+    chosen = [p for n, p in network.named_parameters() if any(n.startswith(f"{m}.") for m in names)]
+    if not chosen:
+        raise ValueError(f"stage {stage!r}: submodules {names} hold no parameters")
+    return chosen
+
+
+def load_network_weights(method: TrainableMethod, path: Path) -> dict[str, Any]:
+    """Load a project-format checkpoint (``wsl_bench.checkpoint/1``) into ``method.network()``.
+
+    Raises:
+        ValueError: not such a checkpoint, or one of another method or configuration.
+    """
+    checkpoint = load_checkpoint_file(path, map_location=method.device)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != METHOD_CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a wsl-bench checkpoint")
+    identity = method.training_identity()
+    if {"method": checkpoint.get("method"), "config": checkpoint.get("config")} != identity:
+        raise ValueError(
+            f"{path}: checkpoint of {checkpoint.get('method')!r} with config {checkpoint.get('config')} does not fit "
+            f"{identity['method']!r} with config {identity['config']}"
+        )
+    method.network().load_state_dict(checkpoint["state_dict"])
+    return checkpoint.get("meta", {})
+
+
+def describe_differences(stored: Any, current: Any, prefix: str = "") -> str:
+    """``"key: stored value in the checkpoint, current value here"`` for every differing (nested) key."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        parts = [
+            describe_differences(stored.get(k, "<absent>"), current.get(k, "<absent>"), f"{prefix}{k}.")
+            for k in dict.fromkeys([*stored, *current])
+            if stored.get(k, "<absent>") != current.get(k, "<absent>")
+        ]
+        return "; ".join(parts)
+    return f"{prefix.rstrip('.') or 'value'}: {stored!r} in the checkpoint, {current!r} here"
+
+
+class _LossModule(nn.Module):
+    """``(images, labels, pos_weight) → method.training_loss(...)`` as a module, so that the loss runs
+    through DistributedDataParallel's forward (which its gradient synchronisation needs)."""
+
+    def __init__(self, method: TrainableMethod, network: nn.Module, loss_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.network = network
+        self._method = method  # not a module: only the network's parameters belong to this one
+        self._loss_kwargs = loss_kwargs
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
+        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
 class Trainer:
-    """Trains one :class:`TrainableMethod` on a dataset split.
+    """Trains one :class:`TrainableMethod` (one stage of its recipe) on a dataset split.
 
     Args:
         method: the method; its network is trained in place.
         config: hyper-parameters.
-        out_dir: where checkpoints (``last.pt``, ``best.pt``, ``final.pt``), ``log.csv`` and the
-            curve figure go.
-        progress: show tqdm progress bars.
+        out_dir: where checkpoints (``last.pt``, ``best.pt``, ``final.pt``), ``log.csv`` and
+            ``curves.png`` go.
+        progress: show tqdm progress bars (rank 0 only).
+        stage: the stage to train (default: everything, the method's plain loss).
+        init_from: a project checkpoint (the previous stage's) loaded before a fresh start; its
+            checksum is recorded, and resuming refuses a ``last.pt`` started from another file.
+        context: the distributed context (default: one process).
     """
 
-    def __init__(self, method: TrainableMethod, config: TrainConfig, out_dir: str | Path, progress: bool = True):
+    def __init__(
+        self,
+        method: TrainableMethod,
+        config: TrainConfig,
+        out_dir: str | Path,
+        progress: bool = True,
+        stage: TrainingStage | None = None,
+        init_from: str | Path | None = None,
+        context: DistContext = SINGLE_PROCESS,
+    ) -> None:
         self.method = method
         self.config = config
         self.out_dir = Path(out_dir)
-        self.progress = progress
+        self.context = context
+        self.progress = progress and context.is_main
+        self.stage = stage or TrainingStage()
+        self.init_from = Path(init_from) if init_from is not None else None
         self.network = method.network()
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.epochs = self.stage.epochs(config)
+        self.criterion = self.stage.criterion or config.best_criterion
+        self.loss_kwargs: dict[str, Any] = {} if self.stage.loss is None else {"stage": self.stage.loss}
+        self.parameters = _trainable_parameters(self.network, self.stage.trainable, self.stage.name)
+        # Images and labels reach the loss in the network's floating dtype (float32 normally; float64
+        # networks are trained exactly, e.g. for numerical equivalence checks).
+        self.input_dtype = next((p.dtype for p in self.network.parameters() if p.is_floating_point()), torch.float32)
+        self.optimizer = torch.optim.Adam(
+            self.parameters, lr=config.lr * self.stage.lr_factor, weight_decay=config.weight_decay
+        )
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
+        self.epoch_losses: list[float] = []
+        self.epoch_seconds = 0.0
         self.best_value: float | None = None
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
+        self.init_sha256: str | None = None
+        self._skip_warned = False
 
     # -- checkpointing ---------------------------------------------------------------------------
     @property
@@ -191,37 +337,59 @@ class Trainer:
             "format": TRAINER_STATE_FORMAT,
             "identity": self.method.training_identity(),
             "train_config": asdict(self.config),
+            "stage": self.stage.to_dict(),
+            "init_sha256": self.init_sha256,
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
+            "epoch_losses": list(self.epoch_losses),
+            "epoch_seconds": self.epoch_seconds,
             "best_value": self.best_value,
             "history": self.history,
             "rng": _rng_state(),
         }
 
     def save_state(self) -> None:
-        atomic_torch_save(self._state(), self.last_path)
+        """Write ``last.pt`` atomically (rank 0 only)."""
+        if self.context.is_main:
+            atomic_torch_save(self._state(), self.last_path)
 
     def load_state(self, path: Path) -> None:
-        """Restore everything from a trainer checkpoint, refusing one of another method or configuration."""
-        state = load_checkpoint_file(path)
-        if state.get("format") != TRAINER_STATE_FORMAT:
-            raise ValueError(f"{path}: not a wsl-bench trainer checkpoint (format {state.get('format')!r})")
-        if state["identity"] != self.method.training_identity():
+        """Restore everything from a trainer checkpoint, refusing one of another method, configuration
+        or stage, or one whose stage started from another checkpoint."""
+        state = load_checkpoint_file(path, map_location=self.method.device)
+        if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path}: not a wsl-bench trainer checkpoint (format {found!r})")
+        identity = self.method.training_identity()
+        if state["identity"] != identity:
             raise ValueError(
-                f"{path}: checkpoint of {state['identity']} cannot resume {self.method.training_identity()}"
+                f"{path}: checkpoint of another method or configuration cannot be resumed here "
+                f"({describe_differences(state['identity'], identity)}); use a new output folder or the same settings"
             )
         if state["train_config"] != asdict(self.config):
             raise ValueError(
-                f"{path}: checkpoint was trained with {state['train_config']}, not {asdict(self.config)}; "
+                f"{path}: checkpoint was trained with another training configuration "
+                f"({describe_differences(state['train_config'], asdict(self.config))}); "
                 "use a new output folder or the same training configuration"
+            )
+        if state["stage"] != self.stage.to_dict():
+            raise ValueError(
+                f"{path}: checkpoint of another training stage "
+                f"({describe_differences(state['stage'], self.stage.to_dict())})"
+            )
+        if state["init_sha256"] != self.init_sha256:
+            raise ValueError(
+                f"{path}: stage {self.stage.name!r} started from another checkpoint than {self.init_from} "
+                "(the previous stage was trained again); train this stage afresh (without --resume)"
             )
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best_value = state["global_step"], state["best_value"]
+        self.epoch_losses, self.epoch_seconds = list(state["epoch_losses"]), float(state["epoch_seconds"])
         self.history = list(state["history"])
         _set_rng_state(state["rng"])
 
@@ -229,120 +397,246 @@ class Trainer:
     def fit(
         self, train_set: MammogramDataset, val_set: MammogramDataset | None = None, resume: bool = False
     ) -> TrainResult:
-        """Train for ``config.epochs`` epochs (continuing from ``last.pt`` when ``resume``)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Train this stage for its epochs (continuing from ``last.pt`` when ``resume`` and it exists)."""
+        context, device = self.context, self.method.device
+        train = LabelledImages(train_set, self.config.max_cached_images)
+        val = ValidationImages(val_set) if val_set is not None else None
+        if context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.init_sha256 = file_sha256(self.init_from) if self.init_from is not None else None
         if resume and self.last_path.exists():
             self.load_state(self.last_path)
-            log.info("resuming %s at epoch %d step %d", self.method.name, self.epoch, self.step_in_epoch)
-        elif not resume:
+            log.info("resuming %s stage %s at epoch %d step %d", self.method.name, self.stage.name, self.epoch,
+                     self.step_in_epoch)
+        else:
+            if self.init_from is not None:
+                load_network_weights(self.method, self.init_from)
             torch.manual_seed(self.config.seed)
-        device = self.method.device
-        train = LabelledImages(train_set, self.config.max_cached_images)
-        val = LabelledImages(val_set, self.config.max_cached_images) if val_set is not None else None
-        pos_weight = train.positive_weights().to(device) if self.config.balance == "pos_weight" else None
-        steps_per_epoch = math.ceil(len(train.ids) / self.config.batch_size)
-        use_amp = self.config.amp and device.type == "cuda"
 
-        while self.epoch < self.config.epochs:
-            order = epoch_order(len(train.ids), self.config.seed, self.epoch)
+        already_done = self.epoch >= self.epochs
+        labels = train.label_matrix() if self.config.balance != "none" and not already_done else None
+        pos_weight = None
+        if self.config.balance == "pos_weight" and not already_done:
+            pos_weight = train.positive_weights().to(device)
+        augment = training_augmentation(self.method)
+
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        for p in self.parameters:
+            p.requires_grad_(True)
+        try:
+            synchronise_batchnorm(self.network, device, context)
+            loss_module: nn.Module = _LossModule(self.method, self.network, self.loss_kwargs)
+            if context.enabled:
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [device.index if device.index is not None else torch.cuda.current_device()] if (
+                    device.type == "cuda") else None
+                loss_module = DistributedDataParallel(loss_module, device_ids=ids)
+            self._loop(train, val, labels, pos_weight, augment, loss_module)
+        finally:
+            for p in self.network.parameters():
+                p.requires_grad_(True)
+
+        final_path, best_path = self.out_dir / "final.pt", self.out_dir / "best.pt"
+        if context.is_main and not (already_done and final_path.exists()):
+            atomic_torch_save(self.method_checkpoint(train_set, self.history[-1] if self.history else {}), final_path)
+        context.barrier()  # every rank may read final.pt from here on
+        if not best_path.exists():
+            best_path = final_path
+        self.network.eval()
+        return TrainResult(final_path, best_path, self.history, sorted(train.failed), [self.stage.name])
+
+    def _epoch_order(self, train: LabelledImages, labels: np.ndarray | None) -> list[int]:
+        if self.config.balance == "sampler":
+            return balanced_order(labels, self.config.seed, self.epoch)
+        return epoch_order(len(train.ids), self.config.seed, self.epoch)
+
+    def _set_train_mode(self) -> None:
+        """Train mode for what this stage trains; eval mode (fixed BatchNorm statistics) elsewhere."""
+        if not self.stage.trainable:
+            self.network.train()
+            return
+        self.network.eval()
+        for name in self.stage.trainable:
+            self.network.get_submodule(name).train()
+
+    def _loop(
+        self,
+        train: LabelledImages,
+        val: ValidationImages | None,
+        labels: np.ndarray | None,
+        pos_weight: torch.Tensor | None,
+        augment: Augmentation | None,
+        loss_module: nn.Module,
+    ) -> None:
+        batch_size = self.config.batch_size
+        while self.epoch < self.epochs:
+            order = self._epoch_order(train, labels)
+            steps = math.ceil(len(order) / batch_size)
             bar = tqdm(
-                total=steps_per_epoch,
+                total=steps,
                 initial=self.step_in_epoch,
-                desc=f"train {self.method.name} epoch {self.epoch + 1}/{self.config.epochs}",
+                desc=f"train {self.method.name} {self.stage.name} epoch {self.epoch + 1}/{self.epochs}",
                 disable=not self.progress,
                 leave=False,
             )
-            losses: list[float] = []
-            self.network.train()
-            while self.step_in_epoch < steps_per_epoch:
-                start = self.step_in_epoch * self.config.batch_size
-                batch = train.batch([train.ids[i] for i in order[start : start + self.config.batch_size]])
-                if batch is not None:
-                    images, labels = batch[0].to(device), batch[1].to(device)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss = self.method.training_loss(images, labels, pos_weight=pos_weight)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"{self.method.name}: loss became {loss.item()} at epoch {self.epoch + 1} "
-                            f"step {self.step_in_epoch + 1}; lower the learning rate"
-                        )
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    losses.append(float(loss.detach()))
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            self._set_train_mode()
+            while self.step_in_epoch < steps:
+                started = time.perf_counter()
+                positions = list(range(self.step_in_epoch * batch_size, min((self.step_in_epoch + 1) * batch_size,
+                                                                             len(order))))
+                loss = self._train_step(train, order, positions, pos_weight, augment, loss_module)
+                if loss is not None:
+                    self.epoch_losses.append(loss)
+                    bar.set_postfix(loss=f"{loss:.4f}")
                 self.step_in_epoch += 1
                 self.global_step += 1
+                self.epoch_seconds += time.perf_counter() - started
                 bar.update(1)
                 every = self.config.checkpoint_every_steps
-                if every and self.global_step % every == 0 and self.step_in_epoch < steps_per_epoch:
+                if every and self.global_step % every == 0 and self.step_in_epoch < steps:
                     self.save_state()
             bar.close()
-            self.network.eval()
-            row = {"epoch": self.epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
-            if val is not None:
-                row.update(self.validate(val, pos_weight))
-            self.history.append(row)
-            self.epoch += 1
-            self.step_in_epoch = 0
+            self._end_epoch(train, val, pos_weight)
+
+    def _train_step(
+        self,
+        train: LabelledImages,
+        order: list[int],
+        positions: list[int],
+        pos_weight: torch.Tensor | None,
+        augment: Augmentation | None,
+        loss_module: nn.Module,
+    ) -> float | None:
+        """One optimisation step on the global batch ``order[positions]``; returns its mean loss
+        (``None`` when the step is skipped because some rank has no loadable image)."""
+        context, device = self.context, self.method.device
+        mine = np.array_split(np.asarray(positions), context.world_size)[context.rank] if context.enabled else positions
+        batch = train.batch([(order[p], int(p)) for p in mine], self.config.seed, self.epoch, augment)
+        n_local = 0 if batch is None else len(batch[1])
+        counts = torch.zeros(context.world_size, dtype=torch.float64, device=context.collective_device(device))
+        counts[context.rank] = n_local
+        context.all_reduce_sum(counts)
+        if float(counts.min()) == 0:
+            if not self._skip_warned:
+                log.warning("%s: a step whose images do not reach every rank (or none loads) is skipped "
+                            "(epoch %d step %d, images per rank %s)", self.method.name, self.epoch + 1,
+                            self.step_in_epoch + 1, counts.tolist())
+                self._skip_warned = True
+            return None
+        total = float(counts.sum())
+        images, target = (t.to(device=device, dtype=self.input_dtype) for t in batch)
+        use_amp = self.config.amp and device.type == "cuda"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = loss_module(images, target, pos_weight)
+        summed = torch.stack([loss.detach().double() * n_local]).to(counts)
+        mean_loss = float(context.all_reduce_sum(summed)[0]) / total
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"{self.method.name}: loss became {mean_loss} in stage {self.stage.name!r} at epoch {self.epoch + 1} "
+                f"step {self.step_in_epoch + 1}; lower the learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        # DistributedDataParallel averages gradients over ranks: weighting each rank's mean by its share
+        # of the global batch (times the world size) makes that average the gradient of the global mean.
+        (loss * (n_local * context.world_size / total)).backward()
+        self.optimizer.step()
+        return mean_loss
+
+    def _end_epoch(self, train: LabelledImages, val: ValidationImages | None, pos_weight: torch.Tensor | None) -> None:
+        self.network.eval()
+        row: dict[str, Any] = {
+            "stage": self.stage.name,
+            "epoch": self.epoch + 1,
+            "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": round(self.epoch_seconds, 3),
+        }
+        if val is not None and self.context.is_main:
+            row.update(self.validate(val, pos_weight))
+        self.history.append(row)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_losses, self.epoch_seconds = [], 0.0
+        if self.context.is_main:
             if self._is_best(row):
                 self.best_value = self._criterion(row)
-                atomic_torch_save(self.method_checkpoint(train_set, row), self.out_dir / "best.pt")
+                atomic_torch_save(self.method_checkpoint(train.dataset, row), self.out_dir / "best.pt")
             self.save_state()
             self._write_log()
 
-        final_path = self.out_dir / "final.pt"
-        final_row = self.history[-1] if self.history else {}
-        atomic_torch_save(self.method_checkpoint(train_set, final_row), final_path)
-        best_path = self.out_dir / "best.pt"
-        if not best_path.exists():
-            best_path = final_path
-        return TrainResult(final_path, best_path, self.history, sorted(train.failed))
-
     @torch.no_grad()
-    def validate(self, val: LabelledImages, pos_weight: torch.Tensor | None) -> dict[str, float]:
-        """Validation loss and AUC per class (image-level labels only)."""
+    def validate(self, val: ValidationImages, pos_weight: torch.Tensor | None) -> dict[str, float]:
+        """Validation loss, AUC per class (image-level labels) and Dice/PxAP per class (masks).
+
+        Dice (at τ = 0.5, mean over the images holding a lesion of the class) and PxAP (pixel
+        histograms pooled over the same images) are computed exactly as the harness scores a run:
+        :func:`wsl_bench.scoring.score_image` on the method's ``predict`` output, then
+        :func:`wsl_bench.metrics.pxap_from_histograms`.
+        """
         device = self.method.device
-        scores, labels, losses = [], [], []
+        scores, labels, losses, sizes = [], [], [], []
+        dice: dict[str, list[float]] = {c: [] for c in CLASSES}
+        hist: dict[str, list[np.ndarray]] = {c: [np.zeros(self.config.val_bins, np.int64)] * 2 for c in CLASSES}
         for start in range(0, len(val.ids), self.config.batch_size):
-            batch = val.batch(val.ids[start : start + self.config.batch_size])
-            if batch is None:
+            samples = val.samples(val.ids[start : start + self.config.batch_size])
+            if not samples:
                 continue
-            images, target = batch[0].to(device), batch[1].to(device)
-            losses.append(float(self.method.training_loss(images, target, pos_weight=pos_weight)))
-            scores.append(self.method.predict(images).scores.float().cpu())
+            images = torch.from_numpy(np.stack([s.image for s in samples])).to(device=device, dtype=self.input_dtype)
+            target = torch.from_numpy(np.stack([s.label_vector() for s in samples])).to(device, self.input_dtype)
+            loss = self.method.training_loss(images, target, pos_weight=pos_weight, **self.loss_kwargs)
+            losses.append(float(loss))
+            sizes.append(len(samples))
+            output = self.method.predict(images).detach_to("cpu")
+            scores.append(output.scores.float())
             labels.append(target.cpu())
+            for i, sample in enumerate(samples):
+                scored = score_image(output.maps[i], output.map_range, sample, self.config.val_bins).fields
+                for name in CLASSES:
+                    if scored["has_lesion"][name]:  # both metrics score the images holding a lesion of the class
+                        dice[name].append(scored["dice"][name])
+                        pos, neg = (decode_counts(scored["hist"][name][k]) for k in ("pos", "neg"))
+                        hist[name] = [hist[name][0] + pos, hist[name][1] + neg]
         if not scores:
             return {}
         score_matrix, label_matrix = torch.cat(scores).numpy(), torch.cat(labels).numpy()
-        row = {"val_loss": float(np.mean(losses))}
+        row: dict[str, float] = {"val_loss": float(np.average(losses, weights=sizes))}
         for c, name in enumerate(CLASSES):
             row[f"val_auc_{name}"] = auc(score_matrix[:, c], label_matrix[:, c])
-        row["val_mean_auc"] = float(np.nanmean([row[f"val_auc_{name}"] for name in CLASSES]))
+        for name in CLASSES:
+            row[f"val_dice_{name}"] = float(np.mean(dice[name])) if dice[name] else float("nan")
+            pos, neg = hist[name]
+            row[f"val_pxap_{name}"] = pxap_from_histograms(pos, neg) if pos.sum() > 0 else float("nan")
+        for metric in ("auc", "dice", "pxap"):
+            values = [row[f"val_{metric}_{name}"] for name in CLASSES]
+            finite = [v for v in values if np.isfinite(v)]
+            row[f"val_mean_{metric}"] = float(np.mean(finite)) if finite else float("nan")
         return row
 
-    def _criterion(self, row: dict[str, float]) -> float | None:
-        key = "val_mean_auc" if self.config.best_criterion == "mean_auc" else "val_loss"
+    def _criterion(self, row: dict[str, Any]) -> float | None:
+        key, sign = CRITERIA[self.criterion]
         value = row.get(key)
         if value is None or not np.isfinite(value):
             return None
-        return value if key == "val_mean_auc" else -value  # larger is better internally
+        return sign * float(value)  # larger is better internally
 
-    def _is_best(self, row: dict[str, float]) -> bool:
+    def _is_best(self, row: dict[str, Any]) -> bool:
         value = self._criterion(row)
         return value is not None and (self.best_value is None or value > self.best_value)
 
-    def method_checkpoint(self, train_set: MammogramDataset, metrics: dict[str, float]) -> dict[str, Any]:
+    def method_checkpoint(self, train_set: MammogramDataset, metrics: dict[str, Any]) -> dict[str, Any]:
         """The project's checkpoint format: weights plus the record of how they were made."""
         identity = self.method.training_identity()
         return {
-            "format": "wsl_bench.checkpoint/1",
+            "format": METHOD_CHECKPOINT_FORMAT,
             "method": identity["method"],
             "config": identity["config"],
             "state_dict": self.network.state_dict(),
             "meta": {
                 "training_data": train_set.describe(),
                 "train_config": asdict(self.config),
+                "stage": self.stage.to_dict(),
                 "seed": self.config.seed,
                 "metrics": dict(metrics),
                 "epochs_completed": self.epoch,
@@ -350,7 +644,7 @@ class Trainer:
         }
 
     def _write_log(self) -> None:
-        """``log.csv`` with one row per epoch (rewritten whole: it is tiny) and the curve figure."""
+        """``log.csv`` with one row per epoch (rewritten whole: it is tiny) and ``curves.png``."""
         if not self.history:
             return
         keys = list(dict.fromkeys(k for row in self.history for k in row))
@@ -361,8 +655,44 @@ class Trainer:
             writer.writerows(self.history)
         os.replace(tmp, self.out_dir / "log.csv")
         try:
-            from .report_figures import plot_training_curves
-
-            plot_training_curves(self.history, self.out_dir / "curves.png", title=f"training {self.method.name}")
+            plot_curves(self.history, self.out_dir / "curves.png",
+                        title=f"training {self.method.name}, stage {self.stage.name}")
         except Exception as exc:  # a figure must never stop training
             log.warning("could not draw the training curves: %s", exc)
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "training") -> None:
+    """Loss, validation AUC and validation Dice/PxAP per epoch (one PNG, three panels)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .report_figures import CLASS_COLOURS, plt  # pyplot with the headless backend the report selects
+
+    epochs = [row["epoch"] for row in history]
+
+    def series(key: str) -> list[float]:
+        return [float(row.get(key, np.nan)) for row in history]
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, style in (("train_loss", "-o"), ("val_loss", "--s")):
+        if np.isfinite(series(key)).any():
+            left.plot(epochs, series(key), style, label=key.replace("_", " "))
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    for cls in CLASSES:
+        if np.isfinite(series(f"val_auc_{cls}")).any():
+            middle.plot(epochs, series(f"val_auc_{cls}"), "-o", color=CLASS_COLOURS[cls], label=f"AUC {cls}")
+        for metric, style in (("dice", "-o"), ("pxap", "--s")):
+            if np.isfinite(series(f"val_{metric}_{cls}")).any():
+                right.plot(epochs, series(f"val_{metric}_{cls}"), style, color=CLASS_COLOURS[cls],
+                           label=f"{'Dice' if metric == 'dice' else 'PxAP'} {cls}")
+    middle.set(xlabel="epoch", ylabel="AUC", ylim=(0, 1), title="validation AUC")
+    right.set(xlabel="epoch", ylabel="Dice (τ = 0.5) / PxAP", title="validation localisation")
+    right.set_ylim(bottom=0)
+    for axis in (left, middle, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

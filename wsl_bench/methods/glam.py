@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import CropJitter
 from ..registry import METHODS
 from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from ..training import TrainingStage
 from . import backbones as bb
 from . import inference
 
@@ -78,25 +80,47 @@ class GlamConfig:
 
 @dataclass(frozen=True)
 class GlamTrainingConfig:
-    """Training hyper-parameters (not published for GLAM; chosen for this suite).
+    """GLAM's training recipe (the paper's stages; hyper-parameters chosen for this suite, as the
+    published code ships no training).
 
     Attributes:
-        stage: ``"joint"`` (both modules, one loss), ``"global"`` (global module alone) or
-            ``"local"`` (local module on windows chosen by the global module, which gets no gradient).
-        beta: weight of the L1 term on the saliency maps.
-        learning_rate: Adam learning rate suggested to the trainer.
+        stage: the last stage of the recipe ``global`` → ``local`` → ``joint``, which is also the loss
+            ``training_loss`` computes when the trainer names none. ``"joint"`` (default): global
+            module, then local module, then joint fine-tuning of both (the published ``model_joint``
+            variant); ``"local"`` (alias ``"sep"``): global then local, modules trained separately
+            (``model_sep``); ``"global"``: the global module alone.
+        beta: weight of the L1 term on the saliency maps (global maps in the global stage, local maps
+            in the local stage, both in the joint stage).
+        learning_rate: Adam learning rate of the global and local stages (the trainer's ``lr``).
+        crop_jitter: random crop-window jitter of the training images, in pixels at the published
+            2944-row resolution (scaled with the image height; 0 turns it off).
+        global_epochs, local_epochs, joint_epochs: share of the preset's epochs each stage trains.
+        joint_lr_factor: the joint stage's learning rate is this times ``learning_rate``.
     """
 
     stage: str = "joint"
     beta: float = 1e-4
     learning_rate: float = 1e-5
+    crop_jitter: float = 100.0
+    global_epochs: float = 1.0
+    local_epochs: float = 1.0
+    joint_epochs: float = 0.5
+    joint_lr_factor: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.stage == "sep":
+            object.__setattr__(self, "stage", "local")
         if self.stage not in GLAM_STAGES:
-            raise ValueError(f"GLAM training stage must be one of {GLAM_STAGES}, got {self.stage!r}")
+            raise ValueError(f"GLAM training stage must be one of {GLAM_STAGES} (or 'sep'), got {self.stage!r}")
+        if self.beta < 0 or self.learning_rate <= 0 or self.crop_jitter < 0:
+            raise ValueError("GLAM beta and crop_jitter must be non-negative and learning_rate positive")
+        if min(self.global_epochs, self.local_epochs, self.joint_epochs, self.joint_lr_factor) <= 0:
+            raise ValueError("GLAM stage epoch shares and joint_lr_factor must be positive")
 
 
 GLAM_STAGES: tuple[str, ...] = ("joint", "global", "local")
+GLAM_RECIPE: tuple[str, ...] = ("global", "local", "joint")
+"""The order of GLAM's training stages; ``GlamTrainingConfig.stage`` says where the recipe stops."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +398,8 @@ class GlamMethod(TrainableMethod):
             reference ``.npz``) or a checkpoint saved by this project.
         **hyperparameters: fields of :class:`GlamConfig` (``num_patches``, ``percent_k``,
             ``local_percent_k``, ``patch_side``) and of :class:`GlamTrainingConfig` (``stage``,
-            ``beta``, ``learning_rate``), plus ``precision`` (``"fp32"`` or ``"bf16"``, CPU/GPU
+            ``beta``, ``learning_rate``, ``crop_jitter``, ``global_epochs``, ``local_epochs``,
+            ``joint_epochs``, ``joint_lr_factor``), plus ``precision`` (``"fp32"`` or ``"bf16"``, CPU/GPU
             inference only) and ``fast`` (default True: folded, fused inference path; False runs
             the plain modules).
     """
@@ -443,38 +468,80 @@ class GlamMethod(TrainableMethod):
             },
         )
 
+    # -- training ------------------------------------------------------------------------------
+    @property
+    def train_overrides(self) -> dict[str, Any]:
+        """Trainer settings of the recipe: the learning rate."""
+        return {"lr": self.training_config.learning_rate}
+
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The paper's stages up to ``training_config.stage``, each resumable on its own.
+
+        global: BCE(``y_global``) + β·mean|global saliency|, only ``global_network`` trained.
+        local: BCE(patch prediction) + β·mean|local maps| on the windows the frozen global module
+        chooses, only ``detection_network`` trained; its best checkpoint is chosen by validation loss
+        (the image-level scores, ``y_global``, do not change in this stage). joint: both losses, the
+        whole network, at ``joint_lr_factor`` times the learning rate.
+        """
+        tc = self.training_config
+        stages = {
+            "global": TrainingStage("global", loss="global", trainable=("global_network",),
+                                    epochs_fraction=tc.global_epochs),
+            "local": TrainingStage("local", loss="local", trainable=("detection_network",),
+                                   epochs_fraction=tc.local_epochs, criterion="loss"),
+            "joint": TrainingStage("joint", loss="joint", epochs_fraction=tc.joint_epochs,
+                                   lr_factor=tc.joint_lr_factor),
+        }
+        last = GLAM_RECIPE.index(tc.stage)
+        return tuple(stages[name] for name in GLAM_RECIPE[: last + 1])
+
+    def training_augmentation(self) -> CropJitter | None:
+        """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""
+        if self.training_config.crop_jitter <= 0:
+            return None
+        return CropJitter.scaled(self.training_config.crop_jitter, self.image_size)
+
     def training_loss(
-        self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        pos_weight: torch.Tensor | None = None,
+        stage: str | None = None,
     ) -> torch.Tensor:
-        """Weakly-supervised GLAM loss for the configured ``stage`` (see :class:`GlamTrainingConfig`).
+        """Weakly-supervised GLAM loss of one stage (default: ``training_config.stage``).
 
         joint: BCE(y_global) + BCE(patch prediction) + β·(mean|global saliency| + mean|local maps|);
         global: the first and the global L1 term; local: the second and the local L1 term, with
         the global module run without gradient. The patch prediction of an image is the largest
         top-k pooled prediction over its K patches (one patch in the published configuration).
 
+        Under autocast (mixed-precision training) only the two backbones run in low precision: the
+        saliency heads, sigmoids, pooling, window search and the losses run in float32.
+
         Args:
             images: ``N×1×H×W``; labels: ``N×2`` float {0, 1}.
             pos_weight: optional ``2`` weights of positive terms in every BCE (class imbalance).
+            stage: ``"global"``, ``"local"`` or ``"joint"``.
         """
+        stage = self.training_config.stage if stage is None else stage
+        if stage not in GLAM_STAGES:
+            raise ValueError(f"GLAM training stage must be one of {GLAM_STAGES}, got {stage!r}")
         labels = labels.to(dtype=torch.float32, device=images.device)
-        stage, beta = self.training_config.stage, self.training_config.beta
-        net = self._network
+        beta, net = self.training_config.beta, self._network
+        with torch.set_grad_enabled(torch.is_grad_enabled() and stage != "local"):
+            glob = _global_outputs_float32(self.config, net, images)
         if stage == "global":
-            glob = net.run_global(images)
-            return glam_global_loss(glob, labels, beta, pos_weight)
-        if stage == "local":
-            with torch.no_grad():
-                glob = net.run_global(images)
-        else:
-            glob = net.run_global(images)
+            with _float32(images):
+                return glam_global_loss(glob, labels, beta, pos_weight)
         locations, patches = net.choose_patches(images, glob.saliency_map_global)
         n, k, ph, pw = patches.shape
-        local = net.detection_network(patches.reshape(n * k, 1, ph, pw))
-        out = finish_glam(self.config, images.shape[-2:], glob, locations, patches, local, fuse=False)
-        loss = glam_local_loss(out, labels, beta, pos_weight)
-        if stage == "joint":
-            loss = loss + glam_global_loss(glob, labels, beta, pos_weight)
+        features = net.detection_network.dn_resnet(patches.reshape(n * k, 1, ph, pw))
+        with _float32(images):
+            local = torch.sigmoid(net.detection_network.gn_conv_last(features.float()))
+            out = finish_glam(self.config, images.shape[-2:], glob, locations, patches, local, fuse=False)
+            loss = glam_local_loss(out, labels, beta, pos_weight)
+            if stage == "joint":
+                loss = loss + glam_global_loss(glob, labels, beta, pos_weight)
         return loss
 
     def classifier(self) -> tuple[nn.Module, nn.Module]:
@@ -512,6 +579,21 @@ def glam_local_loss(
 ) -> torch.Tensor:
     """BCE on the image's patch prediction (max over its patches) + β·mean|local maps|."""
     return bb.binary_cross_entropy(out.y_local.amax(dim=1), labels, pos_weight) + beta * out.local_maps.abs().mean()
+
+
+def _float32(images: torch.Tensor) -> torch.autocast:
+    """A region where autocast is off: heads, pooling and losses stay in float32 under mixed precision."""
+    return torch.autocast(images.device.type, enabled=False)
+
+
+def _global_outputs_float32(config: GlamConfig, net: GlamNetwork, images: torch.Tensor) -> GlamGlobalOutputs:
+    """:meth:`GlamNetwork.run_global` with the backbone under any active autocast and the rest in float32
+    (identical to ``run_global`` when autocast is off)."""
+    stages, final = net.global_network.downsampling_branch(images)
+    with _float32(images):
+        return glam_global_from_features(
+            config, net.global_network.postprocess_module, stages[2].float(), stages[3].float(), final.float()
+        )
 
 
 def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GlamConfig, GlamTrainingConfig]:
@@ -553,6 +635,7 @@ GlamSepMethod = _variant("glam.sep", "model_sep.ckpt", "modules trained separate
 GlamJointMethod = _variant("glam.joint", "model_joint.ckpt", "modules fine-tuned jointly")
 
 __all__ = [
+    "GLAM_RECIPE",
     "GLAM_STAGES",
     "GlamConfig",
     "GlamJointMethod",

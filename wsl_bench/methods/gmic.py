@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..augment import CropJitter
 from ..registry import METHODS
 from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
 from . import backbones as bb
@@ -74,15 +75,24 @@ class GmicConfig:
 
 @dataclass(frozen=True)
 class GmicTrainingConfig:
-    """Training hyper-parameters (published model 1's by default; see :data:`PUBLISHED_GMIC_MODELS`).
+    """GMIC's training recipe: published model 1's (β, learning rate) by default, the other published
+    models' through ``gmic.m2`` … ``gmic.m5`` (see :data:`PUBLISHED_GMIC_MODELS`; top-t is
+    :attr:`GmicConfig.percent_t`).
 
     Attributes:
         beta: weight of the L1 term ``mean|saliency map|``.
-        learning_rate: Adam learning rate suggested to the trainer.
+        learning_rate: Adam learning rate (the trainer's ``lr``).
+        crop_jitter: random crop-window jitter of the training images, in pixels at the published
+            2944-row resolution (100 published; scaled with the image height; 0 turns it off).
     """
 
     beta: float = PUBLISHED_GMIC_MODELS["m1"][0]
     learning_rate: float = PUBLISHED_GMIC_MODELS["m1"][2]
+    crop_jitter: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.beta < 0 or self.learning_rate <= 0 or self.crop_jitter < 0:
+            raise ValueError("GMIC beta and crop_jitter must be non-negative and learning_rate positive")
 
 
 class GmicPostprocess(nn.Module):
@@ -228,7 +238,8 @@ class GmicMethod(TrainableMethod):
         weights: a published checkpoint (``sample_model_N.p`` or the reference ``.npz``) or a
             checkpoint saved by this project.
         **hyperparameters: fields of :class:`GmicConfig` (``num_patches``, ``percent_t``,
-            ``patch_side``) and :class:`GmicTrainingConfig` (``beta``, ``learning_rate``), plus
+            ``patch_side``) and :class:`GmicTrainingConfig` (``beta``, ``learning_rate``,
+            ``crop_jitter``), plus
             ``precision`` (``"fp32"``/``"bf16"``) and ``fast`` (default True).
     """
 
@@ -292,20 +303,49 @@ class GmicMethod(TrainableMethod):
             },
         )
 
+    # -- training ------------------------------------------------------------------------------
+    @property
+    def train_overrides(self) -> dict[str, Any]:
+        """Trainer settings of the recipe: the (published) learning rate."""
+        return {"lr": self.training_config.learning_rate}
+
+    def training_augmentation(self) -> CropJitter | None:
+        """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""
+        if self.training_config.crop_jitter <= 0:
+            return None
+        return CropJitter.scaled(self.training_config.crop_jitter, self.image_size)
+
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         """GMIC's loss: Σ over classes of BCE(y_global) + BCE(y_local) + BCE(y_fusion), mean over
         images, + β·mean|saliency map|.
 
+        Computes what ``GmicNetwork.forward`` computes; under autocast (mixed-precision training) only
+        the two backbones run in low precision, the saliency head, pooling, attention, fusion and the
+        losses in float32.
+
         Args:
             images: ``N×1×H×W``; labels: ``N×2`` float {0, 1}.
             pos_weight: optional ``2`` weights of positive terms in every BCE (class imbalance).
         """
         labels = labels.to(dtype=torch.float32, device=images.device)
-        out = self._network(images)
-        bce = sum(bb.binary_cross_entropy(y, labels, pos_weight) for y in (out.y_global, out.y_local, out.y_fusion))
-        return bce + self.training_config.beta * out.saliency_map.abs().mean()
+        net = self._network
+        _, final = net.ds_net(images)
+        with torch.autocast(images.device.type, enabled=False):
+            final = final.float()
+            saliency = torch.sigmoid(net.left_postprocess_net.gn_conv_last(final))
+            y_global = gmic_top_t(self.config, saliency)
+        locations, patches = choose_patches(self.config, images, saliency)
+        n, k, ph, pw = patches.shape
+        features = net.dn_resnet(patches.reshape(n * k, 1, ph, pw))
+        with torch.autocast(images.device.type, enabled=False):
+            features = features.float().mean(dim=(2, 3)).view(n, k, -1)
+            out = gmic_heads(net, final, saliency, y_global, locations, patches, features)
+            bce = sum(
+                bb.binary_cross_entropy(y, labels, pos_weight) for y in (out.y_global, out.y_local, out.y_fusion)
+            )
+            return bce + self.training_config.beta * out.saliency_map.abs().mean()
 
     def classifier(self) -> tuple[nn.Module, nn.Module]:
         """Classifier view of the global network for post-hoc explainers.
