@@ -82,3 +82,19 @@ class CropJitter:
         out = F.grid_sample((image - floor)[None].float(), grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)[0]
         return (out + floor).to(image.dtype)
+
+
+@dataclass(frozen=True)
+class VerticalFlip:
+    """Flip the image upside down with probability ``probability`` (rows reversed).
+
+    Up-down is the one mirror that keeps a mammogram plausible: the chest wall stays on its side, and
+    CC views are symmetric about the nipple line; MLO views put the pectoral muscle at the bottom,
+    which the models must then not rely on.
+    """
+
+    probability: float = 0.5
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """``1×H×W`` → ``1×H×W``, flipped or not by one draw from ``rng``."""
+        return image.flip(-2) if rng.uniform() < self.probability else image

@@ -164,7 +164,7 @@ def _run_config(args: argparse.Namespace):
     _load_builtins()
     get_preset(args.preset)
     DATASETS.get(args.dataset)
-    methods = parse_methods(args.methods)
+    methods = parse_methods(args.methods, args.preset)
     options: dict[str, Any] = dict(args.option)
     if args.classifier:
         options["classifier"] = args.classifier
@@ -225,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import FirstImages
 
     preset = get_preset(args.preset)
-    options = dict(args.option)
+    options = {**preset.method_options.get(args.method, {}), **dict(args.option)}
     method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size, **options)
     if not method.trainable:
         raise UsageError(f"method {args.method!r} has nothing to train")

@@ -108,10 +108,12 @@ class RunConfigMismatch(ValueError):
     """The output folder holds a run with another configuration."""
 
 
-def default_methods() -> list[str]:
+def default_methods(preset: str | None = None) -> list[str]:
     """Every registered method that runs without user-supplied files (published-weight variants
-    such as ``gmic.m1`` need the user's weights and are left out of the default benchmark)."""
-    return [name for name in list_methods("*") if not METHODS.get(name).requires_weights]
+    such as ``gmic.m1`` need the user's weights and are left out of the default benchmark), less
+    those the preset leaves out of its default run for time (``Preset.skip_by_default``)."""
+    skipped = set(get_preset(preset).skip_by_default) if preset else set()
+    return [name for name in list_methods("*") if not METHODS.get(name).requires_weights and name not in skipped]
 
 
 def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDataset:
@@ -122,6 +124,12 @@ def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDatase
     return create_dataset(config.dataset, root=config.data_root, split=split, image_size=preset.image_size, **options)
 
 
+def method_options(config: RunConfig, name: str) -> dict[str, Any]:
+    """The options ``name`` is created with: the preset's (``Preset.method_options``), then the
+    user's own (``--option``), which win."""
+    return {**get_preset(config.preset).method_options.get(name, {}), **config.options_for(name)}
+
+
 def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[SaliencyMethod, dict[str, Any]]:
     """Instantiate a method; train it (or load its cached checkpoint) when it is trainable.
 
@@ -129,9 +137,8 @@ def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[S
         the method ready for ``predict`` and its checkpoint facts for the manifest.
     """
     preset = get_preset(config.preset)
-    method = create_method(
-        name, device=config.device, seed=config.seed, image_size=preset.image_size, **config.options_for(name)
-    )
+    options = method_options(config, name)
+    method = create_method(name, device=config.device, seed=config.seed, image_size=preset.image_size, **options)
     checkpoint: dict[str, Any] = dict(method.checksums())
     if method.trainable and not method.weights_loaded:
         checkpoint.update(ensure_trained(method, config, progress=progress))
@@ -461,9 +468,9 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     return target
 
 
-def parse_methods(spec: str | None) -> list[str]:
+def parse_methods(spec: str | None, preset: str | None = None) -> list[str]:
     """``"a,b,gmic*,gradcam@gmic"`` → method names (wildcards expanded, ``explainer@classifier``
-    names checked part by part); ``None`` or empty → :func:`default_methods`.
+    names checked part by part); ``None`` or empty → :func:`default_methods` of ``preset``.
 
     Raises:
         UnknownNameError: a name or pattern that matches nothing, listing the known names.
@@ -471,7 +478,7 @@ def parse_methods(spec: str | None) -> list[str]:
     from . import split_method_name
 
     if not spec or not spec.strip():
-        return default_methods()
+        return default_methods(preset)
     names: list[str] = []
     for pattern in (p.strip() for p in spec.split(",")):
         if not pattern:

@@ -46,7 +46,12 @@ def train_config_for(method: TrainableMethod, preset_name: str, seed: int, **ove
     """The preset's training budget, then the method's recipe (its ``train_overrides`` attribute, e.g.
     GMIC's published learning rate), then explicit ``overrides`` (command-line options)."""
     preset = get_preset(preset_name)
-    fields: dict[str, Any] = {"epochs": preset.epochs, "batch_size": preset.batch_size, "seed": seed}
+    fields: dict[str, Any] = {
+        "epochs": preset.epochs,
+        "batch_size": preset.batch_size,
+        "seed": seed,
+        "best_criterion": preset.best_criterion,
+    }
     fields.update(getattr(method, "train_overrides", {}))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**fields)

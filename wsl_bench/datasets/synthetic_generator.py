@@ -45,7 +45,7 @@ import scipy.fft
 
 from ..saliency import CLASSES
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 """Bumped whenever a change alters generated pixels (part of the dataset's ``describe()``)."""
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -364,9 +364,9 @@ def _draw_mass(rng: np.random.Generator, kind: str, u: float, v: float, area_fra
     elif kind == "oval_mass":
         axis_ratio, harm, margin, amp = rng.uniform(0.5, 0.75), (0.0, 0.02), rng.uniform(0.08, 0.15), (0.5, 0.8)
     elif kind == "irregular_mass":
-        axis_ratio, harm, margin, amp = rng.uniform(0.6, 1.0), (0.07, 0.17), rng.uniform(0.18, 0.3), (0.7, 1.0)
+        axis_ratio, harm, margin, amp = rng.uniform(0.6, 1.0), (0.07, 0.17), rng.uniform(0.18, 0.3), (0.85, 1.15)
     elif kind == "spiculated_mass":
-        axis_ratio, harm, margin, amp = rng.uniform(0.75, 1.0), (0.03, 0.10), rng.uniform(0.15, 0.3), (0.7, 1.0)
+        axis_ratio, harm, margin, amp = rng.uniform(0.75, 1.0), (0.03, 0.10), rng.uniform(0.15, 0.3), (0.85, 1.15)
         n = int(rng.integers(10, 23))
         base = rng.uniform(0, 2 * math.pi)
         spicules = tuple(
@@ -408,7 +408,7 @@ def _draw_calc_cluster(rng: np.random.Generator, kind: str, u: float, v: float, 
         n = int(rng.integers(8, 29))
         sizes = rng.uniform(0.0007, 0.0015, n)
         mask_margin = 0.006
-        calc_kw = dict(elongation=(1.0, 3.5), amplitude=(0.6, 1.0), lobes=(1, 2))
+        calc_kw = dict(elongation=(1.0, 3.5), amplitude=(1.0, 1.5), lobes=(1, 2))
     else:
         raise ValueError(f"not a calcification kind: {kind}")
     # Spread the calcifications so that the hull dilated by the margin has about the target area.
@@ -468,9 +468,9 @@ def draw_lesions(rng: np.random.Generator, anatomy: Anatomy, aspect: float) -> l
     to_u, to_v = math.sqrt(aspect), 1.0 / math.sqrt(aspect)
     for kind in kinds:
         if kind.endswith("_mass"):
-            area = _log_normal(rng, 0.005, 0.75, 0.0003, 0.03)
+            area = _log_normal(rng, 0.009, 0.7, 0.0005, 0.03)
         else:
-            area = _log_normal(rng, 0.004, 0.6, 0.0003, 0.02)
+            area = _log_normal(rng, 0.007, 0.6, 0.0005, 0.02)
         reach = math.sqrt(area / math.pi)
         for _ in range(200):  # rejection sampling of the centre, analytically (size-independent)
             u, v = float(rng.uniform(0.03, 0.97)), float(rng.uniform(0.02, 0.95))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..augment import VerticalFlip
 from ..registry import METHODS
 from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
 
@@ -28,12 +29,13 @@ class CamConfig:
         widths: channels of the four residual stages.
         strides: stride of each stage (after a stride-4 stem); the product sets the map resolution
             (4·1·2·2·1 = 16: a 736×480 image gives a 46×30 map, like GMIC's at full resolution).
-        blocks: residual blocks per stage.
+        blocks: residual blocks per stage (two: with one per stage the classifier did not learn the
+            synthetic task at 368×240 within 12 epochs, its loss stayed at 0.69).
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (1, 2, 2, 1)
-    blocks: tuple[int, ...] = (1, 1, 1, 1)
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
 
 
 class BasicBlock(nn.Module):
@@ -112,8 +114,15 @@ class CAM(TrainableMethod):
         self.model = CamClassifier(self.config).to(self.device)
         self.model.eval()
 
+    train_overrides: ClassVar[dict[str, Any]] = {"lr": 3e-3}
+    """The recipe's learning rate (from scratch; at 1e-3 it learnt more slowly in 12 epochs)."""
+
     def network(self) -> nn.Module:
         return self.model
+
+    def training_augmentation(self) -> VerticalFlip:
+        """Up-down flips (probability 0.5): twice the views of a small training split."""
+        return VerticalFlip()
 
     def config_dict(self) -> dict[str, Any]:
         return {**super().config_dict(), **asdict(self.config)}

@@ -1,0 +1,60 @@
+"""Presets: what the default run contains, and the per-method settings a preset carries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import wsl_bench
+from wsl_bench.augment import VerticalFlip
+from wsl_bench.harness import RunConfig, default_methods, method_options, parse_methods
+from wsl_bench.presets import PRESETS, get_preset
+from wsl_bench.trained import train_config_for
+from wsl_bench.training import CRITERIA
+
+
+def test_preset_fields_name_real_methods_and_criteria():
+    for preset in PRESETS.values():
+        assert preset.best_criterion in CRITERIA, preset.name
+        for name in [*preset.method_options, *preset.skip_by_default]:
+            assert name in wsl_bench.list_methods("*"), f"preset {preset.name} names unknown method {name!r}"
+
+
+def test_default_run_of_the_cpu_preset_leaves_out_its_skipped_methods_only():
+    cpu = get_preset("cpu")
+    assert cpu.skip_by_default, "the cpu preset is expected to leave the costliest explainers out"
+    everything = default_methods()
+    default_cpu = parse_methods(None, "cpu")
+    assert default_cpu == [m for m in everything if m not in cpu.skip_by_default]
+    assert {"cam", "glam", "gmic", "random", "centre_prior", "intensity"} <= set(default_cpu)
+    # named, a skipped method still runs
+    assert parse_methods(",".join(cpu.skip_by_default), "cpu") == sorted(cpu.skip_by_default)
+
+
+def test_preset_method_options_apply_under_the_users_own():
+    config = RunConfig(methods=("glam",), preset="cpu")
+    assert method_options(config, "glam") == get_preset("cpu").method_options["glam"]
+    mine = RunConfig(methods=("glam",), preset="cpu", method_options=(("glam", (("learning_rate", 0.5),)),))
+    assert method_options(mine, "glam")["learning_rate"] == 0.5
+    assert method_options(RunConfig(methods=("glam",), preset="tiny"), "glam") == {}
+
+
+def test_training_config_takes_the_presets_criterion_and_the_methods_recipe():
+    cam = wsl_bench.create_method("cam", image_size=(64, 48))
+    assert train_config_for(cam, "cpu", 0).best_criterion == get_preset("cpu").best_criterion
+    assert train_config_for(cam, "tiny", 0).best_criterion == "mean_auc"
+    assert train_config_for(cam, "tiny", 0).lr == cam.train_overrides["lr"]
+    assert train_config_for(cam, "tiny", 0, best_criterion="loss").best_criterion == "loss"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vertical_flip_is_a_pure_function_of_its_generator(seed):
+    image = torch.arange(12.0).reshape(1, 4, 3)
+    flip = VerticalFlip()
+    a = flip(image, np.random.default_rng(seed))
+    b = flip(image, np.random.default_rng(seed))
+    assert torch.equal(a, b)
+    assert torch.equal(a, image) or torch.equal(a, image.flip(-2))
+    flipped = sum(not torch.equal(flip(image, np.random.default_rng([seed, i])), image) for i in range(200))
+    assert 60 < flipped < 140  # about half
