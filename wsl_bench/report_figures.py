@@ -59,7 +59,9 @@ def dice_boxplot(data: RunData, out: Path) -> bool:
     frame = _per_image_frame(data)
     if frame.empty:
         return False
-    fig, axes = plt.subplots(1, len(CLASSES), figsize=(max(6, 1.1 * len(data.methods) * 2), 4.2), sharey=True)
+    # One row per class: with twenty methods side-by-side panels become unreadably wide.
+    fig, axes = plt.subplots(len(CLASSES), 1, figsize=(max(6, 0.55 * len(data.methods) + 1.5), 3.4 * len(CLASSES)),
+                             sharey=True)
     for ax, cls in zip(np.atleast_1d(axes), CLASSES, strict=True):
         values = [frame[(frame["method"] == m) & (frame["class"] == cls)]["dice"].to_numpy() for m in data.methods]
         positions = [i for i, v in enumerate(values) if len(v)]
@@ -71,7 +73,7 @@ def dice_boxplot(data: RunData, out: Path) -> bool:
         ax.set_title(f"{cls} lesions (n images = {frame[frame['class'] == cls]['image_id'].nunique()})")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("Dice at τ = 0.5 (per image)")
+        ax.set_ylabel("Dice at τ = 0.5 (per image)")
     fig.suptitle("Per-image Dice (box: quartiles, ▲: mean)")
     fig.tight_layout()
     _save(fig, out, "dice_boxplot")
