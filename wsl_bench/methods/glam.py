@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import CropJitter
 from ..registry import METHODS
-from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from ..saliency import CLASSES, SaliencyOutput
 from ..training import TrainingStage
 from . import backbones as bb
 from . import inference
+from .published import PublishedModelMethod
 
 GLAM_REPOSITORY = "https://github.com/nyukat/GLAM"
 
@@ -386,7 +386,7 @@ def fuse_maps_fast(
 # Registered methods
 # --------------------------------------------------------------------------------------------
 @METHODS.register("glam")
-class GlamMethod(TrainableMethod):
+class GlamMethod(PublishedModelMethod):
     """GLAM (Liu et al., MIDL 2021): global saliency, one full-resolution patch, fused map.
 
     Args:
@@ -407,40 +407,17 @@ class GlamMethod(TrainableMethod):
     name: ClassVar[str] = "glam"
     description: ClassVar[str] = "GLAM (Liu et al. 2021): global-local activation maps, fused at full resolution"
     map_range: ClassVar[str] = "probability"
-    published_file: ClassVar[str | None] = None
-    config_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(
-        self,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        image_size: tuple[int, int] | None = None,
-        weights: str | None = None,
-        **hyperparameters: Any,
-    ) -> None:
-        super().__init__(device=device, seed=seed, image_size=image_size)
-        options = {**self.config_defaults, **hyperparameters}
-        self.precision = inference.check_precision(options.pop("precision", "fp32"))
-        self.fast = bool(options.pop("fast", True))
-        self.config, self.training_config = _split_options(options, self.image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._network = GlamNetwork(self.config)
-        self._network.to(self.device)
-        self._engine = inference.EngineCache()
-        self.weights_info = inference.load_method_weights(self, weights)
+    @classmethod
+    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
+        return _split_options(options, image_size)
 
-    # -- contract ------------------------------------------------------------------------------
+    @classmethod
+    def build_network(cls, config: Any) -> GlamNetwork:
+        return GlamNetwork(config)
+
     def network(self) -> GlamNetwork:
         return self._network
-
-    def config_dict(self) -> dict[str, Any]:
-        """Architecture and inference settings, plus the training hyper-parameters under ``"training"``
-        (part of the trainer's cache key; ignored when checking whether a checkpoint fits)."""
-        return {**self.config.to_dict(), "training": asdict(self.training_config)}
-
-    def checksums(self) -> dict[str, str]:
-        return dict(self.weights_info)
 
     def forward(self, images: torch.Tensor, fuse: bool = True) -> GlamOutputs:
         """Inference forward pass without autograd, every intermediate kept (figures, fidelity tests).
@@ -469,11 +446,6 @@ class GlamMethod(TrainableMethod):
         )
 
     # -- training ------------------------------------------------------------------------------
-    @property
-    def train_overrides(self) -> dict[str, Any]:
-        """Trainer settings of the recipe: the learning rate."""
-        return {"lr": self.training_config.learning_rate}
-
     def training_stages(self) -> tuple[TrainingStage, ...]:
         """The paper's stages up to ``training_config.stage``, each resumable on its own.
 
@@ -494,12 +466,6 @@ class GlamMethod(TrainableMethod):
         }
         last = GLAM_RECIPE.index(tc.stage)
         return tuple(stages[name] for name in GLAM_RECIPE[: last + 1])
-
-    def training_augmentation(self) -> CropJitter | None:
-        """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""
-        if self.training_config.crop_jitter <= 0:
-            return None
-        return CropJitter.scaled(self.training_config.crop_jitter, self.image_size)
 
     def training_loss(
         self,

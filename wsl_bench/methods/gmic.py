@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..augment import CropJitter
 from ..registry import METHODS
-from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from ..saliency import CLASSES, SaliencyOutput
 from . import backbones as bb
 from . import inference
+from .published import PublishedModelMethod
 
 GMIC_REPOSITORY = "https://github.com/nyukat/GMIC"
 
@@ -227,7 +227,7 @@ class GmicEngine:
 
 
 @METHODS.register("gmic")
-class GmicMethod(TrainableMethod):
+class GmicMethod(PublishedModelMethod):
     """GMIC (Shen et al., Medical Image Analysis 2021): saliency map, six patches, attention MIL, fusion.
 
     Args:
@@ -246,39 +246,17 @@ class GmicMethod(TrainableMethod):
     name: ClassVar[str] = "gmic"
     description: ClassVar[str] = "GMIC (Shen et al. 2021): globally-aware multiple instance classifier"
     map_range: ClassVar[str] = "probability"
-    published_file: ClassVar[str | None] = None
-    config_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(
-        self,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        image_size: tuple[int, int] | None = None,
-        weights: str | None = None,
-        **hyperparameters: Any,
-    ) -> None:
-        super().__init__(device=device, seed=seed, image_size=image_size)
-        options = {**self.config_defaults, **hyperparameters}
-        self.precision = inference.check_precision(options.pop("precision", "fp32"))
-        self.fast = bool(options.pop("fast", True))
-        self.config, self.training_config = _split_options(options, self.image_size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._network = GmicNetwork(self.config)
-        self._network.to(self.device)
-        self._engine = inference.EngineCache()
-        self.weights_info = inference.load_method_weights(self, weights)
+    @classmethod
+    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
+        return _split_options(options, image_size)
+
+    @classmethod
+    def build_network(cls, config: Any) -> GmicNetwork:
+        return GmicNetwork(config)
 
     def network(self) -> GmicNetwork:
         return self._network
-
-    def config_dict(self) -> dict[str, Any]:
-        """Architecture and inference settings, plus the training hyper-parameters under ``"training"``
-        (part of the trainer's cache key; ignored when checking whether a checkpoint fits)."""
-        return {**self.config.to_dict(), "training": asdict(self.training_config)}
-
-    def checksums(self) -> dict[str, str]:
-        return dict(self.weights_info)
 
     def forward(self, images: torch.Tensor) -> GmicOutputs:
         """Inference forward pass without autograd, every intermediate kept."""
@@ -304,17 +282,6 @@ class GmicMethod(TrainableMethod):
         )
 
     # -- training ------------------------------------------------------------------------------
-    @property
-    def train_overrides(self) -> dict[str, Any]:
-        """Trainer settings of the recipe: the (published) learning rate."""
-        return {"lr": self.training_config.learning_rate}
-
-    def training_augmentation(self) -> CropJitter | None:
-        """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""
-        if self.training_config.crop_jitter <= 0:
-            return None
-        return CropJitter.scaled(self.training_config.crop_jitter, self.image_size)
-
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""What GLAM and GMIC share as methods: options, seeded network, published weights, training hooks.
+
+Both wrap a network reproduced from published code. A method instance splits its options into an
+architecture config and a training config, builds the network from a fixed seed, loads published or
+project weights when given, keeps a cache of fast inference engines, and exposes the training
+recipe's learning rate and crop-window jitter to the shared trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..augment import CropJitter
+from ..saliency import TrainableMethod
+from . import inference
+
+
+class PublishedModelMethod(TrainableMethod):
+    """Base of :class:`~wsl_bench.methods.glam.GlamMethod` and :class:`~wsl_bench.methods.gmic.GmicMethod`.
+
+    Subclasses provide :meth:`split_options` (options → architecture config with ``to_dict()``,
+    training config dataclass with ``learning_rate`` and ``crop_jitter``) and :meth:`build_network`.
+
+    Args:
+        device: where it runs.
+        seed: seeds the random initialisation (used when no ``weights`` are given).
+        image_size: ``(H, W)``; ``None`` = the published 2944×1920.
+        weights: a published checkpoint or one saved by this project (see
+            :func:`wsl_bench.checkpoints.resolve_weights`).
+        **hyperparameters: fields of the two configs, plus ``precision`` (``"fp32"``/``"bf16"``,
+            inference only) and ``fast`` (default True: folded, fused inference path).
+    """
+
+    published_file: ClassVar[str | None] = None
+    config_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        image_size: tuple[int, int] | None = None,
+        weights: str | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        super().__init__(device=device, seed=seed, image_size=image_size)
+        options = {**self.config_defaults, **hyperparameters}
+        self.precision = inference.check_precision(options.pop("precision", "fp32"))
+        self.fast = bool(options.pop("fast", True))
+        self.config, self.training_config = self.split_options(options, self.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._network = self.build_network(self.config)
+        self._network.to(self.device)
+        self._engine = inference.EngineCache()
+        self.weights_info = inference.load_method_weights(self, weights)
+
+    @classmethod
+    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
+        """``(architecture config, training config)`` from the constructor options."""
+        raise NotImplementedError(f"{cls.__name__} must define split_options")
+
+    @classmethod
+    def build_network(cls, config: Any) -> nn.Module:
+        """The randomly initialised network of ``config`` (the seed is already set)."""
+        raise NotImplementedError(f"{cls.__name__} must define build_network")
+
+    def network(self) -> nn.Module:
+        return self._network
+
+    def config_dict(self) -> dict[str, Any]:
+        """Architecture and inference settings, plus the training hyper-parameters under ``"training"``
+        (part of the trainer's cache key; ignored when checking whether a checkpoint fits)."""
+        return {**self.config.to_dict(), "training": asdict(self.training_config)}
+
+    def checksums(self) -> dict[str, str]:
+        return dict(self.weights_info)
+
+    @property
+    def train_overrides(self) -> dict[str, Any]:
+        """Trainer settings of the recipe: its learning rate."""
+        return {"lr": self.training_config.learning_rate}
+
+    def training_augmentation(self) -> CropJitter | None:
+        """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""
+        if self.training_config.crop_jitter <= 0:
+            return None
+        return CropJitter.scaled(self.training_config.crop_jitter, self.image_size)
