@@ -441,3 +441,26 @@ def fuse_half_and_half(
     under = global_map[batch, channel, src_r[rows][:, :, None, :, None], src_c[cols][:, :, None, None, :]]
     buffer.index_put_((flat.flatten(),), ((patch_maps.to(global_map.dtype) + under) / 2).flatten())
     return fused
+
+
+def choose_patches(
+    patch_size: tuple[int, int], num_patches: int, images: torch.Tensor, saliency: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLAM's and GMIC's patch selection: ``num_patches`` greedy windows on the saliency map,
+    mapped to pixels and cropped.
+
+    Args:
+        patch_size: ``(ph, pw)`` crop size in pixels.
+        num_patches: K.
+        images: ``N×1×H×W``.
+        saliency: ``N×2×h×w`` class maps.
+
+    Returns:
+        ``(locations N×K×2 (row, column of the top-left corner, pixels), patches N×K×ph×pw)``.
+    """
+    map_size = (saliency.shape[-2], saliency.shape[-1])
+    image_size = (images.shape[-2], images.shape[-1])
+    window = window_in_map(patch_size, map_size, image_size)
+    corners = select_windows(saliency, window, num_patches)
+    locations = map_to_image_coords(corners, map_size, image_size)
+    return locations, extract_patches(images, locations, patch_size)

@@ -287,12 +287,7 @@ def choose_patches(
     config: GlamConfig, images: torch.Tensor, saliency: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See :meth:`GlamNetwork.choose_patches`."""
-    map_size = (saliency.shape[-2], saliency.shape[-1])
-    image_size = (images.shape[-2], images.shape[-1])
-    window = bb.window_in_map(config.patch_size, map_size, image_size)
-    corners = bb.select_windows(saliency, window, config.num_patches)
-    locations = bb.map_to_image_coords(corners, map_size, image_size)
-    return locations, bb.extract_patches(images, locations, config.patch_size)
+    return bb.choose_patches(config.patch_size, config.num_patches, images, saliency)
 
 
 def finish_glam(
