@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from wsl_bench.cli import main
+from wsl_bench.records import read_records
 from wsl_bench.report import RESULT_COLUMNS
 
 
@@ -77,3 +78,24 @@ def test_bad_size_is_a_usage_error(capsys):
         main(["data", "synth", "--out", "x", "--size", "big"])
     assert exit_info.value.code == 2
     assert "size must look like" in capsys.readouterr().err
+
+
+def test_image_size_replaces_the_presets_size_for_data_methods_and_report(tmp_path, capsys):
+    out = tmp_path / "small"
+    code = main(["run", "--methods", "intensity,centre_prior", "--preset", "tiny", "--image-size", "128x80",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["image_size"] == [128, 80]
+    assert "preset `tiny` at 128×80" in (out / "report" / "results.md").read_text()
+    # lesion_fraction = mask pixels / image pixels: with the mask's pixel count it gives the image size
+    records = [r for r in read_records(out / "records.jsonl") if r["status"] == "ok"]
+    assert len(records) == 2 * 8
+    sized = [(r["dice_pixels"][c]["mask"], r["lesion_fraction"][c]) for r in records for c in ("benign", "malignant")
+             if r["lesion_fraction"].get(c)]
+    assert sized
+    for mask_pixels, fraction in sized:
+        assert mask_pixels / fraction == pytest.approx(128 * 80, rel=1e-6)
+    # the same folder with the preset's own size is another configuration: refused, not mixed
+    assert main(["run", "--methods", "intensity", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
+    assert "another configuration" in capsys.readouterr().err

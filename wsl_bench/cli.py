@@ -23,6 +23,11 @@ class UsageError(Exception):
     """A user mistake in the command line: reported without a traceback, exit code 2."""
 
 
+def _size_suffix(args: argparse.Namespace) -> str:
+    """``-HxW`` in default folder names when ``--image-size`` replaces the preset's size."""
+    return f"-{args.image_size[0]}x{args.image_size[1]}" if args.image_size else ""
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
@@ -64,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="the dataset's files (not needed for synthetic)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--preset", default="cpu", help="run size: tiny, cpu (default) or full")
+    p.add_argument("--image-size", type=_parse_size, default=None, metavar="HxW",
+                   help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>-seed<seed>)")
     p.add_argument("--seed", type=int, default=0)
@@ -84,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root", default=None)
     p.add_argument("--preset", default="cpu")
+    p.add_argument("--image-size", type=_parse_size, default=None, metavar="HxW",
+                   help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None,
@@ -183,6 +192,7 @@ def _run_config(args: argparse.Namespace):
         seed=args.seed,
         batch_size=args.batch_size,
         method_options=method_options,
+        image_size=args.image_size,
     )
 
 
@@ -191,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .harness import run, summarise_statuses
 
     config = _run_config(args)
-    out = Path(args.out or f"runs/{config.dataset}-{config.preset}-seed{config.seed}")
+    out = Path(args.out or f"runs/{config.dataset}-{config.preset}{_size_suffix(args)}-seed{config.seed}")
     context = init_from_env(config.device)  # under torchrun: one shard of the images per rank
     if context.is_main:
         print(f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
@@ -219,19 +229,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import create_method
     from .distributed import init_from_env, shutdown
-    from .harness import RunConfig, open_dataset
+    from .harness import RunConfig, method_options, open_dataset
     from .presets import get_preset
     from .trained import train_config_for, train_stages
     from .training import FirstImages
 
-    preset = get_preset(args.preset)
-    options = {**preset.method_options.get(args.method, {}), **dict(args.option)}
-    method = create_method(args.method, device=args.device, seed=args.seed, image_size=preset.image_size, **options)
+    get_preset(args.preset)  # an unknown preset is a usage error before anything is built
+    config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
+                       device=args.device, seed=args.seed, image_size=args.image_size,
+                       method_options=((args.method, tuple(sorted(dict(args.option).items()))),))
+    method = create_method(args.method, device=args.device, seed=args.seed, image_size=config.size(),
+                           **method_options(config, args.method))
     if not method.trainable:
         raise UsageError(f"method {args.method!r} has nothing to train")
     method = method.training_method()  # an explainer trains the classifier it explains
-    config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
-                       device=args.device, seed=args.seed)
     try:
         train_config = train_config_for(
             method, args.preset, args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -243,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
     if args.max_images is not None:
         train_set, val_set = FirstImages(train_set, args.max_images), FirstImages(val_set, args.max_images)
-    out = Path(args.out or f"runs/train-{args.method}-{args.preset}-seed{args.seed}")
+    out = Path(args.out or f"runs/train-{args.method}-{args.preset}{_size_suffix(args)}-seed{args.seed}")
     context = init_from_env(args.device)
     try:
         result = train_stages(method, train_config, out, train_set, val_set, resume=args.resume,
@@ -312,6 +323,7 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .harness import RunConfigMismatch
     from .registry import UnknownNameError
 
     parser = build_parser()
@@ -323,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     try:
         return COMMANDS[command](args)
-    except (UnknownNameError, UsageError) as exc:
+    except (UnknownNameError, UsageError, RunConfigMismatch) as exc:
         print(f"wsl-bench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as exc:

@@ -212,16 +212,15 @@ def run_sharded(config: Any, out_dir: str | Path, context: DistContext, progress
         a :class:`wsl_bench.harness.RunSummary` whose counts are summed over all ranks.
     """
     from . import create_method
-    from .harness import RunSummary, merge_shard_records, run
-    from .presets import get_preset
+    from .harness import RunSummary, merge_shard_records, method_options, run
     from .report import build_report
     from .trained import ensure_trained
 
-    preset = get_preset(config.preset)
     for name in config.methods:
         try:
-            method = create_method(name, device=config.device, seed=config.seed, image_size=preset.image_size,
-                                   **config.options_for(name))
+            # the same options as a single process (harness.build_method), so the same cache key
+            method = create_method(name, device=config.device, seed=config.seed, image_size=config.size(),
+                                   **method_options(config, name))
         except (FileNotFoundError, NotImplementedError):
             continue  # harness.run records this method as skipped, with the reason
         if method.trainable and not getattr(method, "weights_loaded", False):

@@ -68,6 +68,8 @@ class RunConfig:
         bins: histogram bins of the localisation metrics.
         figure_images: lesion images whose maps are kept for the qualitative figure.
         method_options: extra constructor options per method, as ``((method, ((key, value), ...)), ...)``.
+        image_size: ``(H, W)`` replacing the preset's image size (``None``: the preset's); the
+            preset's split sizes, training budget and method settings still apply.
     """
 
     methods: tuple[str, ...]
@@ -81,6 +83,11 @@ class RunConfig:
     bins: int = 1000
     figure_images: int = 4
     method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    image_size: tuple[int, int] | None = None
+
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of every image and method of the run."""
+        return tuple(self.image_size) if self.image_size else get_preset(self.preset).image_size
 
     def options_for(self, method: str) -> dict[str, Any]:
         return dict(dict(self.method_options).get(method, ()))
@@ -121,7 +128,7 @@ def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDatase
     preset = get_preset(config.preset)
     split = split or config.split
     options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
-    return create_dataset(config.dataset, root=config.data_root, split=split, image_size=preset.image_size, **options)
+    return create_dataset(config.dataset, root=config.data_root, split=split, image_size=config.size(), **options)
 
 
 def method_options(config: RunConfig, name: str) -> dict[str, Any]:
@@ -136,9 +143,8 @@ def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[S
     Returns:
         the method ready for ``predict`` and its checkpoint facts for the manifest.
     """
-    preset = get_preset(config.preset)
     options = method_options(config, name)
-    method = create_method(name, device=config.device, seed=config.seed, image_size=preset.image_size, **options)
+    method = create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
     checkpoint: dict[str, Any] = dict(method.checksums())
     if method.trainable and not method.weights_loaded:
         checkpoint.update(ensure_trained(method, config, progress=progress))

@@ -179,12 +179,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _size_override(config: dict) -> str:
+    """`` at H×W`` when the run replaced the preset's image size, else nothing."""
+    size = config.get("image_size")
+    return f" at {size[0]}×{size[1]}" if size else ""
+
+
 def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str, Any]) -> str:
     config = manifest.get("config", {})
     lines = [
         "# wsl-bench results",
         "",
-        f"Dataset `{config.get('dataset')}` split `{config.get('split')}`, preset `{config.get('preset')}`, "
+        f"Dataset `{config.get('dataset')}` split `{config.get('split')}`, preset `{config.get('preset')}`"
+        f"{_size_override(config)}, "
         f"seed {config.get('seed')}, device {manifest.get('device', {}).get('type')} "
         f"({manifest.get('device', {}).get('name')}), wsl-bench commit {manifest.get('git', {}).get('commit')}"
         f"{' (dirty)' if manifest.get('git', {}).get('dirty') else ''}.",
