@@ -293,11 +293,20 @@ def test_crop_jitter_is_a_pure_function_of_its_generator():
     assert GlamMethod(image_size=SMALL, crop_jitter=0).training_augmentation() is None
 
 
+# GMIC at 96×64 crops 8-pixel patches, which its ResNet-18 shrinks to 1×1 maps; on CPU, torch 2.14's
+# bfloat16 backward of a stride-2 3×3 convolution on a 1×1 input returns non-finite weight gradients
+# in about one call in six (a library defect: Conv2d(128, 256, 3, 2, 1) on a 12×128×1×1 input under
+# CPU autocast reproduces it; 2×2 inputs do not). Training never autocasts on CPU, so GMIC is checked
+# here at 368×240, where its 32-pixel patches keep every map at least 2×2.
+AUTOCAST_SIZES = {"gmic": (368, 240)}
+
+
 @pytest.mark.parametrize(("name", "stage"), [("gmic", None), ("glam", "joint"), ("cam", None)])
 def test_losses_under_bfloat16_autocast_stay_float32_and_close(name, stage):
-    method = wsl_bench.create_method(name, image_size=SMALL)
+    size = AUTOCAST_SIZES.get(name, SMALL)
+    method = wsl_bench.create_method(name, image_size=size)
     method.network().train()
-    x, y = images(2, seed=3), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x, y = images(2, size=size, seed=3), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     kwargs = {} if stage is None else {"stage": stage}
     state = {k: v.clone() for k, v in method.network().state_dict().items()}
     reference = method.training_loss(x, y, **kwargs).detach()
