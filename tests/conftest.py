@@ -9,7 +9,6 @@ import os
 # Set before torch is first imported, which the imports below do.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pathlib import Path  # noqa: E402
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,8 +16,6 @@ import pytest
 
 from wsl_bench.data import MammogramDataset, Sample, SampleError, standardise
 from wsl_bench.registry import DATASETS
-
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 @pytest.fixture(autouse=True)

@@ -8,30 +8,24 @@ fail with messages naming the damaged key.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from model_helpers import REFERENCE_DIR, load_npz, skip_without_reference
 
 from wsl_bench.checkpoints import CheckpointError, read_npz_state_dict
 from wsl_bench.methods.glam import GlamMethod
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-WEIGHTS = REFERENCE / "glam_official_weights_seed0.npz"
-OUTPUTS = REFERENCE / "glam_reference_outputs_seed0.npz"
+WEIGHTS = REFERENCE_DIR / "glam_official_weights_seed0.npz"
+OUTPUTS = REFERENCE_DIR / "glam_reference_outputs_seed0.npz"
 TOL = 1e-4
 
-pytestmark = pytest.mark.skipif(
-    not (WEIGHTS.is_file() and OUTPUTS.is_file()),
-    reason=f"GLAM reference files not found in {REFERENCE} (the shared reference folder is not part of the repository)",
-)
+pytestmark = skip_without_reference("GLAM", WEIGHTS, OUTPUTS)
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, np.ndarray]:
-    with np.load(OUTPUTS) as data:
-        return {k: data[k] for k in data.files}
+    return load_npz(OUTPUTS)
 
 
 @pytest.fixture(scope="module")

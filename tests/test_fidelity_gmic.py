@@ -7,30 +7,24 @@ load through the same mapping, and damaged ones fail naming the damaged key.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from model_helpers import REFERENCE_DIR, load_npz, skip_without_reference
 
 from wsl_bench.checkpoints import CheckpointError, read_npz_state_dict
 from wsl_bench.methods.gmic import GmicMethod
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-WEIGHTS = REFERENCE / "gmic_official_weights_seed0.npz"
-OUTPUTS = REFERENCE / "gmic_reference_outputs_seed0.npz"
+WEIGHTS = REFERENCE_DIR / "gmic_official_weights_seed0.npz"
+OUTPUTS = REFERENCE_DIR / "gmic_reference_outputs_seed0.npz"
 TOL = 1e-4
 
-pytestmark = pytest.mark.skipif(
-    not (WEIGHTS.is_file() and OUTPUTS.is_file()),
-    reason=f"GMIC reference files not found in {REFERENCE} (the shared reference folder is not part of the repository)",
-)
+pytestmark = skip_without_reference("GMIC", WEIGHTS, OUTPUTS)
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, np.ndarray]:
-    with np.load(OUTPUTS) as data:
-        return {k: data[k] for k in data.files}
+    return load_npz(OUTPUTS)
 
 
 @pytest.fixture(scope="module")

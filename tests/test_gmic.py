@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from model_helpers import random_images, randomise_batchnorm
 
 import wsl_bench
 from wsl_bench.checkpoints import WeightsNotFoundError
@@ -14,19 +15,10 @@ from wsl_bench.methods.gmic import PUBLISHED_GMIC_MODELS, GmicConfig, GmicMethod
 TINY = (256, 160)
 
 
-def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
 
 
 def images(n: int, size=TINY, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 1, *size, generator=torch.Generator().manual_seed(seed))
+    return random_images(n, size, seed)
 
 
 @pytest.fixture(scope="module")

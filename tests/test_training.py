@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from model_helpers import random_images
 from torch import nn
 
 import wsl_bench
@@ -38,7 +39,7 @@ SMALL = (96, 64)
 
 
 def images(n: int, size=SMALL, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 1, *size, generator=torch.Generator().manual_seed(seed))
+    return random_images(n, size, seed)
 
 
 def cam(**options):

@@ -380,6 +380,18 @@ def fuse_maps_fast(
 # --------------------------------------------------------------------------------------------
 # Registered methods
 # --------------------------------------------------------------------------------------------
+def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GlamConfig, GlamTrainingConfig]:
+    arch_fields = set(GlamConfig.__dataclass_fields__) - {"image_size"}
+    train_fields = set(GlamTrainingConfig.__dataclass_fields__)
+    unknown = set(options) - arch_fields - train_fields
+    if unknown:
+        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
+        raise TypeError(f"unknown GLAM hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
+    config = GlamConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
+    training = GlamTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
+    return config, training
+
+
 @METHODS.register("glam")
 class GlamMethod(PublishedModelMethod):
     """GLAM (Liu et al., MIDL 2021): global saliency, one full-resolution patch, fused map.
@@ -403,16 +415,8 @@ class GlamMethod(PublishedModelMethod):
     description: ClassVar[str] = "GLAM (Liu et al. 2021): global-local activation maps, fused at full resolution"
     map_range: ClassVar[str] = "probability"
 
-    @classmethod
-    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
-        return _split_options(options, image_size)
-
-    @classmethod
-    def build_network(cls, config: Any) -> GlamNetwork:
-        return GlamNetwork(config)
-
-    def network(self) -> GlamNetwork:
-        return self._network
+    network_class: ClassVar[type[nn.Module]] = GlamNetwork
+    split_options = staticmethod(_split_options)
 
     def forward(self, images: torch.Tensor, fuse: bool = True) -> GlamOutputs:
         """Inference forward pass without autograd, every intermediate kept (figures, fidelity tests).
@@ -555,18 +559,6 @@ def _global_outputs_float32(config: GlamConfig, net: GlamNetwork, images: torch.
         return glam_global_from_features(
             config, net.global_network.postprocess_module, stages[2].float(), stages[3].float(), final.float()
         )
-
-
-def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GlamConfig, GlamTrainingConfig]:
-    arch_fields = set(GlamConfig.__dataclass_fields__) - {"image_size"}
-    train_fields = set(GlamTrainingConfig.__dataclass_fields__)
-    unknown = set(options) - arch_fields - train_fields
-    if unknown:
-        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
-        raise TypeError(f"unknown GLAM hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
-    config = GlamConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
-    training = GlamTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
-    return config, training
 
 
 def _variant(name: str, published_file: str, training: str, **defaults: Any) -> type[GlamMethod]:

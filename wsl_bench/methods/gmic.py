@@ -221,6 +221,18 @@ class GmicEngine:
         return gmic_heads(net, final, saliency, y_global, locations, patches, features)
 
 
+def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GmicConfig, GmicTrainingConfig]:
+    arch_fields = set(GmicConfig.__dataclass_fields__) - {"image_size"}
+    train_fields = set(GmicTrainingConfig.__dataclass_fields__)
+    unknown = set(options) - arch_fields - train_fields
+    if unknown:
+        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
+        raise TypeError(f"unknown GMIC hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
+    config = GmicConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
+    training = GmicTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
+    return config, training
+
+
 @METHODS.register("gmic")
 class GmicMethod(PublishedModelMethod):
     """GMIC (Shen et al., Medical Image Analysis 2021): saliency map, six patches, attention MIL, fusion.
@@ -242,16 +254,8 @@ class GmicMethod(PublishedModelMethod):
     description: ClassVar[str] = "GMIC (Shen et al. 2021): globally-aware multiple instance classifier"
     map_range: ClassVar[str] = "probability"
 
-    @classmethod
-    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
-        return _split_options(options, image_size)
-
-    @classmethod
-    def build_network(cls, config: Any) -> GmicNetwork:
-        return GmicNetwork(config)
-
-    def network(self) -> GmicNetwork:
-        return self._network
+    network_class: ClassVar[type[nn.Module]] = GmicNetwork
+    split_options = staticmethod(_split_options)
 
     def forward(self, images: torch.Tensor) -> GmicOutputs:
         """Inference forward pass without autograd, every intermediate kept."""
@@ -329,18 +333,6 @@ class GmicClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.logit(self.network.run_global(images)[2], eps=1e-6)
-
-
-def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GmicConfig, GmicTrainingConfig]:
-    arch_fields = set(GmicConfig.__dataclass_fields__) - {"image_size"}
-    train_fields = set(GmicTrainingConfig.__dataclass_fields__)
-    unknown = set(options) - arch_fields - train_fields
-    if unknown:
-        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
-        raise TypeError(f"unknown GMIC hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
-    config = GmicConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
-    training = GmicTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
-    return config, training
 
 
 def _variant(tag: str) -> type[GmicMethod]:

@@ -8,6 +8,7 @@ recipe's learning rate and crop-window jitter to the shared trainer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -22,8 +23,9 @@ from . import inference
 class PublishedModelMethod(TrainableMethod):
     """Base of :class:`~wsl_bench.methods.glam.GlamMethod` and :class:`~wsl_bench.methods.gmic.GmicMethod`.
 
-    Subclasses provide :meth:`split_options` (options → architecture config with ``to_dict()``,
-    training config dataclass with ``learning_rate`` and ``crop_jitter``) and :meth:`build_network`.
+    Subclasses set :attr:`network_class` (built from the architecture config) and
+    :attr:`split_options` (``(options, image_size) → (architecture config with to_dict(), training
+    config dataclass with learning_rate and crop_jitter)``, as a ``staticmethod``).
 
     Args:
         device: where it runs.
@@ -37,6 +39,8 @@ class PublishedModelMethod(TrainableMethod):
 
     published_file: ClassVar[str | None] = None
     config_defaults: ClassVar[dict[str, Any]] = {}
+    network_class: ClassVar[type[nn.Module]]
+    split_options: ClassVar[Callable[[dict[str, Any], tuple[int, int]], tuple[Any, Any]]]
 
     def __init__(
         self,
@@ -53,20 +57,10 @@ class PublishedModelMethod(TrainableMethod):
         self.config, self.training_config = self.split_options(options, self.image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._network = self.build_network(self.config)
+            self._network = self.network_class(self.config)
         self._network.to(self.device)
         self._engine = inference.EngineCache()
         self.weights_info = inference.load_method_weights(self, weights)
-
-    @classmethod
-    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
-        """``(architecture config, training config)`` from the constructor options."""
-        raise NotImplementedError(f"{cls.__name__} must define split_options")
-
-    @classmethod
-    def build_network(cls, config: Any) -> nn.Module:
-        """The randomly initialised network of ``config`` (the seed is already set)."""
-        raise NotImplementedError(f"{cls.__name__} must define build_network")
 
     def network(self) -> nn.Module:
         return self._network
