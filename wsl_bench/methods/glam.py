@@ -380,18 +380,6 @@ def fuse_maps_fast(
 # --------------------------------------------------------------------------------------------
 # Registered methods
 # --------------------------------------------------------------------------------------------
-def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GlamConfig, GlamTrainingConfig]:
-    arch_fields = set(GlamConfig.__dataclass_fields__) - {"image_size"}
-    train_fields = set(GlamTrainingConfig.__dataclass_fields__)
-    unknown = set(options) - arch_fields - train_fields
-    if unknown:
-        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
-        raise TypeError(f"unknown GLAM hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
-    config = GlamConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
-    training = GlamTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
-    return config, training
-
-
 @METHODS.register("glam")
 class GlamMethod(PublishedModelMethod):
     """GLAM (Liu et al., MIDL 2021): global saliency, one full-resolution patch, fused map.
@@ -416,7 +404,9 @@ class GlamMethod(PublishedModelMethod):
     map_range: ClassVar[str] = "probability"
 
     network_class: ClassVar[type[nn.Module]] = GlamNetwork
-    split_options = staticmethod(_split_options)
+    config_class: ClassVar[type] = GlamConfig
+    training_config_class: ClassVar[type] = GlamTrainingConfig
+    model_label: ClassVar[str] = "GLAM"
 
     def forward(self, images: torch.Tensor, fuse: bool = True) -> GlamOutputs:
         """Inference forward pass without autograd, every intermediate kept (figures, fidelity tests).

@@ -221,18 +221,6 @@ class GmicEngine:
         return gmic_heads(net, final, saliency, y_global, locations, patches, features)
 
 
-def _split_options(options: dict[str, Any], image_size: tuple[int, int]) -> tuple[GmicConfig, GmicTrainingConfig]:
-    arch_fields = set(GmicConfig.__dataclass_fields__) - {"image_size"}
-    train_fields = set(GmicTrainingConfig.__dataclass_fields__)
-    unknown = set(options) - arch_fields - train_fields
-    if unknown:
-        known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
-        raise TypeError(f"unknown GMIC hyper-parameter(s) {', '.join(sorted(unknown))}; known: {known}")
-    config = GmicConfig(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
-    training = GmicTrainingConfig(**{k: v for k, v in options.items() if k in train_fields})
-    return config, training
-
-
 @METHODS.register("gmic")
 class GmicMethod(PublishedModelMethod):
     """GMIC (Shen et al., Medical Image Analysis 2021): saliency map, six patches, attention MIL, fusion.
@@ -255,7 +243,9 @@ class GmicMethod(PublishedModelMethod):
     map_range: ClassVar[str] = "probability"
 
     network_class: ClassVar[type[nn.Module]] = GmicNetwork
-    split_options = staticmethod(_split_options)
+    config_class: ClassVar[type] = GmicConfig
+    training_config_class: ClassVar[type] = GmicTrainingConfig
+    model_label: ClassVar[str] = "GMIC"
 
     def forward(self, images: torch.Tensor) -> GmicOutputs:
         """Inference forward pass without autograd, every intermediate kept."""

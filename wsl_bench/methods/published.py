@@ -8,8 +8,7 @@ recipe's learning rate and crop-window jitter to the shared trainer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, ClassVar
 
 import torch
@@ -23,9 +22,9 @@ from . import inference
 class PublishedModelMethod(TrainableMethod):
     """Base of :class:`~wsl_bench.methods.glam.GlamMethod` and :class:`~wsl_bench.methods.gmic.GmicMethod`.
 
-    Subclasses set :attr:`network_class` (built from the architecture config) and
-    :attr:`split_options` (``(options, image_size) → (architecture config with to_dict(), training
-    config dataclass with learning_rate and crop_jitter)``, as a ``staticmethod``).
+    Subclasses set :attr:`network_class` (built from the architecture config), :attr:`config_class`
+    (architecture dataclass with an ``image_size`` field and ``to_dict()``), :attr:`training_config_class`
+    (dataclass with ``learning_rate`` and ``crop_jitter``) and :attr:`model_label` (for messages).
 
     Args:
         device: where it runs.
@@ -40,7 +39,9 @@ class PublishedModelMethod(TrainableMethod):
     published_file: ClassVar[str | None] = None
     config_defaults: ClassVar[dict[str, Any]] = {}
     network_class: ClassVar[type[nn.Module]]
-    split_options: ClassVar[Callable[[dict[str, Any], tuple[int, int]], tuple[Any, Any]]]
+    config_class: ClassVar[type]
+    training_config_class: ClassVar[type]
+    model_label: ClassVar[str]
 
     def __init__(
         self,
@@ -61,6 +62,24 @@ class PublishedModelMethod(TrainableMethod):
         self._network.to(self.device)
         self._engine = inference.EngineCache()
         self.weights_info = inference.load_method_weights(self, weights)
+
+    @classmethod
+    def split_options(cls, options: dict[str, Any], image_size: tuple[int, int]) -> tuple[Any, Any]:
+        """``(architecture config at image_size, training config)`` from the constructor options.
+
+        Raises:
+            TypeError: an option that is a field of neither, listing the known ones.
+        """
+        arch_fields = {f.name for f in fields(cls.config_class)} - {"image_size"}
+        train_fields = {f.name for f in fields(cls.training_config_class)}
+        unknown = set(options) - arch_fields - train_fields
+        if unknown:
+            known = ", ".join(sorted(arch_fields | train_fields | {"precision", "fast"}))
+            names = ", ".join(sorted(unknown))
+            raise TypeError(f"unknown {cls.model_label} hyper-parameter(s) {names}; known: {known}")
+        config = cls.config_class(image_size=image_size, **{k: v for k, v in options.items() if k in arch_fields})
+        training = cls.training_config_class(**{k: v for k, v in options.items() if k in train_fields})
+        return config, training
 
     def network(self) -> nn.Module:
         return self._network
