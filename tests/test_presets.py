@@ -58,3 +58,26 @@ def test_vertical_flip_is_a_pure_function_of_its_generator(seed):
     assert torch.equal(a, image) or torch.equal(a, image.flip(-2))
     flipped = sum(not torch.equal(flip(image, np.random.default_rng([seed, i])), image) for i in range(200))
     assert 60 < flipped < 140  # about half
+
+
+def test_an_explainer_inherits_the_preset_options_of_the_classifier_it_explains():
+    cpu = get_preset("cpu").method_options
+    config = RunConfig(methods=("gradcam@gmic",), preset="cpu")
+    # gradcam@gmic must train (and share the cache key of) the very GMIC the preset gives `gmic`
+    assert method_options(config, "gradcam@gmic") == cpu["gmic"]
+    assert method_options(config, "integrated_gradients@glam") == {**cpu["glam"], **cpu["integrated_gradients"]}
+    chosen = RunConfig(methods=("gradcam",), preset="cpu", method_options=(("gradcam", (("classifier", "glam"),)),))
+    assert method_options(chosen, "gradcam") == {**cpu["glam"], "classifier": "glam"}
+    # the default classifier (cam) carries no preset options; non-explainers inherit nothing
+    assert method_options(RunConfig(methods=("gradcam",), preset="cpu"), "gradcam") == {}
+    assert method_options(RunConfig(methods=("random",), preset="cpu"), "random") == {}
+    mine = RunConfig(methods=("gradcam@gmic",), preset="cpu",
+                     method_options=(("gradcam@gmic", (("learning_rate", 0.5),)),))
+    assert method_options(mine, "gradcam@gmic")["learning_rate"] == 0.5
+
+
+def test_an_explainer_and_its_classifier_share_one_checkpoint_identity():
+    config = RunConfig(methods=("gmic", "gradcam@gmic"), preset="cpu", image_size=(96, 64))
+    made = {name: wsl_bench.create_method(name, image_size=config.size(), **method_options(config, name))
+            for name in config.methods}
+    assert made["gradcam@gmic"].training_identity() == made["gmic"].training_identity()

@@ -38,6 +38,7 @@ from .manifest import (
     read_json,
     write_json_atomic,
 )
+from .methods.explainers import PosthocExplainer
 from .presets import get_preset
 from .profiling import count_gflops, measure, memory_kind
 from .records import RecordWriter, read_records
@@ -132,9 +133,19 @@ def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDatase
 
 
 def method_options(config: RunConfig, name: str) -> dict[str, Any]:
-    """The options ``name`` is created with: the preset's (``Preset.method_options``), then the
-    user's own (``--option``), which win."""
-    return {**get_preset(config.preset).method_options.get(name, {}), **config.options_for(name)}
+    """The options ``name`` is created with, later ones winning: for a post-hoc explainer the
+    preset's options of the classifier it explains (so ``gradcam@gmic`` trains, and shares, the very
+    checkpoint ``gmic`` gets), the preset's options of the method (``Preset.method_options``, by
+    registered name and then by full name), then the user's own (``--option``, ``--classifier``)."""
+    preset = get_preset(config.preset).method_options
+    user = config.options_for(name)
+    base, implied = split_method_name(name)
+    inherited: dict[str, Any] = {}
+    explainer = METHODS.get(base) if base in METHODS else None
+    if isinstance(explainer, type) and issubclass(explainer, PosthocExplainer):
+        classifier = user.get("classifier", implied.get("classifier", explainer.default_classifier))
+        inherited = preset.get(classifier, {})
+    return {**inherited, **preset.get(base, {}), **preset.get(name, {}), **user}
 
 
 def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[SaliencyMethod, dict[str, Any]]:

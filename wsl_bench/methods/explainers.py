@@ -290,7 +290,8 @@ class PosthocExplainer(TrainableMethod):
 
     Args:
         classifier: registered name of the method whose ``classifier()`` is explained (``cam``,
-            ``gmic``, ``glam``, ...); ``gradcam@gmic`` sets it through the name.
+            ``gmic``, ``glam``, ...; ``None``: ``default_classifier``); ``gradcam@gmic`` sets it
+            through the name.
         target_layer: layer of layer-based explainers: ``None`` for the classifier's declared
             default, or a dotted submodule name of the classifier module (``"stages.2"``).
         memory_budget_mb: memory the explainer may use for its internal batches, in MiB;
@@ -308,12 +309,14 @@ class PosthocExplainer(TrainableMethod):
     """
 
     map_range: ClassVar[str] = "unbounded"
+    default_classifier: ClassVar[str] = "cam"
+    """The classifier explained when none is named (``--classifier``, ``explainer@classifier``)."""
     max_images_per_call: ClassVar[int | None] = None
     """Cap on images explained together (``1`` for explainers that chunk their own internal work)."""
 
     def __init__(
         self,
-        classifier: str = "cam",
+        classifier: str | None = None,
         target_layer: str | None = None,
         memory_budget_mb: float | None = None,
         device: str | torch.device = "cpu",
@@ -326,6 +329,7 @@ class PosthocExplainer(TrainableMethod):
 
         if memory_budget_mb is not None and not memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
+        classifier = self.default_classifier if classifier is None else classifier
         self.classifier_name = classifier
         self.memory_budget_mb = memory_budget_mb
         inner = create_method(classifier, device=device, seed=seed, image_size=image_size, **options)
