@@ -13,7 +13,7 @@ from model_helpers import random_images
 from torch import nn
 
 import wsl_bench
-from wsl_bench import cli
+from wsl_bench import cli, trained
 from wsl_bench.augment import CropJitter, sample_rng
 from wsl_bench.data import DatasetError, Sample
 from wsl_bench.distributed import SINGLE_PROCESS, CpuSyncBatchNorm, synchronise_batchnorm
@@ -381,3 +381,28 @@ def test_run_trains_the_glam_stages_into_the_cache(toy_dataset, tmp_path, isolat
     folders = list((isolated_cache / "checkpoints" / "glam").iterdir())
     assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} >= {"key.json", "stage-global", "stage-local"}
     assert len(read_records(tmp_path / "run" / "records.jsonl")) == 2
+
+
+def test_training_code_files_cover_the_model_its_layers_and_the_trainer():
+    glam_files = {p.name for p in trained.training_code_files(wsl_bench.create_method("glam", image_size=(96, 64)))}
+    assert {"glam.py", "backbones.py", "published.py", "training.py", "augment.py"} <= glam_files
+    explainer = wsl_bench.create_method("gradcam@gmic", image_size=(96, 64))
+    assert "gmic.py" in {p.name for p in trained.training_code_files(explainer)}  # the classifier's code
+    assert "gradcam.py" not in {p.name for p in trained.training_code_files(explainer)}
+
+
+def test_editing_the_code_of_a_model_changes_its_cache_key(toy_dataset, tmp_path, monkeypatch):
+    toy_dataset.counts = {"train": 4, "val": 2, "test": 2}
+    config = RunConfig(methods=("cam",), dataset="toy", preset="tiny")
+    cam = wsl_bench.create_method("cam", image_size=config.size())
+    train_config = train_config_for(cam, "tiny", 0)
+    splits = open_dataset(config, "train"), open_dataset(config, "val")
+    before = trained.checkpoint_key_data(cam, train_config, *splits)
+    assert before == trained.checkpoint_key_data(cam, train_config, *splits)  # stable
+    cam_py = next(p for p in trained.training_code_files(cam) if p.name == "cam.py")
+    edited = tmp_path / "cam.py"
+    edited.write_bytes(cam_py.read_bytes() + b"# an edit\n")
+    monkeypatch.setattr(trained, "training_code_files", lambda m: [edited])
+    after = trained.checkpoint_key_data(cam, train_config, *splits)
+    assert after["code"] != before["code"] and {k: v for k, v in after.items() if k != "code"} == {
+        k: v for k, v in before.items() if k != "code"}

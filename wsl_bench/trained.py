@@ -3,8 +3,9 @@
 A trainable method's checkpoint is cached under ``$WSL_BENCH_CACHE`` (default
 ``$XDG_CACHE_HOME/wsl_bench`` or ``~/.cache/wsl_bench``) in a folder named by the hash of everything
 that determines the weights: method and its configuration (training hyper-parameters included),
-training data, training configuration, the stages of its recipe and the seed. A second run with the
-same settings loads the cached weights; an interrupted training resumes from its last checkpoint.
+training data, training configuration, the stages of its recipe, the seed and the source code of the
+model and the trainer (:func:`training_code_fingerprint`). A second run with the same settings and
+code loads the cached weights; an interrupted training resumes from its last checkpoint.
 
 Staged recipes (GLAM: global, local, joint) train each stage into ``<folder>/stage-<name>/`` with
 its own ``last.pt``, ``best.pt``, ``final.pt``, ``log.csv`` and ``curves.png``; a stage starts from
@@ -15,6 +16,7 @@ gave no usable criterion).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import replace
@@ -134,6 +136,45 @@ def load_method_weights(method: SaliencyMethod, path: str | Path) -> dict[str, A
     return meta
 
 
+def training_code_files(method: TrainableMethod) -> list[Path]:
+    """The project's source files whose code decides what ``method`` learns: the modules of its
+    class hierarchy and of every layer of its network, and the trainer's own modules."""
+    import sys
+
+    trainee = method.training_method()
+    modules = {cls.__module__ for cls in type(trainee).__mro__}
+    modules |= {type(layer).__module__ for layer in trainee.network().modules()}
+    modules |= {"wsl_bench.training", "wsl_bench.training_data", "wsl_bench.augment", __name__}
+    files = {Path(sys.modules[name].__file__) for name in modules
+             if name.split(".")[0] == "wsl_bench" and getattr(sys.modules.get(name), "__file__", None)}
+    return sorted(files)
+
+
+def training_code_fingerprint(method: TrainableMethod) -> str:
+    """sha256 over :func:`training_code_files` (their names and bytes): part of the cache key, so
+    editing a model or the trainer retrains instead of silently reusing weights of the old code."""
+    digest = hashlib.sha256()
+    for path in training_code_files(method):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def checkpoint_key_data(
+    method: TrainableMethod, train_config: TrainConfig, train_set: MammogramDataset, val_set: MammogramDataset
+) -> dict[str, Any]:
+    """Everything that determines the trained weights (hashed into the cache folder's name)."""
+    identity = method.training_identity()
+    return {
+        "method": identity["method"],
+        "method_config": identity["config"],
+        "train_data": train_set.describe(),
+        "val_data": val_set.describe(),
+        "train_config": train_config.__dict__,
+        "stages": [s.to_dict() for s in training_stages(method.training_method())],
+        "code": training_code_fingerprint(method),
+    }
+
+
 def ensure_trained(
     method: TrainableMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
 ) -> dict[str, Any]:
@@ -152,18 +193,10 @@ def ensure_trained(
     train_config = train_config_for(trainee, config.preset, config.seed)
     train_set = open_dataset(config, "train")
     val_set = open_dataset(config, "val")
-    identity = method.training_identity()
     stages = training_stages(trainee)
-    key_data = {
-        "method": identity["method"],
-        "method_config": identity["config"],
-        "train_data": train_set.describe(),
-        "val_data": val_set.describe(),
-        "train_config": train_config.__dict__,
-        "stages": [s.to_dict() for s in stages],
-    }
+    key_data = checkpoint_key_data(method, train_config, train_set, val_set)
     key = config_hash(key_data)
-    folder = cache_root() / "checkpoints" / identity["method"] / key
+    folder = cache_root() / "checkpoints" / key_data["method"] / key
     last_stage = stage_folder(folder, stages, stages[-1])
     context.barrier()  # every rank sees the same cache state before deciding to train
     if stage_checkpoint(last_stage) is None:
