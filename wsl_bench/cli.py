@@ -28,7 +28,7 @@ def _size_suffix(args: argparse.Namespace) -> str:
     return f"-{args.image_size[0]}x{args.image_size[1]}" if args.image_size else ""
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_image_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
     except ValueError:
@@ -38,7 +38,7 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
+def parse_option(text: str) -> tuple[str, Any]:
     """``key=value`` with the value read as JSON when it parses (numbers, booleans), else text."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--option must look like key=value, got {text!r}")
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="the dataset's files (not needed for synthetic)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--preset", default="cpu", help="run size: tiny, cpu (default) or full")
-    p.add_argument("--image-size", type=_parse_size, default=None, metavar="HxW",
+    p.add_argument("--image-size", type=parse_image_size, default=None, metavar="HxW",
                    help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>-seed<seed>)")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default=None,
                    help="classifier explained by post-hoc explainers (e.g. cam, gmic, glam)")
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
-    p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="extra constructor option passed to every selected method (repeatable)")
     p.add_argument("--retry-failed", action="store_true", help="recompute records that failed or ran out of memory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root", default=None)
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--image-size", type=_parse_size, default=None, metavar="HxW",
+    p.add_argument("--image-size", type=parse_image_size, default=None, metavar="HxW",
                    help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="use only the first N images of the train and val splits (quick runs)")
     p.add_argument("--stage", default=None, help="train only this stage of the recipe (earlier ones must be done)")
-    p.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="constructor option of the method, e.g. stage=sep, beta=1e-4 (repeatable)")
     p.add_argument("--out", default=None, help="training folder (default: runs/train-<method>-<preset>-seed<seed>)")
     p.add_argument("--resume", action="store_true",
@@ -124,19 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="write the synthetic set to disk in the folder format")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=100)
-    p.add_argument("--size", type=_parse_size, default=(736, 480), help="HxW, e.g. 2944x1920")
+    p.add_argument("--size", type=parse_image_size, default=(736, 480), help="HxW, e.g. 2944x1920")
     p.add_argument("--seed", type=int, default=0)
     p = data.add_parser("prepare", help="preprocess a real dataset once into the folder format")
     p.add_argument("dataset")
     p.add_argument("--src", required=True, help="the dataset as downloaded")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=_parse_size, default=(2944, 1920))
+    p.add_argument("--size", type=parse_image_size, default=(2944, 1920))
     p.add_argument("--workers", type=int, default=2)
 
     p = sub.add_parser("bench", help="speed and memory of methods at batch 1")
     p.add_argument("--methods", default="glam,gmic")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", type=_parse_size, default=(2944, 1920))
+    p.add_argument("--size", type=parse_image_size, default=(2944, 1920))
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compare-plain", action="store_true",
