@@ -5,7 +5,7 @@ largest (GLAM: its global map, ``extras["global_map"]``; GMIC and others: the ou
 count how often that cell
 
 * touches the lesion,
-* lies mostly outside the breast (under half of its pixels brighter than the background), and
+* lies mostly outside the breast (under half of its pixels above the background level), and
 * lies on the map's border,
 
 next to what a cell drawn uniformly at random would give (the ``chance_*`` columns, expected counts).
@@ -35,8 +35,9 @@ from wsl_bench.cli import parse_image_size, parse_option
 from wsl_bench.saliency import CLASSES
 from wsl_bench.trained import load_method_weights
 
-BACKGROUND_LEVEL = 0.02
-"""Standardised intensity under which a pixel counts as background (outside the breast)."""
+BACKGROUND_MARGIN = 0.05
+"""A pixel within this of the image's minimum counts as background (outside the breast): the
+images are standardised per image (mean 0, std 1), and the synthetic background is constant."""
 
 
 def cell_slices(row: int, col: int, map_shape: tuple[int, int], image_shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -60,7 +61,8 @@ def peak_cell_counts(method: wsl_bench.SaliencyMethod, dataset) -> dict[str, dic
         coarse = coarse[0].numpy()
         shape = coarse.shape[-2:]
         cells = [cell_slices(r, c, shape, image.shape) for r in range(shape[0]) for c in range(shape[1])]
-        outside = np.array([(image[cell] > BACKGROUND_LEVEL).mean() < 0.5 for cell in cells])
+        breast = image > image.min() + BACKGROUND_MARGIN
+        outside = np.array([breast[cell].mean() < 0.5 for cell in cells])
         for k, cls in enumerate(CLASSES):
             mask = sample.masks.get(cls)
             if mask is None or not mask.any():
