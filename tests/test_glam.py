@@ -50,6 +50,21 @@ def test_runs_at_preset_sizes(size):
     assert out.extras["local_maps"].shape == (1, 1, 2, (patch + 3) // 4, (patch + 3) // 4)
 
 
+def test_fused_map_is_half_the_global_map_outside_the_patches(tiny):
+    """Why GLAM's Dice at τ = 0.5 counts only lesion pixels inside its patches: the published fusion
+    averages the pasted local maps (zero outside the windows) with the global map (a sigmoid, < 1)."""
+    out = tiny.predict(images(2, seed=3))
+    ph, pw = tiny.config.patch_size
+    outside = torch.ones_like(out.maps, dtype=torch.bool)
+    for n, corners in enumerate(out.extras["patch_locations"].tolist()):
+        for r, c in corners:
+            outside[n, :, max(r, 0):r + ph, max(c, 0):c + pw] = False
+    assert outside.any() and (~outside).any()
+    global_up = torch.nn.functional.interpolate(out.extras["global_map"], size=TINY, mode="nearest")
+    torch.testing.assert_close(out.maps[outside], global_up[outside] / 2)
+    assert (out.maps[outside] < 0.5).all()
+
+
 def test_published_configuration_is_default():
     config = GlamMethod(image_size=TINY).config
     assert GlamConfig().patch_size == (512, 512) and GlamConfig().image_size == (2944, 1920)
