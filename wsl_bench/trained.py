@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,8 +140,6 @@ def load_method_weights(method: SaliencyMethod, path: str | Path) -> dict[str, A
 def training_code_files(method: TrainableMethod) -> list[Path]:
     """The project's source files whose code decides what ``method`` learns: the modules of its
     class hierarchy and of every layer of its network, and the trainer's own modules."""
-    import sys
-
     trainee = method.training_method()
     modules = {cls.__module__ for cls in type(trainee).__mro__}
     modules |= {type(layer).__module__ for layer in trainee.network().modules()}
