@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -397,12 +398,31 @@ def test_editing_the_code_of_a_model_changes_its_cache_key(toy_dataset, tmp_path
     cam = wsl_bench.create_method("cam", image_size=config.size())
     train_config = train_config_for(cam, "tiny", 0)
     splits = open_dataset(config, "train"), open_dataset(config, "val")
-    before = trained.checkpoint_key_data(cam, train_config, *splits)
-    assert before == trained.checkpoint_key_data(cam, train_config, *splits)  # stable
+    assert trained.checkpoint_key_data(cam, train_config, *splits) == trained.checkpoint_key_data(
+        cam, train_config, *splits)  # stable
+    # the same file set before and after, only its bytes change
     cam_py = next(p for p in trained.training_code_files(cam) if p.name == "cam.py")
-    edited = tmp_path / "cam.py"
-    edited.write_bytes(cam_py.read_bytes() + b"# an edit\n")
-    monkeypatch.setattr(trained, "training_code_files", lambda m: [edited])
+    copy = tmp_path / "cam.py"
+    copy.write_bytes(cam_py.read_bytes())
+    monkeypatch.setattr(trained, "training_code_files", lambda m: [copy])
+    before = trained.checkpoint_key_data(cam, train_config, *splits)
+    copy.write_bytes(cam_py.read_bytes())  # rewritten unchanged: same key
+    assert trained.checkpoint_key_data(cam, train_config, *splits) == before
+    copy.write_bytes(cam_py.read_bytes() + b"# an edit\n")
     after = trained.checkpoint_key_data(cam, train_config, *splits)
     assert after["code"] != before["code"] and {k: v for k, v in after.items() if k != "code"} == {
         k: v for k, v in before.items() if k != "code"}
+
+
+def test_training_code_files_cover_a_plugins_own_package(monkeypatch):
+    """A contributor's method outside wsl_bench: its module counts, torch's never does."""
+    import sys
+    import types
+
+    plugin = types.ModuleType("my_plugin.models")
+    plugin.__file__ = __file__  # any real file stands in for the plugin's source
+    monkeypatch.setitem(sys.modules, "my_plugin.models", plugin)
+    PluginCAM = type("PluginCAM", (CAM,), {"__module__": "my_plugin.models"})
+    files = trained.training_code_files(PluginCAM(image_size=(96, 64)))
+    assert Path(__file__) in files and any(p.name == "cam.py" for p in files)
+    assert not any("torch" in p.parts for p in files)

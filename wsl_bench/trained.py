@@ -138,14 +138,16 @@ def load_method_weights(method: SaliencyMethod, path: str | Path) -> dict[str, A
 
 
 def training_code_files(method: TrainableMethod) -> list[Path]:
-    """The project's source files whose code decides what ``method`` learns: the modules of its
-    class hierarchy and of every layer of its network, and the trainer's own modules."""
+    """The source files whose code decides what ``method`` learns: the modules of its class
+    hierarchy and of every layer of its network that belong to wsl-bench or to the package the
+    method comes from (a plugin's own code counts; torch's does not), and the trainer's modules."""
     trainee = method.training_method()
+    packages = {"wsl_bench", type(trainee).__module__.split(".")[0]}
     modules = {cls.__module__ for cls in type(trainee).__mro__}
     modules |= {type(layer).__module__ for layer in trainee.network().modules()}
     modules |= {"wsl_bench.training", "wsl_bench.training_data", "wsl_bench.augment", __name__}
     files = {Path(sys.modules[name].__file__) for name in modules
-             if name.split(".")[0] == "wsl_bench" and getattr(sys.modules.get(name), "__file__", None)}
+             if name.split(".")[0] in packages and getattr(sys.modules.get(name), "__file__", None)}
     return sorted(files)
 
 
