@@ -198,6 +198,85 @@ def test_oracle_dice_ties_go_to_lowest_tau_and_rejects_lesion_free_images():
     assert all(np.isnan(M.oracle_dice(np.zeros((0, 10)), np.zeros((0, 10)))))
 
 
+def direct_dice(x: np.ndarray, m: np.ndarray, tau: float) -> float:
+    """Dice straight from a map and a mask (no library code): S = x >= tau."""
+    s = x >= tau
+    denom = np.count_nonzero(s) + np.count_nonzero(m)
+    return 2.0 * np.count_nonzero(s & m) / denom if denom else 1.0
+
+
+def brute_validation_dice(val_cases, test_cases, bins):
+    """Try every tau = k/bins on the validation maps (mean per-image Dice, ties to the lowest tau),
+    then the mean test Dice at that tau, everything computed from the maps and masks directly."""
+    best, best_tau = -1.0, None
+    for k in range(bins):
+        mean = float(np.mean([direct_dice(x, m, k / bins) for x, m in val_cases]))
+        if mean > best + 1e-12:  # strictly better: ties keep the lowest threshold
+            best, best_tau = mean, k / bins
+    return float(np.mean([direct_dice(x, m, best_tau) for x, m in test_cases])), best_tau
+
+
+def stacked_histograms(cases, bins):
+    hists = [brute_histograms(x, m, bins) for x, m in cases]
+    return np.stack([p for p, _ in hists]), np.stack([n for _, n in hists])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(map_and_mask(min_pos=1), min_size=1, max_size=5),
+       st.lists(map_and_mask(min_pos=1), min_size=1, max_size=5),
+       st.sampled_from([7, 20, 100]))
+def test_validation_selected_dice_equals_brute_force(val_cases, test_cases, bins):
+    pos_val, neg_val = stacked_histograms(val_cases, bins)
+    pos_test, neg_test = stacked_histograms(test_cases, bins)
+    expected_dice, expected_tau = brute_validation_dice(val_cases, test_cases, bins)
+    tau = M.selected_threshold(pos_val, neg_val)
+    assert tau == expected_tau
+    assert M.dice_at_threshold_from_histograms(pos_test, neg_test, tau) == pytest.approx(expected_dice, abs=1e-12)
+    per_image = M.dice_per_image_at_threshold(pos_test, neg_test, tau)
+    assert per_image == pytest.approx([direct_dice(x, m, tau) for x, m in test_cases], abs=1e-12)
+    assert M.validation_selected_dice(pos_val, neg_val, pos_test, neg_test) == pytest.approx(
+        (expected_dice, expected_tau), abs=1e-12)
+
+
+def test_validation_threshold_is_chosen_on_validation_not_on_test():
+    # Validation maps are right at 0.7 and above; test maps at 0.2 and above. The test images' own
+    # best threshold (the oracle) is 0.2, but the headline applies the validation threshold: 0.7.
+    bins = 10
+    mask = np.zeros((4, 4), bool)
+    mask[:2] = True
+    val_map = np.where(mask, 0.75, 0.05)
+    test_map = np.where(mask, 0.25, 0.05)
+    pos_val, neg_val = M.pixel_histograms(val_map, mask, bins)
+    pos_test, neg_test = M.pixel_histograms(test_map, mask, bins)
+    tau = M.selected_threshold(pos_val[None], neg_val[None])
+    assert tau == 0.1  # the lowest of the thresholds 0.1 ... 0.7 that all give Dice 1 on validation
+    assert M.dice_at_threshold_from_histograms(pos_test[None], neg_test[None], tau) == 1.0
+    val_only_high = np.where(mask, 0.75, 0.45)
+    pos_val, neg_val = M.pixel_histograms(val_only_high, mask, bins)
+    tau = M.selected_threshold(pos_val[None], neg_val[None])
+    assert tau == 0.5
+    assert M.dice_at_threshold_from_histograms(pos_test[None], neg_test[None], tau) == 0.0  # test lesions < 0.5
+    assert M.oracle_dice(pos_test[None], neg_test[None]) == (1.0, 0.1)
+
+
+def test_validation_selection_shares_oracle_search_and_handles_empty_and_bad_input():
+    rng = np.random.default_rng(3)
+    cases = [(rng.random((6, 5)), rng.random((6, 5)) < 0.4) for _ in range(4)]
+    pos, neg = stacked_histograms([(x, m | (np.arange(30).reshape(6, 5) == 0)) for x, m in cases], 50)
+    best, tau = M.oracle_dice(pos, neg)
+    assert M.selected_threshold(pos, neg) == tau  # chosen on the same images, it is the oracle
+    assert M.dice_at_threshold_from_histograms(pos, neg, tau) == pytest.approx(best, abs=1e-15)
+    assert np.isnan(M.selected_threshold(np.zeros((0, 50)), np.zeros((0, 50))))
+    assert np.isnan(M.dice_at_threshold_from_histograms(pos, neg, float("nan")))
+    assert np.isnan(M.dice_at_threshold_from_histograms(np.zeros((0, 50)), np.zeros((0, 50)), 0.5))
+    with pytest.raises(ValueError, match="rows \\[1\\]"):
+        M.selected_threshold(np.stack([pos[0], np.zeros(50)]), np.stack([neg[0], np.ones(50)]))
+    with pytest.raises(ValueError, match="not a bin edge"):
+        M.dice_at_threshold_from_histograms(pos, neg, 0.013)
+    with pytest.raises(ValueError, match="50 bins"):
+        M.validation_selected_dice(pos, neg, pos[:, :25], neg[:, :25])
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # PxAP
 # ----------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ Conventions (the reports state them):
   Bin ``k`` holds the values ``k/bins <= v < (k+1)/bins``; the last bin also holds 1.0. A pixel is
   positive at threshold ``k/bins`` exactly when its bin index is ``>= k``.
 * Dice is computed per image and averaged over the images that contain a lesion of the class.
+  The headline threshold is chosen on other images than those scored: :func:`selected_threshold`
+  picks the bin edge maximising mean Dice on the validation images, and
+  :func:`dice_at_threshold_from_histograms` scores the test images at it (Choe et al., CVPR 2020).
+  :func:`oracle_dice` chooses it on the scored images themselves (an upper bound).
 * PxAP (Choe et al., CVPR 2020) pools the pixels of the images it is given in two fixed-bin
   histograms (lesion pixels, background pixels), so its memory does not grow with image or pixel
   count. The report gives it the images that contain a lesion of the class, like Dice (a
@@ -350,8 +354,38 @@ def dice_curve(pos: Any, neg: Any) -> np.ndarray:
     return _dice_curve_rows(p, n)
 
 
+def _lesion_histograms(pos_per_image: Any, neg_per_image: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``n×B`` per-image histograms of images that must each hold lesion pixels (Dice is
+    averaged over those images only); ``what`` names the caller in the error."""
+    p, n = _histogram_pair(pos_per_image, neg_per_image, ndim=2)
+    empty = np.flatnonzero(p.sum(axis=1) == 0)
+    if empty.size:
+        raise ValueError(
+            f"{what} averages over images that contain a lesion; rows {empty[:10].tolist()} have no lesion pixels"
+        )
+    return p, n
+
+
+def _best_mean_dice_bin(p: np.ndarray, n: np.ndarray) -> tuple[int, float]:
+    """``(k, mean Dice at k)`` for the bin k maximising the mean over images of per-image Dice at
+    threshold ``k/B`` (``n×B`` histograms, n ≥ 1); ties go to the lowest k."""
+    mean = _dice_curve_rows(p, n).mean(axis=0)
+    k = int(np.argmax(mean))  # first maximum: the lowest threshold among ties
+    return k, float(mean[k])
+
+
+def _dice_at_bin_rows(p: np.ndarray, n: np.ndarray, k: int) -> np.ndarray:
+    """Per-image Dice at threshold ``k/B`` (``S = bin >= k``) of ``…×B`` histograms; shape ``…``."""
+    inter = p[..., k:].sum(axis=-1)
+    return _dice_from_counts(inter, inter + n[..., k:].sum(axis=-1), p.sum(axis=-1))
+
+
 def oracle_dice(pos_per_image: Any, neg_per_image: Any) -> tuple[float, float]:
     """The best mean Dice over a dataset at one shared threshold ("oracle τ").
+
+    The threshold is chosen on the very images it is scored on, so this is an upper bound of what
+    a fixed threshold can reach; :func:`selected_threshold` with
+    :func:`dice_at_threshold_from_histograms` is the protocol that chooses it on other images.
 
     Args:
         pos_per_image: ``n×B`` lesion-pixel histograms of images that contain a lesion of the class.
@@ -364,17 +398,93 @@ def oracle_dice(pos_per_image: Any, neg_per_image: Any) -> tuple[float, float]:
     Raises:
         ValueError: shape mismatch, or an image without lesion pixels (those are not averaged).
     """
-    p, n = _histogram_pair(pos_per_image, neg_per_image, ndim=2)
+    p, n = _lesion_histograms(pos_per_image, neg_per_image, "oracle_dice")
     if p.shape[0] == 0:
         return float("nan"), float("nan")
-    empty = np.flatnonzero(p.sum(axis=1) == 0)
-    if empty.size:
-        raise ValueError(
-            f"oracle_dice averages over images that contain a lesion; rows {empty[:10].tolist()} have no lesion pixels"
-        )
-    mean = _dice_curve_rows(p, n).mean(axis=0)
-    k = int(np.argmax(mean))  # first maximum: the lowest threshold among ties
-    return float(mean[k]), k / p.shape[1]
+    k, best = _best_mean_dice_bin(p, n)
+    return best, k / p.shape[1]
+
+
+def selected_threshold(pos_per_image: Any, neg_per_image: Any) -> float:
+    """The threshold ``tau = k/B`` that maximises mean per-image Dice over the given images.
+
+    Used on the **validation** images of a class (per method), then applied unchanged to the test
+    images with :func:`dice_at_threshold_from_histograms` (Choe et al., CVPR 2020, choose WSOL
+    hyper-parameters on held-out annotated images, never on test). The same search as
+    :func:`oracle_dice`: ties go to the lowest tau.
+
+    Args:
+        pos_per_image: ``n×B`` lesion-pixel histograms of (validation) images containing a lesion of the class.
+        neg_per_image: ``n×B`` background-pixel histograms of the same images.
+
+    Returns:
+        ``tau`` on the grid ``0, 1/B, …, (B-1)/B``; NaN when n = 0 (nothing to choose from).
+
+    Raises:
+        ValueError: shape mismatch, or an image without lesion pixels.
+    """
+    p, n = _lesion_histograms(pos_per_image, neg_per_image, "selected_threshold")
+    if p.shape[0] == 0:
+        return float("nan")
+    k, _ = _best_mean_dice_bin(p, n)
+    return k / p.shape[1]
+
+
+def dice_per_image_at_threshold(pos_per_image: Any, neg_per_image: Any, tau: float) -> np.ndarray:
+    """Per-image Dice at threshold ``tau`` from per-image histograms (exact: ``S = bin >= k``, ``tau = k/B``).
+
+    Args:
+        pos_per_image: ``n×B`` lesion-pixel histograms of images containing a lesion of the class.
+        neg_per_image: ``n×B`` background-pixel histograms of the same images.
+        tau: a bin edge ``k/B`` (e.g. from :func:`selected_threshold`); NaN gives NaN for every image.
+
+    Returns:
+        float64 array of length n.
+
+    Raises:
+        ValueError: shape mismatch, an image without lesion pixels, or ``tau`` off the bin edges.
+    """
+    p, n = _lesion_histograms(pos_per_image, neg_per_image, "dice_per_image_at_threshold")
+    if not np.isfinite(float(tau)):
+        return np.full(p.shape[0], np.nan)
+    return _dice_at_bin_rows(p, n, _threshold_bin(tau, p.shape[1]))
+
+
+def dice_at_threshold_from_histograms(pos_per_image: Any, neg_per_image: Any, tau: float) -> float:
+    """Mean per-image Dice at ``tau`` over images containing a lesion (see :func:`dice_per_image_at_threshold`).
+
+    With ``tau = selected_threshold(validation histograms)`` and the test images' histograms this is
+    the benchmark's headline Dice.
+
+    Returns:
+        the mean; NaN when n = 0 or ``tau`` is NaN.
+    """
+    values = dice_per_image_at_threshold(pos_per_image, neg_per_image, tau)
+    return float(values.mean()) if values.size else float("nan")
+
+
+def validation_selected_dice(
+    pos_val: Any, neg_val: Any, pos_test: Any, neg_test: Any
+) -> tuple[float, float]:
+    """Mean test Dice at the threshold chosen on the validation images, and that threshold.
+
+    Args:
+        pos_val, neg_val: ``n_val×B`` histograms of validation images containing a lesion of the class.
+        pos_test, neg_test: ``n_test×B`` histograms of test images containing a lesion of the class.
+
+    Returns:
+        ``(mean test Dice at tau, tau)``; ``tau`` is NaN when there is no validation image, the
+        Dice NaN when either set is empty.
+
+    Raises:
+        ValueError: the two sets have different bin counts, or a row without lesion pixels.
+    """
+    p_val, _ = _histogram_pair(pos_val, neg_val, ndim=2)
+    p_test, _ = _histogram_pair(pos_test, neg_test, ndim=2)
+    if p_val.shape[1] != p_test.shape[1]:
+        raise ValueError(f"validation histograms have {p_val.shape[1]} bins, test histograms {p_test.shape[1]}")
+    tau = selected_threshold(pos_val, neg_val)
+    return dice_at_threshold_from_histograms(pos_test, neg_test, tau), tau
 
 
 def pxap_from_histograms(pos: Any, neg: Any) -> float:
@@ -631,9 +741,13 @@ __all__ = [
     "bootstrap_pxap_ci",
     "dice",
     "dice_counts",
+    "dice_at_threshold_from_histograms",
     "dice_curve",
+    "dice_per_image_at_threshold",
     "oracle_dice",
     "pixel_histograms",
     "pxap",
     "pxap_from_histograms",
+    "selected_threshold",
+    "validation_selected_dice",
 ]
