@@ -89,7 +89,7 @@ def test_image_size_replaces_the_presets_size_for_data_methods_and_report(tmp_pa
     assert manifest["config"]["image_size"] == [128, 80]
     assert "preset `tiny` at 128×80" in (out / "report" / "results.md").read_text()
     # lesion_fraction = mask pixels / image pixels: with the mask's pixel count it gives the image size
-    records = [r for r in read_records(out / "records.jsonl") if r["status"] == "ok"]
+    records = [r for r in read_records(out / "records.jsonl", split="test") if r["status"] == "ok"]
     assert len(records) == 2 * 8
     sized = [(r["dice_pixels"][c]["mask"], r["lesion_fraction"][c]) for r in records for c in ("benign", "malignant")
              if r["lesion_fraction"].get(c)]

@@ -105,9 +105,11 @@ def test_sharded_run_merges_into_the_single_process_records_and_report(tmp_path)
         return [{k: v for k, v in r.items() if k not in ("time_s", "peak_memory_mb")} for r in lines]
 
     single_records, sharded_records = (comparable(run / "records.jsonl") for run in (tmp_path / "single", sharded))
-    assert len(single_records) == 4 * 8 and all(r["status"] == "ok" for r in single_records)
+    # tiny preset: 8 test and 8 validation images per method, each shard scoring half of each split
+    assert len(single_records) == 4 * (8 + 8) and all(r["status"] == "ok" for r in single_records)
+    assert sum(r["split"] == "val" for r in single_records) == 4 * 8
     assert sharded_records == single_records  # same records, same order
-    assert len(read_records(sharded / "records.jsonl")) == 32
+    assert len(read_records(sharded / "records.jsonl")) == 64
 
     def metrics(path: Path) -> list[dict]:
         timing = ("time_median_s", "time_p90_s", "peak_memory_mb")
@@ -116,5 +118,5 @@ def test_sharded_run_merges_into_the_single_process_records_and_report(tmp_path)
 
     single_results, sharded_results = (metrics(run / "report" / "results.csv") for run in (tmp_path / "single",
                                                                                               sharded))
-    assert len(single_results) == 8 and "pxap" in single_results[0]
+    assert len(single_results) == 8 and "pxap" in single_results[0] and single_results[0]["dice_val_tau"]
     assert sharded_results == single_results

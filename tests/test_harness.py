@@ -21,8 +21,10 @@ from wsl_bench.registry import METHODS
 from wsl_bench.report import RESULT_COLUMNS, build_report
 from wsl_bench.saliency import SaliencyMethod, SaliencyOutput
 
-REQUIRED_FIELDS = {"image_id", "method", "status", "error", "dice", "dice_pixels", "has_lesion", "score", "label",
-                   "time_s", "peak_memory_mb", "gflops"}
+REQUIRED_FIELDS = {"split", "image_id", "method", "status", "error", "dice", "dice_pixels", "has_lesion", "score",
+                   "label", "time_s", "peak_memory_mb", "gflops"}
+# ToyDataset.counts: 6 test and 8 validation images; every method is scored on both.
+N_TEST, N_VAL = 6, 8
 
 
 def _config(methods, **kw):
@@ -32,14 +34,18 @@ def _config(methods, **kw):
 def test_run_writes_records_manifest_and_report(toy_dataset, tmp_path):
     out = tmp_path / "run"
     summary = run(_config(["cam", "intensity", "centre_prior", "random"]), out, progress=False)
-    assert summary.failed == 0 and summary.computed == 4 * 6
+    assert summary.failed == 0 and summary.computed == 4 * (N_TEST + N_VAL)
     manifest = json.loads((out / "manifest.json").read_text())
     for key in ("schema_version", "config", "config_hash", "seed", "packages", "git", "device", "checkpoints"):
         assert key in manifest
     assert "cam" in manifest["checkpoints"] and len(manifest["checkpoints"]["cam"]["sha256"]) == 64
-    records = read_records(out / "records.jsonl")
-    assert len(records) == 24 and all(REQUIRED_FIELDS <= set(r) for r in records)
-    assert {r["status"] for r in records} == {"ok"}
+    everything = read_records(out / "records.jsonl")
+    assert len(everything) == 4 * (N_TEST + N_VAL) and all(REQUIRED_FIELDS <= set(r) for r in everything)
+    assert {r["status"] for r in everything} == {"ok"}
+    assert sum(r["split"] == "val" for r in everything) == 4 * N_VAL
+    assert manifest["validation"]["split"] == "val" and manifest["validation"]["reason"] is None
+    records = read_records(out / "records.jsonl", split="test")
+    assert len(records) == 4 * N_TEST
     lesion = [r for r in records if r["has_lesion"]["malignant"]]
     assert lesion and all(0 <= r["dice"]["malignant"] <= 1 for r in lesion)
     assert all(r["dice"]["malignant"] is None for r in records if not r["has_lesion"]["malignant"])
@@ -52,6 +58,8 @@ def test_run_writes_records_manifest_and_report(toy_dataset, tmp_path):
     results = pd.read_csv(report / "results.csv")
     assert list(results.columns) == RESULT_COLUMNS
     assert len(results) == 8 and set(results["method"]) == {"cam", "intensity", "centre_prior", "random"}
+    # figure maps are kept for test images only
+    assert {p.stem.split("-")[1] for p in (out / "maps" / "_images").glob("*.npz")} == {"test"}
 
 
 def test_report_from_records_alone_is_identical(toy_dataset, tmp_path):
@@ -66,19 +74,21 @@ def test_rerun_resumes_and_recomputes_only_missing(toy_dataset, tmp_path):
     config = _config(["intensity", "random"])
     run(config, out, progress=False, write_report=False)
     lines = (out / "records.jsonl").read_text().splitlines()
+    total = 2 * (N_TEST + N_VAL)
+    assert len(lines) == total and all('"split":"val"' in line for line in lines[-3:])
     (out / "records.jsonl").write_text("\n".join(lines[:-3]) + "\n")
     summary = run(config, out, progress=False, write_report=False)
-    assert summary.computed == 3 and summary.reused == 9
+    assert summary.computed == 3 and summary.reused == total - 3
     again = run(config, out, progress=False, write_report=False)
     assert again.computed == 0
-    assert len(read_records(out / "records.jsonl")) == 12
+    assert len(read_records(out / "records.jsonl")) == total
 
 
 def test_methods_can_be_added_to_an_existing_run_but_config_must_match(toy_dataset, tmp_path):
     out = tmp_path / "run"
     run(_config(["intensity"]), out, progress=False, write_report=False)
     summary = run(_config(["intensity", "random"]), out, progress=False, write_report=False)
-    assert summary.computed == 6 and summary.reused == 6
+    assert summary.computed == N_TEST + N_VAL and summary.reused == N_TEST + N_VAL
     with pytest.raises(RunConfigMismatch, match="another configuration"):
         run(_config(["intensity"], seed=1), out, progress=False, write_report=False)
 
@@ -88,11 +98,11 @@ def test_corrupt_image_is_recorded_and_the_run_goes_on(toy_dataset, tmp_path):
     out = tmp_path / "run"
     summary = run(_config(["intensity", "random"]), out, progress=False)
     assert summary.failed == 2
-    records = read_records(out / "records.jsonl")
+    records = read_records(out / "records.jsonl", split="test")
     failed = [r for r in records if r["status"] == "failed"]
     assert {r["image_id"] for r in failed} == {"toy-test-002"}
     assert all("/fake/toy-test-002.png" in r["error"] and "corrupt" in r["error"] for r in failed)
-    assert sum(r["status"] == "ok" for r in records) == 10
+    assert sum(r["status"] == "ok" for r in records) == 2 * N_TEST - 2
     details = pd.read_csv(out / "report" / "details.csv")
     assert set(details["n_failed"]) == {1}
 
@@ -162,9 +172,10 @@ def test_killed_run_loses_at_most_one_record_and_resumes(tmp_path):
     # Resume in a fresh process with the same script: finished records are kept, the rest computed.
     subprocess.run([sys.executable, str(script), str(out)], check=True, timeout=300)
     records = read_records(records_file)
-    assert len(records) == 40 and all(r["status"] == "ok" for r in records)
+    assert len(records) == 40 + 2 and all(r["status"] == "ok" for r in records)  # 40 test, 2 validation images
     kept = [json.loads(line) for line in before if line.endswith("}")]
-    after = {(r["image_id"], r["method"]): r for r in records}
+    after = {(r["split"], r["image_id"], r["method"]): r for r in records}
     for record in kept:
-        assert after[(record["image_id"], record["method"])]["time_s"] == record["time_s"], "a finished record changed"
+        key = (record["split"], record["image_id"], record["method"])
+        assert after[key]["time_s"] == record["time_s"], "a finished record changed"
     assert (out / "done").exists()

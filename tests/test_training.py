@@ -138,8 +138,8 @@ def test_validation_dice_and_pxap_equal_the_harness_scores(toy_dataset, tmp_path
     with open(tmp_path / "run" / "report" / "results.csv") as handle:
         rows = {row["class"]: row for row in csv.DictReader(handle)}
     for cls in ("benign", "malignant"):
-        assert float(rows[cls]["dice"]) > 0
-        assert validated[f"val_dice_{cls}"] == pytest.approx(float(rows[cls]["dice"]), rel=1e-5)  # csv: 6 digits
+        assert float(rows[cls]["dice_at_0_5"]) > 0
+        assert validated[f"val_dice_{cls}"] == pytest.approx(float(rows[cls]["dice_at_0_5"]), rel=1e-5)  # csv: 6 digits
         assert validated[f"val_pxap_{cls}"] == pytest.approx(float(rows[cls]["pxap"]), rel=1e-5)  # csv: 6 digits
         assert validated[f"val_auc_{cls}"] == pytest.approx(float(rows[cls]["auc"]), rel=1e-5)  # csv: 6 digits
 
@@ -381,7 +381,7 @@ def test_run_trains_the_glam_stages_into_the_cache(toy_dataset, tmp_path, isolat
     assert checkpoint["stages"] == ["global", "local"] and "stage-local" in checkpoint["path"]
     folders = list((isolated_cache / "checkpoints" / "glam").iterdir())
     assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} >= {"key.json", "stage-global", "stage-local"}
-    assert len(read_records(tmp_path / "run" / "records.jsonl")) == 2
+    assert len(read_records(tmp_path / "run" / "records.jsonl", split="test")) == 2
 
 
 def test_training_code_files_cover_the_model_its_layers_and_the_trainer():

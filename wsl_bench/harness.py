@@ -4,14 +4,21 @@ A run folder holds::
 
     manifest.json     schema, configuration and its hash, seed, package versions, git commit and
                       dirty flag, device, checkpoint checksums, per-method facts (parameters, ...)
-    records.jsonl     one JSON object per (image, method) — see :func:`make_record`
-    maps/             normalised maps of a few lesion images per method, for the qualitative figure
-    done              written when every (image, method) has a record
+    records.jsonl     one JSON object per (split, image, method) — see :func:`make_record`
+    maps/             normalised maps of a few lesion images per method (evaluated split only), for
+                      the qualitative figure
+    done              written when every (split, image, method) has a record
     report/           tables and figures (``wsl_bench.report``), rebuilt from the above alone
 
+Every method is scored on the evaluated split (``RunConfig.split``, ``test``) and, by the same code
+path, on the validation split (``RunConfig.validation_split``, ``val``): the report chooses each
+method's headline Dice threshold on the validation images and applies it unchanged to the test
+images. When the validation split is missing or holds no annotated lesion, nothing is scored on it
+and ``manifest.json`` ``validation.reason`` says why (the report shows that reason).
+
 Running the same command on the same folder resumes: records already there are kept and only the
-missing (image, method) pairs are computed. A failure on one image (unreadable file, NaN map,
-out of memory) becomes a record with ``status`` "failed"/"oom" and its error, and the run goes on.
+missing (split, image, method) triples are computed. A failure on one image (unreadable file, NaN
+map, out of memory) becomes a record with ``status`` "failed"/"oom" and its error, and the run goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from . import create_dataset, create_method, list_methods, split_method_name
-from .data import MammogramDataset, Sample, SampleError
+from . import _load_builtins, create_dataset, create_method, list_methods, split_method_name
+from .data import DatasetError, MammogramDataset, Sample, SampleError
 from .manifest import (
     MANIFEST_SCHEMA,
     config_hash,
@@ -62,6 +69,8 @@ class RunConfig:
         dataset: registered dataset name.
         data_root: the dataset's files (``None`` for the built-in synthetic set).
         split: evaluated split.
+        validation_split: the split every method is also scored on to choose its headline Dice
+            threshold (``None``: none, and the report says the headline Dice is missing).
         preset: run size (``wsl_bench.presets``).
         device: ``"cpu"`` or ``"cuda"``.
         seed: seeds data generation, initialisation and training.
@@ -77,6 +86,7 @@ class RunConfig:
     dataset: str = "synthetic"
     data_root: str | None = None
     split: str = "test"
+    validation_split: str | None = "val"
     preset: str = "cpu"
     device: str = "cpu"
     seed: int = 0
@@ -126,6 +136,7 @@ def default_methods(preset: str | None = None) -> list[str]:
 
 def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDataset:
     """The configured dataset at the preset's size, for ``split`` (default: the evaluated split)."""
+    _load_builtins()  # the registry lookup below comes before create_dataset, which would load them
     preset = get_preset(config.preset)
     split = split or config.split
     options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
@@ -190,8 +201,8 @@ def _manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 
 
 class SampleCache:
-    """Loaded samples of the evaluated split, kept while they fit in a byte budget, so every method
-    sees identical images without decoding them once per method."""
+    """Loaded samples of one split, kept while they fit in a byte budget, so every method sees
+    identical images without decoding them once per method."""
 
     def __init__(self, dataset: MammogramDataset, budget_bytes: int = 2 * 2**30) -> None:
         self.dataset = dataset
@@ -225,9 +236,17 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
 
 
-def make_record(image_id: str, method: str, status: str, error: str | None = None, **fields: Any) -> dict[str, Any]:
-    """A record with the fields every record has; scored fields come in ``fields``."""
+def make_record(
+    image_id: str, method: str, status: str, error: str | None = None, *, split: str = "test", **fields: Any
+) -> dict[str, Any]:
+    """A record with the fields every record has; scored fields come in ``fields``.
+
+    ``split`` is the split the image belongs to (the evaluated split or the validation split);
+    ``dice`` is Dice at τ = 0.5, ``hist`` the per-class histograms Dice at any other bin threshold
+    (the validation-selected one, the oracle one) and PxAP are computed from.
+    """
     record = {
+        "split": split,
         "image_id": image_id,
         "method": method,
         "status": status,
@@ -281,20 +300,27 @@ def evaluate_method(
     out_dir: Path,
     figure_ids: set[str],
     progress: bool = True,
+    split: str | None = None,
 ) -> dict[str, int]:
-    """Score ``method`` on the images ``ids`` (those without a record yet), writing one record each."""
+    """Score ``method`` on the images ``ids`` (those without a record yet), writing one record each.
+
+    ``split`` names the split the images belong to in their records (default: the evaluated split);
+    maps of ``figure_ids`` are kept for the qualitative figure.
+    """
+    split = split or config.split
     device = torch.device(config.device)
     counts = {"ok": 0, "failed": 0, "oom": 0}
     gflops_per_image: float | None = None
     warmed_up = False
-    bar = tqdm(total=len(ids), desc=f"evaluate {method.name}", disable=not progress, unit="img")
+    desc = f"evaluate {method.name}" + ("" if split == config.split else f" ({split})")
+    bar = tqdm(total=len(ids), desc=desc, disable=not progress, unit="img")
     for batch_ids in _batches(ids, config.batch_size):
         loaded: list[Sample] = []
         for sample_id in batch_ids:
             try:
                 loaded.append(samples.get(sample_id))
             except SampleError as exc:
-                writer.write(make_record(sample_id, method.name, "failed", f"loading: {exc}"))
+                writer.write(make_record(sample_id, method.name, "failed", f"loading: {exc}", split=split))
                 counts["failed"] += 1
         if not loaded:
             bar.update(len(batch_ids))
@@ -318,7 +344,7 @@ def evaluate_method(
             if status == "oom":
                 message = f"out of memory on {device} for a batch of {len(loaded)} at {loaded[0].size}: {exc}"
             for sample in loaded:
-                writer.write(make_record(sample.id, method.name, status, message))
+                writer.write(make_record(sample.id, method.name, status, message, split=split))
             counts[status] += len(loaded)
             bar.update(len(batch_ids))
             if device.type == "cuda":
@@ -330,7 +356,7 @@ def evaluate_method(
                 scored = score_image(output.maps[index], output.map_range, sample, config.bins)
                 fields = {**scored.fields, **image_level_fields(output.scores[index], sample)}
             except (MapError, ValueError) as exc:
-                writer.write(make_record(sample.id, method.name, "failed", f"scoring: {exc}"))
+                writer.write(make_record(sample.id, method.name, "failed", f"scoring: {exc}", split=split))
                 counts["failed"] += 1
                 continue
             writer.write(
@@ -338,6 +364,7 @@ def evaluate_method(
                     sample.id,
                     method.name,
                     "ok",
+                    split=split,
                     time_s=per_image_time,
                     peak_memory_mb=cost.peak_memory_mb,
                     gflops=gflops_per_image,
@@ -371,6 +398,82 @@ def choose_figure_ids(ids: list[str], samples: SampleCache, count: int) -> set[s
     return chosen
 
 
+@dataclass
+class ValidationSplit:
+    """The validation images a run scores to choose each method's headline Dice threshold, or why
+    there are none (``reason``; the report shows it where the headline Dice is missing).
+
+    Attributes:
+        split: the validation split's name (``RunConfig.validation_split``).
+        ids: its image ids, in split order (empty when ``reason`` is set).
+        lesion_images: class → number of images with an annotated lesion of that class.
+        reason: why the split is not scored, or ``None`` when it is.
+        samples: a loaded-sample cache of the split (``None`` when it is not scored).
+    """
+
+    split: str | None
+    ids: list[str] = field(default_factory=list)
+    lesion_images: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None
+    samples: SampleCache | None = None
+
+    @property
+    def scored(self) -> bool:
+        return self.reason is None
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """What ``manifest.json`` keeps under ``validation`` (the report reads it)."""
+        return {"split": self.split, "n_images": len(self.ids), "lesion_images": dict(self.lesion_images),
+                "reason": self.reason}
+
+
+def open_validation(config: RunConfig, budget_bytes: int = 2**30) -> ValidationSplit:
+    """The run's validation split, checked for what threshold selection needs: it exists, is not the
+    evaluated split, and holds at least one image with an annotated lesion. Otherwise the returned
+    split carries the reason and nothing is scored on it (never a silent fallback to another τ).
+
+    The check loads every validation image once (into the returned cache, which evaluation reuses);
+    a dataset signals a missing split with :class:`~wsl_bench.data.DatasetError`.
+    """
+    split = config.validation_split
+    if split is None:
+        return ValidationSplit(None, reason="no validation split in this run's configuration (validation_split=None)")
+    where = f"dataset {config.dataset} split {split}"
+    if split == config.split:
+        return ValidationSplit(split, reason=f"the validation split is the evaluated split ({split}); a threshold "
+                                             "chosen on the scored images is the oracle τ")
+    try:
+        dataset = open_dataset(config, split)
+        ids = dataset.ids()
+    except DatasetError as exc:
+        return ValidationSplit(split, reason=f"no validation split: {where} cannot be opened ({exc})")
+    if not ids:
+        return ValidationSplit(split, reason=f"no validation images: {where} is empty")
+    samples = SampleCache(dataset, budget_bytes)
+    lesion = {c: 0 for c in CLASSES}
+    unreadable = 0
+    for sample_id in ids:
+        try:
+            sample = samples.get(sample_id)
+        except SampleError:
+            unreadable += 1
+            continue
+        for cls in CLASSES:
+            mask = sample.masks.get(cls)
+            lesion[cls] += int(mask is not None and bool(mask.any()))
+    if not any(lesion.values()):
+        failed = f", {unreadable} of them unreadable" if unreadable else ""
+        return ValidationSplit(split, list(ids), lesion, reason=f"no annotated validation images: {where} has "
+                               f"{len(ids)} images{failed}, none with a lesion mask")
+    return ValidationSplit(split, list(ids), lesion, samples=samples)
+
+
+def _complete(records: list[dict[str, Any]], config: RunConfig, expected: dict[str, list[str]]) -> bool:
+    """Whether every (split, image, method) of ``expected`` (split → ids) has a record."""
+    have = {(r["split"], r["image_id"], r["method"]) for r in records}
+    return all((split, i, m) in have for split, ids in expected.items() for i in ids for m in config.methods)
+
+
 def run(
     config: RunConfig,
     out_dir: str | Path,
@@ -381,13 +484,16 @@ def run(
 ) -> RunSummary:
     """Evaluate ``config.methods`` on the dataset and write the run folder (and its report).
 
+    Each method is scored on the evaluated split, then on the validation split
+    (:func:`open_validation`; its images keep no figure maps). Summary counts cover both.
+
     Args:
         config: what to run.
         out_dir: the run folder; an existing one with the same configuration is resumed.
         progress: tqdm progress bars.
         retry_failed: recompute records whose status is "failed" or "oom" instead of keeping them.
-        shard: ``(rank, world_size)``: evaluate every ``world_size``-th image starting at ``rank``
-            (distributed evaluation; each rank writes ``records.rank<r>.jsonl``).
+        shard: ``(rank, world_size)``: evaluate every ``world_size``-th image of each split starting
+            at ``rank`` (distributed evaluation; each rank writes ``records.rank<r>.jsonl``).
         write_report: build ``report/`` at the end (rank 0 does it after merging in distributed runs).
     """
     out_dir = Path(out_dir)
@@ -398,19 +504,35 @@ def run(
 
     dataset = open_dataset(config)
     all_ids = dataset.ids()
-    ids = all_ids[rank::world]
-    records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
-    existing = read_records(sorted(out_dir.glob("records*.jsonl")))
-    final_statuses = {"ok", "skipped"} if retry_failed else {"ok", "skipped", "failed", "oom"}
-    done = {(r["image_id"], r["method"]) for r in existing if r["status"] in final_statuses}
-    summary = RunSummary(out_dir, reused=sum(1 for i in ids for m in config.methods if (i, m) in done))
-
     samples = SampleCache(dataset)
-    figure_ids = choose_figure_ids(all_ids, samples, config.figure_images) & set(ids)
+    validation = open_validation(config)
+    manifest["validation"] = validation.manifest_entry()
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    if not validation.scored:
+        log.warning("headline Dice (validation τ) will be missing: %s", validation.reason)
+    expected = {config.split: all_ids}
+    if validation.scored:
+        expected[validation.split] = validation.ids
+    # split → (this shard's ids, loaded samples, ids whose maps the qualitative figure keeps)
+    work: dict[str, tuple[list[str], SampleCache, set[str]]] = {
+        config.split: (all_ids[rank::world], samples,
+                       choose_figure_ids(all_ids, samples, config.figure_images) & set(all_ids[rank::world])),
+    }
+    if validation.scored:
+        assert validation.samples is not None
+        work[validation.split] = (validation.ids[rank::world], validation.samples, set())
+
+    records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+    existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
+    final_statuses = {"ok", "skipped"} if retry_failed else {"ok", "skipped", "failed", "oom"}
+    done = {(r["split"], r["image_id"], r["method"]) for r in existing if r["status"] in final_statuses}
+    summary = RunSummary(out_dir, reused=sum(1 for split, (ids, _, _) in work.items() for i in ids
+                                             for m in config.methods if (split, i, m) in done))
+
     with RecordWriter(records_path) as writer:
         for name in config.methods:
-            todo = [i for i in ids if (i, name) not in done]
-            if not todo:
+            todo = {split: [i for i in ids if (split, i, name) not in done] for split, (ids, _, _) in work.items()}
+            if not any(todo.values()):
                 continue
             try:
                 method, checkpoint = build_method(name, config, progress=progress)
@@ -418,9 +540,11 @@ def run(
                 # A method that cannot be built here (weights the user has not supplied, a missing
                 # optional dependency) is skipped with its reason; the others still run.
                 log.warning("skipping %s: %s", name, exc)
-                for sample_id in todo:
-                    writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}"))
-                summary.statuses[name] = {"skipped": len(todo)}
+                for split, split_todo in todo.items():
+                    for sample_id in split_todo:
+                        writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}",
+                                                 split=split))
+                summary.statuses[name] = {"skipped": sum(len(t) for t in todo.values())}
                 continue
             manifest["methods"][name] = {
                 "params": method.num_parameters(),
@@ -431,7 +555,12 @@ def run(
             if checkpoint:
                 manifest["checkpoints"][name] = checkpoint
             write_json_atomic(out_dir / "manifest.json", manifest)
-            counts = evaluate_method(method, todo, samples, writer, config, out_dir, figure_ids, progress)
+            counts = {"ok": 0, "failed": 0, "oom": 0}
+            for split, (_, split_samples, figure_ids) in work.items():
+                if todo[split]:
+                    split_counts = evaluate_method(method, todo[split], split_samples, writer, config, out_dir,
+                                                   figure_ids, progress, split=split)
+                    counts = {k: counts[k] + split_counts[k] for k in counts}
             summary.statuses[name] = counts
             summary.computed += sum(counts.values())
             summary.failed += counts["failed"] + counts["oom"]
@@ -439,9 +568,8 @@ def run(
             if config.device == "cuda":
                 torch.cuda.empty_cache()
 
-    records = read_records(sorted(out_dir.glob("records*.jsonl")))
-    have = {(r["image_id"], r["method"]) for r in records}
-    if all((i, m) in have for i in all_ids for m in config.methods):
+    records = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
+    if _complete(records, config, expected):
         (out_dir / "done").write_text("complete\n")
     if write_report and rank == 0:
         from .report import build_report
@@ -454,10 +582,12 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     """Fold the per-rank ``records.rank<r>.jsonl`` of a distributed run into ``records.jsonl``.
 
     Called by rank 0 once every rank has finished (after a barrier). Records are written in the order
-    a single-process run writes them (method by method in ``config.methods`` order, images in split
-    order; any earlier ``records.jsonl`` content is kept, the last record per (image, method) wins),
-    to a temporary file renamed over ``records.jsonl``; the rank files are removed afterwards. Writes
-    the ``done`` marker when every (image, method) has a record.
+    a single-process run writes them (method by method in ``config.methods`` order, the evaluated
+    split and then the validation split, images in split order; any earlier ``records.jsonl`` content
+    is kept, the last record per (split, image, method) wins), to a temporary file renamed over
+    ``records.jsonl``; the rank files are removed afterwards. Writes the ``done`` marker when every
+    (split, image, method) has a record. Whether the validation split was scored is read from the
+    ``validation`` entry :func:`run` wrote to ``manifest.json``.
 
     Returns:
         the path of ``records.jsonl``.
@@ -465,12 +595,17 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     target = out_dir / "records.jsonl"
     shards = sorted(out_dir.glob("records.rank*.jsonl"))
-    records = read_records([target, *shards])
-    all_ids = open_dataset(config).ids()
+    records = read_records([target, *shards], default_split=config.split)
+    expected = {config.split: open_dataset(config).ids()}
+    validation = read_json(out_dir / "manifest.json").get("validation") or {}
+    if validation.get("split") and validation.get("reason") is None:
+        expected[validation["split"]] = open_dataset(config, validation["split"]).ids()
     method_order = {m: i for i, m in enumerate(config.methods)}
-    image_order = {i: n for n, i in enumerate(all_ids)}
+    split_order = {s: i for i, s in enumerate(expected)}
+    image_order = {(s, i): n for s, ids in expected.items() for n, i in enumerate(ids)}
     records.sort(key=lambda r: (method_order.get(r["method"], len(method_order)), r["method"],
-                                image_order.get(r["image_id"], len(image_order)), r["image_id"]))
+                                split_order.get(r["split"], len(split_order)), r["split"],
+                                image_order.get((r["split"], r["image_id"]), len(image_order)), r["image_id"]))
     tmp = out_dir / ".records.jsonl.merge.tmp"
     tmp.unlink(missing_ok=True)
     with RecordWriter(tmp) as writer:
@@ -479,8 +614,7 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     tmp.replace(target)
     for shard in shards:
         shard.unlink()
-    have = {(r["image_id"], r["method"]) for r in records}
-    if all((i, m) in have for i in all_ids for m in config.methods):
+    if _complete(records, config, expected):
         (out_dir / "done").write_text("complete\n")
     return target
 

@@ -1,10 +1,14 @@
-"""Run records: one JSON object per (image, method) in ``records.jsonl``, written so a kill loses
-at most the record being written.
+"""Run records: one JSON object per (split, image, method) in ``records.jsonl``, written so a kill
+loses at most the record being written.
 
 Each record is appended as one line, flushed and ``fsync``-ed before the next image is scored.
 A killed run can leave a partial last line; :class:`RecordWriter` cuts it off when the file is
 reopened, and :func:`read_records` skips any line that is not valid JSON, so resuming never fails on
-it. When the same (image, method) appears twice (a retried failure), the last record wins.
+it. When the same (split, image, method) appears twice (a retried failure), the last record wins.
+
+Every record names its ``split``: a run scores its evaluated split (``test``) and, for choosing the
+headline Dice threshold, the validation split (``val``). Records written before the field existed
+have none; :func:`read_records` gives them the run's evaluated split (``default_split``).
 
 Per-class pixel histograms (the counts every localisation metric is computed from) are stored
 compactly: little-endian uint32 counts, zlib-compressed, base64 text.
@@ -109,18 +113,28 @@ class RecordWriter:
         self.close()
 
 
-def read_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any]]:
-    """All valid records of one or several files, the last one per (image, method) kept.
+def read_records(
+    paths: str | Path | Iterable[str | Path], default_split: str = "test", split: str | None = None
+) -> list[dict[str, Any]]:
+    """All valid records of one or several files, the last one per (split, image, method) kept.
 
     Lines that are not valid JSON (a partial line from a killed run) are skipped with a warning.
+
+    Args:
+        paths: one or several ``records*.jsonl`` files.
+        default_split: the split of records without a ``split`` field (written before records had
+            one: they are the run's evaluated split); it is filled in on the returned records.
+        split: keep only the records of this split (``None``: every split).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for path in paths:
         for record in _iter_file(Path(path)):
-            latest[(record["image_id"], record["method"])] = record
-    return list(latest.values())
+            if record.get("split") is None:
+                record["split"] = default_split
+            latest[(record["split"], record["image_id"], record["method"])] = record
+    return [r for r in latest.values() if split is None or r["split"] == split]
 
 
 def _iter_file(path: Path) -> Iterator[dict[str, Any]]:

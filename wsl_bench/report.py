@@ -3,12 +3,19 @@
 ``build_report(run_dir, out_dir)`` writes::
 
     results.csv / results.md / results.tex   one row per method and class (columns: RESULT_COLUMNS)
-    details.csv                              PxAP intervals, lesion-image and failure counts
+    details.csv                              PxAP intervals, lesion-image and failure counts, why the
+                                             headline Dice is missing where it is
     qualitative.{png,pdf}                    image, ground truth and every method's map
-    dice_boxplot.{png,pdf}                   per-image Dice per method
-    dice_vs_lesion_size.{png,pdf}            Dice against lesion area
-    cost_vs_dice.{png,pdf}                   time per image against mean Dice
+    dice_boxplot.{png,pdf}                   per-image headline Dice per method
+    dice_vs_lesion_size.{png,pdf}            headline Dice against lesion area
+    cost_vs_dice.{png,pdf}                   time per image against mean headline Dice
     index.html                               all of the above on one page
+
+The headline Dice is Dice at the threshold chosen on the validation split (per method and class)
+and applied unchanged to the test split (``dice_val_tau`` at ``tau_val``); Dice at 0.5 and the
+oracle (test-chosen) threshold are secondary columns. Tables and figures describe the evaluated
+split's records; the validation split's records only choose ``tau_val``, and costs come from the
+evaluated split alone.
 
 Every number is a deterministic function of the records (bootstrap resampling is seeded), so
 rebuilding the report of a run gives identical tables.
@@ -18,7 +25,8 @@ from __future__ import annotations
 
 import html
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,40 +34,70 @@ import numpy as np
 import pandas as pd
 
 from .manifest import read_json
-from .metrics import auc, bootstrap_ci, bootstrap_pxap_ci, oracle_dice, pxap_from_histograms
+from .metrics import (
+    auc,
+    bootstrap_ci,
+    bootstrap_pxap_ci,
+    dice_per_image_at_threshold,
+    oracle_dice,
+    pxap_from_histograms,
+    selected_threshold,
+)
 from .records import decode_counts, read_records
 from .saliency import CLASSES
 
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = [
-    "method", "class", "dice", "dice_ci_low", "dice_ci_high", "dice_oracle", "tau_oracle", "pxap", "auc",
-    "n_images", "time_median_s", "time_p90_s", "peak_memory_mb", "gflops", "params_m",
+    "method", "class",
+    "dice_val_tau", "dice_val_tau_ci_low", "dice_val_tau_ci_high", "tau_val", "n_val_images",
+    "dice_at_0_5", "dice_at_0_5_ci_low", "dice_at_0_5_ci_high",
+    "dice_oracle", "tau_oracle",
+    "pxap", "auc", "n_images", "time_median_s", "time_p90_s", "peak_memory_mb", "gflops", "params_m",
 ]
+"""Columns of ``results.csv``. The headline Dice comes first: ``dice_val_tau`` (test images) at
+``tau_val`` (chosen on ``n_val_images`` validation images), with its bootstrap interval; then Dice at
+τ = 0.5 with its interval, the oracle Dice at ``tau_oracle``, PxAP, AUC and costs."""
 
 DEFINITIONS = """\
 **Definitions.** Maps are resized to the image (bilinear) and normalised by the harness alone:
 maps declared as probabilities are scored as they are, unbounded maps are min–max scaled per image
-and class. *Dice* = 2|S∩M|/(|S|+|M|) with S = {map ≥ τ}, averaged over the images that contain a
-lesion of the class, at τ = 0.5 (`dice`, with a bootstrap 95% interval over images) and at the
-threshold that maximises mean Dice over the dataset (`dice_oracle` at `tau_oracle`). *PxAP*
-(Choe et al., CVPR 2020): precision and recall of pixels at thresholds 0, 1/B, …, (B−1)/B, counts
-pooled over all pixels of the images that contain a lesion of the class (the images Dice is
-averaged over), AP = Σ precision_l (recall_l − recall_{l−1}). *AUC*: image-level ROC AUC of the method's
-scores (0.5 for methods without a classifier). *Cost*: per-image wall time after one warm-up call
-(median, 90th percentile), peak memory (GPU memory allocated on CUDA, process peak resident memory
-on CPU), GFLOP per image (`torch.utils.flop_counter`), parameters in millions.
+and class. *Dice* = 2|S∩M|/(|S|+|M|) with S = {map ≥ τ}, per image, averaged over the test images
+that contain a lesion of the class. The headline, *Dice (val τ)* (`dice_val_tau`, with a bootstrap
+95% interval over test images, τ held fixed), is taken at the threshold `tau_val` = k/B that
+maximises mean Dice over the **validation** images that contain a lesion of the class (`n_val_images`),
+chosen per method and class on held-out annotated images, never on test (ties to the lowest τ; the
+protocol Choe et al., CVPR 2020, use for WSOL hyper-parameters), and applied unchanged to the test
+images. Secondary columns: Dice at the fixed τ = 0.5 (`dice_at_0_5`, with its interval) and the
+*oracle Dice* (`dice_oracle` at `tau_oracle`), the threshold chosen on the test images themselves,
+an upper bound no fixed threshold exceeds. Where a run has no annotated validation image for a
+method and class the headline is missing and the report says why; no other τ stands in for it.
+*PxAP* (Choe et al., CVPR 2020): precision and recall of pixels at thresholds 0, 1/B, …, (B−1)/B,
+counts pooled over all pixels of the test images that contain a lesion of the class (the images
+Dice is averaged over), AP = Σ precision_l (recall_l − recall_{l−1}). *AUC*: image-level ROC AUC
+of the method's scores (0.5 for methods without a classifier). *Cost* (test images only): per-image
+wall time after one warm-up call (median, 90th percentile), peak memory (GPU memory allocated on
+CUDA, process peak resident memory on CPU), GFLOP per image (`torch.utils.flop_counter`),
+parameters in millions.
 """
 
 
 @dataclass
 class RunData:
-    """A run's records and manifest, parsed once."""
+    """A run's records and manifest, parsed once.
+
+    ``records`` are the evaluated split's (what every table and figure describes); ``val_records``
+    the validation split's, which only choose each method's headline threshold. Records without a
+    ``split`` field (written before records had one) belong to the evaluated split.
+    """
 
     run_dir: Path
     manifest: dict[str, Any]
     records: list[dict[str, Any]]
     methods: list[str]
+    val_records: list[dict[str, Any]] = field(default_factory=list)
+    split: str = "test"
+    val_split: str | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunData:
@@ -68,17 +106,49 @@ class RunData:
         if not manifest_path.exists():
             raise FileNotFoundError(f"{run_dir} is not a run folder: {manifest_path} is missing")
         manifest = read_json(manifest_path)
-        records = read_records(sorted(run_dir.glob("records*.jsonl")))
-        if not records:
+        config = manifest.get("config", {})
+        split = config.get("split") or "test"
+        everything = read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split)
+        if not everything:
             raise ValueError(f"{run_dir}: no records to report (records*.jsonl is missing or empty)")
-        records.sort(key=lambda r: (r["method"], r["image_id"]))
-        seen = list(manifest.get("config", {}).get("methods", []))
-        methods = [m for m in seen if any(r["method"] == m for r in records)]
-        methods += sorted({r["method"] for r in records} - set(methods))
-        return cls(run_dir, manifest, records, methods)
+        everything.sort(key=lambda r: (r["method"], r["image_id"]))
+        val_split = (manifest.get("validation") or {}).get("split") or config.get("validation_split")
+        if val_split == split:
+            val_split = None
+        records = [r for r in everything if r["split"] == split]
+        val_records = [r for r in everything if val_split is not None and r["split"] == val_split]
+        seen = list(config.get("methods", []))
+        methods = [m for m in seen if any(r["method"] == m for r in everything)]
+        methods += sorted({r["method"] for r in everything} - set(methods))
+        return cls(run_dir, manifest, records, methods, val_records, split, val_split)
 
     def ok(self, method: str) -> list[dict[str, Any]]:
+        """The evaluated split's scored records of ``method``."""
         return [r for r in self.records if r["method"] == method and r["status"] == "ok"]
+
+    def val_ok(self, method: str) -> list[dict[str, Any]]:
+        """The validation split's scored records of ``method``."""
+        return [r for r in self.val_records if r["method"] == method and r["status"] == "ok"]
+
+    def validation_missing_reason(self, method: str, cls: str) -> str:
+        """Why the validation split gives no threshold for ``method`` and ``cls``."""
+        entry = self.manifest.get("validation")
+        if entry is None and not self.val_records:
+            return ("this run folder has no validation records (it was made before wsl-bench scored a "
+                    "validation split; run it again in a new folder)")
+        if entry and entry.get("reason"):
+            return str(entry["reason"])
+        where = f"dataset {self.manifest.get('config', {}).get('dataset')} split {self.val_split}"
+        mine = [r for r in self.val_records if r["method"] == method]
+        ok = [r for r in mine if r["status"] == "ok"]
+        if not ok:
+            if not mine:
+                return f"no validation record of {method} ({where})"
+            statuses = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r["status"] for r in mine).items()))
+            return f"{method} scored no validation image ({where}: {statuses})"
+        annotated = sum(r["has_lesion"].get(cls) is not None for r in ok)
+        return (f"no annotated validation image with a {cls} lesion ({where}: {len(ok)} images scored, "
+                f"{annotated} annotated for {cls})")
 
 
 def _histograms(records: list[dict[str, Any]], cls: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,16 +165,19 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _mean_and_ci(values: np.ndarray, seed: int) -> tuple[float, float, float]:
+    """Mean of per-image values and its bootstrap 95% interval over images; NaN when empty."""
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    low, high = bootstrap_ci(lambda idx: float(values[idx].mean()), len(values), seed=seed)
+    return float(values.mean()), low, high
+
+
 def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The results row and the details row of one method and class."""
     ok = data.ok(method)
     lesion = [r for r in ok if r["has_lesion"].get(cls)]
-    dice_values = np.array([r["dice"][cls] for r in lesion], dtype=np.float64)
-    if len(dice_values):
-        dice_mean = float(dice_values.mean())
-        low, high = bootstrap_ci(lambda idx: float(dice_values[idx].mean()), len(dice_values), seed=seed)
-    else:
-        dice_mean = low = high = float("nan")
+    dice_mean, low, high = _mean_and_ci(np.array([r["dice"][cls] for r in lesion], dtype=np.float64), seed)
     # Localisation is scored where there is something to localise: the images holding a lesion of
     # the class (as Dice; Choe et al. likewise score only images that contain the object). A
     # lesion-free image's per-image min-max scaled map would otherwise count as confident false
@@ -116,6 +189,14 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         dice_oracle, tau_oracle = oracle_dice(pos, neg)
     else:
         pxap = pxap_low = pxap_high = dice_oracle = tau_oracle = float("nan")
+    # The headline: the threshold chosen on the validation images holding a lesion of the class,
+    # applied unchanged to the test images (per-image Dice at bin k is exact from the histograms).
+    val_lesion = [r for r in data.val_ok(method) if r["has_lesion"].get(cls)]
+    val_pos, val_neg = _histograms(val_lesion, cls)
+    tau_val = selected_threshold(val_pos, val_neg) if val_pos.size else float("nan")
+    note = "" if np.isfinite(tau_val) else data.validation_missing_reason(method, cls)
+    headline = dice_per_image_at_threshold(pos, neg, tau_val) if pos.size and np.isfinite(tau_val) else np.zeros(0)
+    dice_val, dice_val_low, dice_val_high = _mean_and_ci(headline, seed)
     labelled = [r for r in ok if r["label"].get(cls) is not None and r["score"].get(cls) is not None]
     class_auc = (
         auc(np.array([r["score"][cls] for r in labelled]), np.array([r["label"][cls] for r in labelled]))
@@ -129,9 +210,14 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
     row = {
         "method": method,
         "class": cls,
-        "dice": dice_mean,
-        "dice_ci_low": low,
-        "dice_ci_high": high,
+        "dice_val_tau": dice_val,
+        "dice_val_tau_ci_low": dice_val_low,
+        "dice_val_tau_ci_high": dice_val_high,
+        "tau_val": tau_val,
+        "n_val_images": len(val_lesion),
+        "dice_at_0_5": dice_mean,
+        "dice_at_0_5_ci_low": low,
+        "dice_at_0_5_ci_high": high,
         "dice_oracle": dice_oracle,
         "tau_oracle": tau_oracle,
         "pxap": pxap,
@@ -144,6 +230,7 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         "params_m": params / 1e6 if params is not None else float("nan"),
     }
     statuses = [r["status"] for r in data.records if r["method"] == method]
+    val_statuses = [r["status"] for r in data.val_records if r["method"] == method]
     details = {
         "method": method,
         "class": cls,
@@ -155,6 +242,9 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         "n_failed": statuses.count("failed"),
         "n_oom": statuses.count("oom"),
         "n_skipped": statuses.count("skipped"),
+        "n_val_ok": val_statuses.count("ok"),
+        "n_val_not_scored": len(val_statuses) - val_statuses.count("ok"),
+        "dice_val_tau_missing": note,
         "box_ground_truth": any(r.get("mask_kind") == "box" for r in ok),
     }
     return row, details
@@ -185,8 +275,27 @@ def _size_override(config: dict) -> str:
     return f" at {size[0]}×{size[1]}" if size else ""
 
 
+def missing_headline_notes(details: pd.DataFrame) -> list[str]:
+    """One sentence per distinct reason the headline Dice (validation τ) is missing, naming where."""
+    if "dice_val_tau_missing" not in details:
+        return []
+    missing = details[details["dice_val_tau_missing"].fillna("").astype(str) != ""]
+    if missing.empty:
+        return []
+    notes = []
+    for reason, group in missing.groupby("dice_val_tau_missing", sort=False):
+        if len(group) == len(details):
+            where = "every method and class"
+        else:
+            where = ", ".join(f"{m} ({c})" for m, c in zip(group["method"], group["class"], strict=True))
+        notes.append(f"Dice (val τ) is missing for {where}: {' '.join(str(reason).split())}.")
+    return notes
+
+
 def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str, Any]) -> str:
     config = manifest.get("config", {})
+    validation = manifest.get("validation") or {}
+    val_split = validation.get("split") or config.get("validation_split")
     lines = [
         "# wsl-bench results",
         "",
@@ -194,26 +303,39 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
         f"{_size_override(config)}, "
         f"seed {config.get('seed')}, device {manifest.get('device', {}).get('type')} "
         f"({manifest.get('device', {}).get('name')}), wsl-bench commit {manifest.get('git', {}).get('commit')}"
-        f"{' (dirty)' if manifest.get('git', {}).get('dirty') else ''}.",
+        f"{' (dirty)' if manifest.get('git', {}).get('dirty') else ''}."
+        + (f" Headline Dice thresholds chosen on split `{val_split}`." if val_split and not validation.get("reason")
+           else ""),
         "",
-        "| method | class | Dice@0.5 [95% CI] | oracle Dice (τ) | PxAP [95% CI] | AUC | n | s/img (median, p90) "
-        "| peak MB | GFLOP | params (M) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | class | Dice (val τ) [95% CI] | val τ | Dice@0.5 [95% CI] | oracle Dice (τ) | PxAP [95% CI] "
+        "| AUC | n (test, val) | s/img (median, p90) | peak MB | GFLOP | params (M) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (_, r), (_, d) in zip(results.iterrows(), details.iterrows(), strict=True):
         lines.append(
-            f"| {r['method']} | {r['class']} | {_fmt(r['dice'])} [{_fmt(r['dice_ci_low'])}, {_fmt(r['dice_ci_high'])}] "
+            f"| {r['method']} | {r['class']} "
+            f"| {_fmt(r['dice_val_tau'])} [{_fmt(r['dice_val_tau_ci_low'])}, {_fmt(r['dice_val_tau_ci_high'])}] "
+            f"| {_fmt(r['tau_val'])} "
+            f"| {_fmt(r['dice_at_0_5'])} [{_fmt(r['dice_at_0_5_ci_low'])}, {_fmt(r['dice_at_0_5_ci_high'])}] "
             f"| {_fmt(r['dice_oracle'])} ({_fmt(r['tau_oracle'], 3)}) "
             f"| {_fmt(r['pxap'])} [{_fmt(d['pxap_ci_low'])}, {_fmt(d['pxap_ci_high'])}] | {_fmt(r['auc'])} "
-            f"| {_fmt(r['n_images'])} | {_fmt(r['time_median_s'], 4)}, {_fmt(r['time_p90_s'], 4)} "
+            f"| {_fmt(r['n_images'])}, {_fmt(r['n_val_images'])} "
+            f"| {_fmt(r['time_median_s'], 4)}, {_fmt(r['time_p90_s'], 4)} "
             f"| {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r['gflops'], 2)} | {_fmt(r['params_m'], 3)} |"
         )
-    problems = details[(details["n_failed"] + details["n_oom"] + details["n_skipped"]) > 0]
+    notes = missing_headline_notes(details)
+    if notes:
+        lines += ["", "**Headline Dice missing** (Dice@0.5 and the oracle Dice do not stand in for it):", ""]
+        lines += [f"- {note}" for note in notes]
+    not_scored = details["n_failed"] + details["n_oom"] + details["n_skipped"] + details["n_val_not_scored"]
+    problems = details[not_scored > 0]
     if len(problems):
         lines += ["", "**Images not scored** (see `records.jsonl` for each error):", ""]
         for method, group in problems.groupby("method", sort=False):
             g = group.iloc[0]
-            lines.append(f"- {method}: {g['n_failed']} failed, {g['n_oom']} out of memory, {g['n_skipped']} skipped")
+            val = f"; {g['n_val_not_scored']} validation images not scored" if g["n_val_not_scored"] else ""
+            lines.append(f"- {method}: {g['n_failed']} failed, {g['n_oom']} out of memory, {g['n_skipped']} skipped"
+                         f"{val}")
     if details["box_ground_truth"].any():
         boxed = ", ".join(sorted(set(details.loc[details["box_ground_truth"], "method"])))
         lines += ["", f"Localisation metrics of {boxed} are box-based: the ground truth masks are filled boxes."]
@@ -221,27 +343,30 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
     return "\n".join(lines) + "\n"
 
 
-def to_latex(results: pd.DataFrame) -> str:
+def to_latex(results: pd.DataFrame, details: pd.DataFrame | None = None) -> str:
     def tex(text: str) -> str:
         return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
 
-    lines = [
-        r"\begin{tabular}{llrrrrrrr}",
+    notes = missing_headline_notes(details) if details is not None else []
+    lines = [f"% {note}" for note in notes] + [
+        r"\begin{tabular}{llrrrrrrrrr}",
         r"\toprule",
-        r"Method & Class & Dice@0.5 & 95\% CI & Oracle Dice & $\tau^*$ & PxAP & AUC & s/img \\",
+        r"Method & Class & Dice (val $\tau$) & 95\% CI & $\tau_{\mathrm{val}}$ & Dice@0.5 & Oracle Dice & $\tau^*$ "
+        r"& PxAP & AUC & s/img \\",
         r"\midrule",
     ]
     for _, r in results.iterrows():
         lines.append(
-            f"{tex(r['method'])} & {tex(r['class'])} & {_fmt(r['dice'])} & "
-            f"[{_fmt(r['dice_ci_low'])}, {_fmt(r['dice_ci_high'])}] & {_fmt(r['dice_oracle'])} & "
+            f"{tex(r['method'])} & {tex(r['class'])} & {_fmt(r['dice_val_tau'])} & "
+            f"[{_fmt(r['dice_val_tau_ci_low'])}, {_fmt(r['dice_val_tau_ci_high'])}] & {_fmt(r['tau_val'])} & "
+            f"{_fmt(r['dice_at_0_5'])} & {_fmt(r['dice_oracle'])} & "
             f"{_fmt(r['tau_oracle'])} & {_fmt(r['pxap'])} & {_fmt(r['auc'])} & {_fmt(r['time_median_s'], 4)} \\\\"
         )
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def to_html(results: pd.DataFrame, markdown: str, figures: list[str]) -> str:
+def to_html(results: pd.DataFrame, markdown: str, figures: list[str], notes: list[str] | None = None) -> str:
     table = results.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–")
     header = html.escape(markdown.split("\n\n")[1]) if "\n\n" in markdown else ""
     parts = [
@@ -252,6 +377,8 @@ def to_html(results: pd.DataFrame, markdown: str, figures: list[str]) -> str:
         f"<p>{header}</p>",
         table,
     ]
+    for note in notes or []:
+        parts.append(f"<p><strong>Headline Dice missing.</strong> {html.escape(note)}</p>")
     for name in figures:
         parts.append(f"<h2>{html.escape(name)}</h2><img src='{html.escape(name)}.png' alt='{html.escape(name)}'>")
     parts.append(f"<pre>{html.escape(DEFINITIONS)}</pre></body></html>")
@@ -270,7 +397,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     details.to_csv(out / "details.csv", index=False, float_format="%.6g")
     markdown = to_markdown(results, details, data.manifest)
     (out / "results.md").write_text(markdown, encoding="utf-8")
-    (out / "results.tex").write_text(to_latex(results), encoding="utf-8")
+    (out / "results.tex").write_text(to_latex(results, details), encoding="utf-8")
     figures = report_figures.draw_all(data, results, out)
-    (out / "index.html").write_text(to_html(results, markdown, figures), encoding="utf-8")
+    (out / "index.html").write_text(to_html(results, markdown, figures, missing_headline_notes(details)),
+                                    encoding="utf-8")
     return out

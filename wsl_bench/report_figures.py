@@ -2,6 +2,11 @@
 
 Each function takes parsed run data and writes one figure; :func:`draw_all` draws every figure
 the run's records support and returns the names drawn.
+
+Dice in the figures is the headline Dice: per-image Dice at the method's validation-selected
+threshold (``tau_val`` of ``results.csv``), computed from each record's histograms. Methods and
+classes without one get no points (a "no val τ" mark in the box plot); only when no method and
+class of the run has one do the figures show Dice at τ = 0.5 instead, and their titles say so.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .metrics import dice_per_image_at_threshold  # noqa: E402
+from .records import decode_counts  # noqa: E402
 from .saliency import CLASSES  # noqa: E402
 
 if TYPE_CHECKING:
@@ -34,57 +41,93 @@ def _save(fig: plt.Figure, out: Path, name: str) -> None:
     plt.close(fig)
 
 
-def _per_image_frame(data: RunData) -> pd.DataFrame:
-    """One row per ok record and class with a lesion: method, image, class, dice, lesion fraction."""
+HEADLINE_LABEL = "Dice at validation τ"
+FALLBACK_LABEL = "Dice at τ = 0.5 (no validation τ in this run: see results.md)"
+
+
+def _taus(results: pd.DataFrame | None) -> dict[tuple[str, str], float]:
+    """(method, class) → validation-selected τ, where there is one."""
+    if results is None or "tau_val" not in results:
+        return {}
+    return {(r["method"], r["class"]): float(r["tau_val"]) for _, r in results.iterrows()
+            if pd.notna(r["tau_val"])}
+
+
+def _per_image_frame(data: RunData, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per ok record (evaluated split) and class with a lesion: method, image, class, Dice at
+    the validation τ (NaN without one), Dice at 0.5, lesion fraction."""
+    taus = _taus(results)
     rows = []
     for r in data.records:
         if r["status"] != "ok":
             continue
         for cls in CLASSES:
             if r["has_lesion"].get(cls):
+                tau = taus.get((r["method"], cls))
+                hist = (r.get("hist") or {}).get(cls)
+                at_val_tau = float("nan")
+                if tau is not None and hist:
+                    pos, neg = decode_counts(hist["pos"])[None], decode_counts(hist["neg"])[None]
+                    at_val_tau = float(dice_per_image_at_threshold(pos, neg, tau)[0])
                 rows.append(
                     {
                         "method": r["method"],
                         "image_id": r["image_id"],
                         "class": cls,
-                        "dice": r["dice"][cls],
+                        "dice_val_tau": at_val_tau,
+                        "dice_at_0_5": r["dice"][cls],
                         "lesion_fraction": (r.get("lesion_fraction") or {}).get(cls),
                     }
                 )
-    return pd.DataFrame(rows, columns=["method", "image_id", "class", "dice", "lesion_fraction"])
+    return pd.DataFrame(rows, columns=["method", "image_id", "class", "dice_val_tau", "dice_at_0_5",
+                                       "lesion_fraction"])
 
 
-def dice_boxplot(data: RunData, out: Path) -> bool:
-    """Per-image Dice at τ=0.5, one box per method, one panel per class."""
-    frame = _per_image_frame(data)
+def _headline(frame: pd.DataFrame) -> tuple[str, str]:
+    """The Dice column the figures show and its label: the headline where the run has any."""
+    if frame["dice_val_tau"].notna().any():
+        return "dice_val_tau", HEADLINE_LABEL
+    return "dice_at_0_5", FALLBACK_LABEL
+
+
+def dice_boxplot(data: RunData, out: Path, results: pd.DataFrame | None = None) -> bool:
+    """Per-image headline Dice, one box per method, one panel per class."""
+    frame = _per_image_frame(data, results)
     if frame.empty:
         return False
+    column, label = _headline(frame)
     # One row per class: with twenty methods side-by-side panels become unreadably wide.
     fig, axes = plt.subplots(len(CLASSES), 1, figsize=(max(6, 0.55 * len(data.methods) + 1.5), 3.4 * len(CLASSES)),
                              sharey=True)
     for ax, cls in zip(np.atleast_1d(axes), CLASSES, strict=True):
-        values = [frame[(frame["method"] == m) & (frame["class"] == cls)]["dice"].to_numpy() for m in data.methods]
+        sub = frame[frame["class"] == cls]
+        values = [sub[sub["method"] == m][column].dropna().to_numpy() for m in data.methods]
         positions = [i for i, v in enumerate(values) if len(v)]
         if positions:
             ax.boxplot([values[i] for i in positions], positions=positions, widths=0.6, showmeans=True,
                        patch_artist=True, boxprops={"facecolor": CLASS_COLOURS[cls], "alpha": 0.35},
                        meanprops={"marker": "^", "markerfacecolor": "black", "markeredgecolor": "black"})
+        for i, method in enumerate(data.methods):
+            if not len(values[i]) and (sub["method"] == method).any():
+                ax.text(i, 0.5, "no val τ", rotation=90, ha="center", va="center", fontsize=7, color="grey")
         ax.set_xticks(range(len(data.methods)), data.methods, rotation=45, ha="right")
-        ax.set_title(f"{cls} lesions (n images = {frame[frame['class'] == cls]['image_id'].nunique()})")
+        ax.set_title(f"{cls} lesions (n images = {sub['image_id'].nunique()})")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(axis="y", alpha=0.3)
-        ax.set_ylabel("Dice at τ = 0.5 (per image)")
-    fig.suptitle("Per-image Dice (box: quartiles, ▲: mean)")
+        ax.set_ylabel(f"{label.split(' (')[0]} (per image)")
+    fig.suptitle(f"Per-image {label} (box: quartiles, ▲: mean)")
     fig.tight_layout()
     _save(fig, out, "dice_boxplot")
     return True
 
 
-def dice_vs_lesion_size(data: RunData, out: Path) -> bool:
-    """Per-image Dice against lesion area (% of the image, log scale), one panel per class."""
-    frame = _per_image_frame(data).dropna(subset=["lesion_fraction"])
+def dice_vs_lesion_size(data: RunData, out: Path, results: pd.DataFrame | None = None) -> bool:
+    """Per-image headline Dice against lesion area (% of the image, log scale), one panel per class."""
+    frame = _per_image_frame(data, results).dropna(subset=["lesion_fraction"])
     if frame.empty:
         return False
+    column, label = _headline(frame)
+    frame = frame.dropna(subset=[column])
     fig, axes = plt.subplots(1, len(CLASSES), figsize=(12, 4.5), sharey=True)
     cmap = plt.get_cmap("tab20")
     for ax, cls in zip(np.atleast_1d(axes), CLASSES, strict=True):
@@ -93,8 +136,8 @@ def dice_vs_lesion_size(data: RunData, out: Path) -> bool:
             points = sub[sub["method"] == method]
             if points.empty:
                 continue
-            x = 100 * points["lesion_fraction"].to_numpy()
-            y = points["dice"].to_numpy()
+            x = 100 * points["lesion_fraction"].to_numpy(dtype=np.float64)
+            y = points[column].to_numpy(dtype=np.float64)
             ax.scatter(x, y, s=12, alpha=0.5, color=cmap(i % 20), label=method)
             if len(x) >= 4:  # a running mean over log-spaced size bins shows the trend
                 edges = np.quantile(x, np.linspace(0, 1, 5))
@@ -110,33 +153,37 @@ def dice_vs_lesion_size(data: RunData, out: Path) -> bool:
         ax.set_title(f"{cls} lesions")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("Dice at τ = 0.5")
+    np.atleast_1d(axes)[0].set_ylabel(label.split(" (")[0])
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     if not handles:
         handles, labels = np.atleast_1d(axes)[-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title="method (line: binned mean)")
-    fig.suptitle("Dice against lesion size")
+    fig.suptitle(f"{label} against lesion size")
     fig.tight_layout()
     _save(fig, out, "dice_vs_lesion_size")
     return True
 
 
 def cost_vs_dice(results: pd.DataFrame, out: Path) -> bool:
-    """Median time per image (log scale) against mean Dice at τ=0.5, one marker per method and class."""
-    frame = results.dropna(subset=["time_median_s", "dice"])
+    """Median time per image (log scale) against mean headline Dice, one marker per method and class."""
+    if results["dice_val_tau"].notna().any():
+        column, label = "dice_val_tau", f"mean {HEADLINE_LABEL}"
+    else:
+        column, label = "dice_at_0_5", f"mean {FALLBACK_LABEL}"
+    frame = results.dropna(subset=["time_median_s", column])
     if frame.empty:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for cls, marker in zip(CLASSES, ("o", "s"), strict=True):
         sub = frame[frame["class"] == cls]
-        ax.scatter(sub["time_median_s"].clip(lower=1e-5), sub["dice"], marker=marker, s=50,
+        ax.scatter(sub["time_median_s"].clip(lower=1e-5), sub[column], marker=marker, s=50,
                    color=CLASS_COLOURS[cls], label=cls, alpha=0.8)
         for _, row in sub.iterrows():
-            ax.annotate(row["method"], (max(row["time_median_s"], 1e-5), row["dice"]), fontsize=7,
+            ax.annotate(row["method"], (max(row["time_median_s"], 1e-5), row[column]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("median time per image (s, log scale)")
-    ax.set_ylabel("mean Dice at τ = 0.5")
+    ax.set_ylabel(label)
     ax.set_title("Cost against localisation quality")
     ax.grid(alpha=0.3)
     ax.legend(title="lesion class")
@@ -229,8 +276,8 @@ def draw_all(data: RunData, results: pd.DataFrame, out: Path) -> list[str]:
     drawn = []
     for name, draw in (
         ("qualitative", lambda: qualitative_grid(data, out)),
-        ("dice_boxplot", lambda: dice_boxplot(data, out)),
-        ("dice_vs_lesion_size", lambda: dice_vs_lesion_size(data, out)),
+        ("dice_boxplot", lambda: dice_boxplot(data, out, results)),
+        ("dice_vs_lesion_size", lambda: dice_vs_lesion_size(data, out, results)),
         ("cost_vs_dice", lambda: cost_vs_dice(results, out)),
     ):
         try:
