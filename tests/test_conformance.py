@@ -16,7 +16,7 @@ from wsl_bench.testing import CONFORMANCE_IMAGE_SIZE, check_dataset, check_metho
 # forward pass per channel, IntegratedGradients one per step, Occlusion one per window.
 EXPLAINER_SIZE = (128, 80)
 EXPLAINER_OPTIONS = {
-    "config": CamConfig(widths=(8, 8, 16, 16)),
+    "config": CamConfig(width=1 / 16),
     "integrated_gradients": {"n_steps": 4},
     "occlusion": {"window": (32, 32), "stride": (32, 32)},
 }

@@ -31,9 +31,10 @@ def test_registered_with_variants():
     assert isinstance(wsl_bench.create_method("glam", image_size=TINY), GlamMethod)
 
 
+@pytest.mark.parametrize("geometry", ["pixels", "scaled"])
 @pytest.mark.parametrize("size", [(256, 160), (736, 480)])
-def test_runs_at_preset_sizes(size):
-    method = GlamMethod(image_size=size)
+def test_runs_at_preset_sizes(size, geometry):
+    method = GlamMethod(image_size=size, geometry=geometry)
     x = images(1, size)
     out = method.predict(x)
     out.validate(1)
@@ -44,10 +45,15 @@ def test_runs_at_preset_sizes(size):
     loc = out.extras["patch_locations"]
     assert loc.shape == (1, 1, 2) and loc.dtype == torch.int64
     assert 0 <= loc[0, 0, 0] <= size[0] and 0 <= loc[0, 0, 1] <= size[1]
-    # global map: the stage-3 resolution, about 1/16 of the input
+    # global map: the stage-3 resolution, 1/16 of the input with the published strides, 2^r times finer
+    # with r factors of two taken out (scaled geometry: 184×120 cells at 2944×1920 and 736×480 alike)
+    gained = 2**method.config.stride_reductions
+    assert (geometry == "pixels") == (gained == 1)
     h, w = out.extras["global_map"].shape[-2:]
-    assert abs(h - size[0] / 16) <= 1 and abs(w - size[1] / 16) <= 1
-    assert out.extras["local_maps"].shape == (1, 1, 2, (patch + 3) // 4, (patch + 3) // 4)
+    assert abs(h - size[0] * gained / 16) <= 1 and abs(w - size[1] * gained / 16) <= 1
+    local_stride = max(1, 4 // gained)  # the local trunk's stem loses its stride-4 downsampling first
+    side = -(-patch // local_stride)
+    assert out.extras["local_maps"].shape == (1, 1, 2, side, side)
 
 
 def test_fused_map_is_half_the_global_map_outside_the_patches(tiny):

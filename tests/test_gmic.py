@@ -50,14 +50,19 @@ def test_variants_carry_published_hyperparameters(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.parametrize("geometry", ["pixels", "scaled"])
 @pytest.mark.parametrize("size", [(256, 160), (736, 480)])
-def test_runs_at_preset_sizes(size):
-    method = GmicMethod(image_size=size)
+def test_runs_at_preset_sizes(size, geometry):
+    method = GmicMethod(image_size=size, geometry=geometry)
     out = method.predict(images(1, size))
     out.validate(1)
     assert method.config.patch_size[0] == round(256 * size[0] / 2944)
     h, w = out.maps.shape[-2:]
-    assert abs(h - size[0] / 64) <= 1 and abs(w - size[1] / 64) <= 1  # the final stage: about 1/64 of the input
+    # the final stage: 1/64 of the input with the published strides, 2^r times finer with r factors
+    # of two taken out (scaled geometry: 46×30 cells at every size)
+    gained = 2**method.config.stride_reductions
+    assert (geometry == "pixels") == (gained == 1)
+    assert abs(h - size[0] * gained / 64) <= 1 and abs(w - size[1] * gained / 64) <= 1
     loc = out.extras["patch_locations"]
     assert loc.shape == (1, 6, 2) and loc.dtype == torch.int64
     attention = out.extras["patch_attention"]

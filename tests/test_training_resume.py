@@ -32,7 +32,7 @@ CHILD = textwrap.dedent('''
 
     class TwoStageCam(CAM):
         def training_stages(self):
-            return (training.TrainingStage("features", trainable=("stem", "stages")),
+            return (training.TrainingStage("features", trainable=("backbone",)),
                     training.TrainingStage("head", trainable=("head",), lr_factor=0.5))
 
         def training_augmentation(self):

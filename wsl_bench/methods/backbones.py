@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PUBLISHED_IMAGE_SIZE: tuple[int, int] = (2944, 1920)
-"""``(H, W)`` of the published GLAM/GMIC input; sizes in the papers are relative to it."""
+from . import geometry
+
+PUBLISHED_IMAGE_SIZE = geometry.PUBLISHED_IMAGE_SIZE
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,7 +66,9 @@ class PreActResNet22(nn.Module):
     (``layer_list.0..4``) of two :class:`PreActBlock` each, widths 16·2^i, strides 1, 2, 2, 2, 2,
     the first block of every stage projecting → ``final_bn`` → ReLU.
 
-    At 2944×1920 the stage outputs are 735×479, 368×240, 184×120, 92×60 and 46×30.
+    At 2944×1920 the stage outputs are 735×479, 368×240, 184×120, 92×60 and 46×30. Smaller inputs
+    take derived strides (``stem_stride``, ``pool``, ``strides``; see :mod:`.geometry`) that keep
+    those map sizes relative to the image.
     """
 
     def __init__(
@@ -74,10 +77,14 @@ class PreActResNet22(nn.Module):
         width: int = 16,
         blocks: Sequence[int] = (2, 2, 2, 2, 2),
         strides: Sequence[int] = (1, 2, 2, 2, 2),
+        stem_stride: int = 2,
+        pool: bool = True,
     ) -> None:
         super().__init__()
-        self.first_conv = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.first_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0)
+        self.first_conv = nn.Conv2d(in_channels, width, kernel_size=7, stride=stem_stride, padding=3, bias=False)
+        # Without its stride the max-pool is dropped, not kept at stride 1: a 3×3 pool without
+        # padding would shave two rows off every map. An identity keeps the state dict unchanged.
+        self.first_pool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=0) if pool else nn.Identity()
         stages = []
         in_ch = width
         for i, (n_blocks, stride) in enumerate(zip(blocks, strides, strict=True)):
@@ -89,6 +96,13 @@ class PreActResNet22(nn.Module):
         self.layer_list = nn.ModuleList(stages)
         self.final_bn = nn.BatchNorm2d(in_ch)
         self.out_channels = in_ch
+        self.stage_channels = tuple(width * 2**i for i in range(len(blocks)))
+
+    @classmethod
+    def for_geometry(cls, strides: geometry.GlobalStrides, width: float = 1.0) -> PreActResNet22:
+        """The ResNet-22 with derived strides (:func:`.geometry.global_strides`) and widths ``16·width·2^i``."""
+        return cls(width=geometry.scaled_width(16, width), strides=strides.stages, stem_stride=strides.stem,
+                   pool=strides.pool)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Args:
@@ -98,12 +112,17 @@ class PreActResNet22(nn.Module):
             ``(stage_outputs, final)``: the raw output of each stage (before any activation) and
             ``ReLU(final_bn(last stage))`` (``N×256×h×w``).
         """
+        stage_outputs = self.stage_outputs(x)
+        return stage_outputs, F.relu(self.final_bn(stage_outputs[-1]))
+
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The raw output of each stage for ``N×1×H×W`` images (before ``final_bn``)."""
         h = self.first_pool(self.first_conv(x))
-        stage_outputs = []
+        outputs = []
         for stage in self.layer_list:
             h = stage(h)
-            stage_outputs.append(h)
-        return stage_outputs, F.relu(self.final_bn(h))
+            outputs.append(h)
+        return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,13 +164,18 @@ class LocalResNet(nn.Module):
             ResNet-34 layout (GLAM).
         strides: stage strides: ``(1, 2, 2, 2)`` standard (GMIC), ``(1, 1, 1, 1)`` GLAM's
             full-resolution local module.
+        width: channels of the stem and the first stage (64 published).
+        stem_stride, pool: the stem's stride and whether its max-pool is kept (2 and True
+            published; smaller inputs drop them, see :mod:`.geometry`).
     """
 
-    def __init__(self, blocks: Sequence[int], strides: Sequence[int], width: int = 64) -> None:
+    def __init__(
+        self, blocks: Sequence[int], strides: Sequence[int], width: int = 64, stem_stride: int = 2, pool: bool = True
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=stem_stride, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
         in_ch = width
         for i, (n_blocks, stride) in enumerate(zip(blocks, strides, strict=True)):
             out_ch = width * 2**i
@@ -160,6 +184,11 @@ class LocalResNet(nn.Module):
             in_ch = out_ch
         self.num_stages = len(blocks)
         self.out_channels = in_ch
+
+    @classmethod
+    def for_geometry(cls, blocks: Sequence[int], strides: geometry.TrunkStrides, width: float = 1.0) -> LocalResNet:
+        """A trunk with derived strides (:func:`.geometry.trunk_strides`) and widths ``64·width·2^i``."""
+        return cls(blocks, strides.stages, geometry.scaled_width(64, width), strides.stem, strides.pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``M×1×p×p`` patches → ``M×512×p/4×p/4`` (GLAM) or ``M×512×p/32×p/32`` (GMIC)."""

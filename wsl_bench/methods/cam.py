@@ -1,7 +1,7 @@
 """Class activation mapping (Zhou et al., CVPR 2016) from a small one-channel ResNet.
 
-The classifier is a ResNet with global average pooling and a linear head, trained from
-image-level labels only. Its CAM for class c is ``Σ_k w_ck F_k`` where ``F`` is the last
+The classifier is the ResNet-22 of GLAM and GMIC with global average pooling and a linear head,
+trained from image-level labels only. Its CAM for class c is ``Σ_k w_ck F_k`` where ``F`` is the last
 convolutional feature map and ``w`` the head's weights: the map whose spatial mean (plus the
 bias) is exactly the class logit. The same classifier is what post-hoc explainers
 (Grad-CAM family, captum) explain when run with ``--classifier cam``.
@@ -19,73 +19,56 @@ from torch.nn import functional as F
 from ..augment import VerticalFlip
 from ..registry import METHODS
 from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from . import geometry
+from .backbones import PreActResNet22
 
 
 @dataclass(frozen=True)
 class CamConfig:
-    """Architecture of the CAM classifier.
+    """Architecture of the CAM classifier: the global network of GLAM and GMIC (pre-activation
+    ResNet-22) with a global-average-pooling + linear head.
+
+    Sharing that backbone and its derived strides (:mod:`.geometry`) gives CAM GMIC's saliency map
+    at every size (46×30 cells at 2944×1920 and at 368×240 alike) and the same receptive field
+    relative to the image, so CAM and GMIC differ only in how their maps become predictions.
 
     Attributes:
-        widths: channels of the four residual stages.
-        strides: stride of each stage (after a stride-4 stem); the product sets the map resolution
-            (4·1·2·2·1 = 16: a 736×480 image gives a 46×30 map, like GMIC's at full resolution).
-        blocks: residual blocks per stage (two: with one per stage the classifier did not learn the
-            synthetic task at 368×240 within 12 epochs, its loss stayed at 0.69).
+        geometry: ``"scaled"`` (default; strides derived from the image size) or ``"pixels"``
+            (the published ResNet-22 strides at any size).
+        width: channel multiplier of the ResNet-22 (1: 16 … 256 channels).
     """
 
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (1, 2, 2, 1)
-    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    geometry: str = "scaled"
+    width: float = 1.0
 
-
-class BasicBlock(nn.Module):
-    """Post-activation residual block: conv3×3 → BN → ReLU → conv3×3 → BN, plus shortcut, ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    def __post_init__(self) -> None:
+        geometry.check_geometry(self.geometry)
+        if self.width <= 0:
+            raise ValueError(f"CAM width must be positive, got {self.width}")
 
 
 class CamClassifier(nn.Module):
-    """ResNet features → global average pooling → linear head.
+    """ResNet-22 features → global average pooling → linear head.
 
     ``forward(images N×1×H×W) -> N×C logits``; ``features`` gives the ``N×K×h×w`` last feature map.
+
+    Args:
+        config: :class:`CamConfig`.
+        image_size: ``(H, W)`` the strides are derived for.
     """
 
-    def __init__(self, config: CamConfig, num_classes: int = len(CLASSES)) -> None:
+    def __init__(self, config: CamConfig, image_size: tuple[int, int], num_classes: int = len(CLASSES)) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, config.widths[0], 7, 2, 3, bias=False),
-            nn.BatchNorm2d(config.widths[0]),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        stages: list[nn.Module] = []
-        in_channels = config.widths[0]
-        for width, stride, blocks in zip(config.widths, config.strides, config.blocks, strict=True):
-            layers = [BasicBlock(in_channels, width, stride)]
-            layers += [BasicBlock(width, width, 1) for _ in range(blocks - 1)]
-            stages.append(nn.Sequential(*layers))
-            in_channels = width
-        self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(in_channels, num_classes)
+        strides = geometry.global_strides(geometry.stride_reductions(image_size, config.geometry))
+        self.backbone = PreActResNet22.for_geometry(strides, config.width)
+        # The ReLU after final_bn as a module of its own: Grad-CAM-style explainers hook its output,
+        # the very features the head pools, so their maps of this classifier can equal CAM's.
+        self.activation = nn.ReLU()
+        self.head = nn.Linear(self.backbone.out_channels, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``N×1×H×W`` → ``N×K×h×w`` last convolutional feature map."""
-        return self.stages(self.stem(images))
+        """``N×1×H×W`` → ``N×K×h×w`` last convolutional feature map (after the final BatchNorm and ReLU)."""
+        return self.activation(self.backbone.final_bn(self.backbone.stage_outputs(images)[-1]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images).mean(dim=(2, 3)))
@@ -96,8 +79,8 @@ class CamClassifier(nn.Module):
 
     @property
     def target_layer(self) -> nn.Module:
-        """The last convolutional block: the default layer for Grad-CAM-style explainers."""
-        return self.stages[-1]
+        """The final activation: the default layer for Grad-CAM-style explainers."""
+        return self.activation
 
 
 @METHODS.register("cam")
@@ -108,10 +91,11 @@ class CAM(TrainableMethod):
     map_range: ClassVar[str] = "unbounded"
 
     def __init__(self, config: CamConfig | None = None, **kwargs: Any) -> None:
+        architecture = {name: kwargs.pop(name) for name in ("geometry", "width") if name in kwargs}
         super().__init__(**kwargs)
-        self.config = config or CamConfig()
+        self.config = config or CamConfig(**architecture)
         torch.manual_seed(self.seed)  # deterministic initialisation from the method seed
-        self.model = CamClassifier(self.config).to(self.device)
+        self.model = CamClassifier(self.config, self.image_size).to(self.device)
         self.model.eval()
 
     train_overrides: ClassVar[dict[str, Any]] = {"lr": 3e-3}

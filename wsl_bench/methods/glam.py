@@ -23,7 +23,7 @@ from ..registry import METHODS
 from ..saliency import CLASSES, SaliencyOutput
 from ..training import TrainingStage
 from . import backbones as bb
-from . import inference
+from . import geometry, inference
 from .published import PublishedModelMethod
 
 GLAM_REPOSITORY = "https://github.com/nyukat/GLAM"
@@ -44,6 +44,12 @@ class GlamConfig:
         local_percent_k: fraction of local-map pixels pooled into a patch prediction (0.3,
             ``detection_pooling_percent_k``); used by the training loss.
         global_weights: weights of ``(cam_level3, cam_level2, cam_level1)`` in the global saliency.
+        geometry: ``"scaled"`` (default): strides derived from ``image_size`` so the maps, patch and
+            receptive field keep their published size relative to the image (the published network
+            at 2944×1920); ``"pixels"``: the published strides at any size (see :mod:`.geometry`).
+        width: channel multiplier of the global module (1 published: 16 … 256 channels).
+        local_width: channel multiplier of the local module (1 published: 64 … 512 channels).
+        local_blocks: basic blocks per stage of the local module (``(3, 4, 6, 3)`` published).
     """
 
     image_size: tuple[int, int] = bb.PUBLISHED_IMAGE_SIZE
@@ -52,10 +58,18 @@ class GlamConfig:
     percent_k: float = 0.03
     local_percent_k: float = 0.3
     global_weights: tuple[float, float, float] = (0.2, 0.6, 0.2)
+    geometry: str = "scaled"
+    width: float = 1.0
+    local_width: float = 1.0
+    local_blocks: tuple[int, ...] = (3, 4, 6, 3)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         object.__setattr__(self, "global_weights", tuple(float(v) for v in self.global_weights))
+        object.__setattr__(self, "local_blocks", tuple(int(v) for v in self.local_blocks))
+        geometry.check_geometry(self.geometry)
+        if min(self.width, self.local_width) <= 0 or len(self.local_blocks) != 4 or min(self.local_blocks) < 1:
+            raise ValueError("GLAM width and local_width must be positive and local_blocks four positive counts")
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise ValueError(f"GLAM image_size must be (H, W) with both at least 32, got {self.image_size}")
         if self.num_patches < 1:
@@ -63,6 +77,11 @@ class GlamConfig:
         for name in ("percent_k", "local_percent_k"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"GLAM {name} must be in (0, 1], got {getattr(self, name)}")
+
+    @property
+    def stride_reductions(self) -> int:
+        """Factors of two taken out of the published strides at this size (:func:`.geometry.stride_reductions`)."""
+        return geometry.stride_reductions(self.image_size, self.geometry)
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -75,6 +94,7 @@ class GlamConfig:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
         d["global_weights"] = list(self.global_weights)
+        d["local_blocks"] = list(self.local_blocks)
         return d
 
 
@@ -150,24 +170,28 @@ class GlamSaliencyHeads(nn.Module):
 
 
 class GlamGlobalNetwork(nn.Module):
-    """``global_network``: the ResNet-22 backbone and its saliency heads."""
+    """``global_network``: the ResNet-22 backbone and its saliency heads (on stages 3, 4 and the final map)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: GlamConfig) -> None:
         super().__init__()
-        self.downsampling_branch = bb.PreActResNet22()
-        self.postprocess_module = GlamSaliencyHeads()
+        strides = geometry.global_strides(config.stride_reductions)
+        self.downsampling_branch = bb.PreActResNet22.for_geometry(strides, config.width)
+        channels = self.downsampling_branch.stage_channels
+        self.postprocess_module = GlamSaliencyHeads((channels[2], channels[3], channels[4]))
 
 
 class GlamLocalNetwork(nn.Module):
-    """``detection_network``: stride-1 ResNet-34 trunk + 1×1 conv (512→2) + sigmoid."""
+    """``detection_network``: stride-1 ResNet-34 trunk + 1×1 conv (512→2) + sigmoid (published)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: GlamConfig) -> None:
         super().__init__()
-        self.dn_resnet = bb.resnet34_stride1_trunk()
-        self.gn_conv_last = nn.Conv2d(512, len(CLASSES), kernel_size=1, bias=False)
+        strides = geometry.trunk_strides(geometry.GLAM_LOCAL_STRIDES, config.stride_reductions)
+        self.dn_resnet = bb.LocalResNet.for_geometry(config.local_blocks, strides, config.local_width)
+        self.gn_conv_last = nn.Conv2d(self.dn_resnet.out_channels, len(CLASSES), kernel_size=1, bias=False)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """``M×1×ph×pw`` → local maps ``M×2×ph/4×pw/4`` in [0, 1]."""
+        """``M×1×ph×pw`` → local maps ``M×2×hl×wl`` in [0, 1] (``ph/4`` published; up to ``ph`` at
+        smaller inputs, see :mod:`.geometry`)."""
         return torch.sigmoid(self.gn_conv_last(self.dn_resnet(patches)))
 
 
@@ -252,8 +276,8 @@ class GlamNetwork(nn.Module):
     def __init__(self, config: GlamConfig | None = None) -> None:
         super().__init__()
         self.config = config or GlamConfig()
-        self.global_network = GlamGlobalNetwork()
-        self.detection_network = GlamLocalNetwork()
+        self.global_network = GlamGlobalNetwork(self.config)
+        self.detection_network = GlamLocalNetwork(self.config)
 
     # -- pieces ------------------------------------------------------------------------------
     def run_global(self, images: torch.Tensor) -> GlamGlobalOutputs:

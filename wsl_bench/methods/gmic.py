@@ -20,7 +20,7 @@ from torch import nn
 from ..registry import METHODS
 from ..saliency import CLASSES, SaliencyOutput
 from . import backbones as bb
-from . import inference
+from . import geometry, inference
 from .published import PublishedModelMethod
 
 GMIC_REPOSITORY = "https://github.com/nyukat/GMIC"
@@ -45,21 +45,37 @@ class GmicConfig:
         num_patches: K, patches per image (6 published).
         percent_t: top-t fraction of the saliency map pooled into ``y_global`` (0.02, 0.03,
             0.03, 0.05, 0.1 for the five published models).
+        geometry: ``"scaled"`` (default): strides derived from ``image_size`` so the map, patches and
+            receptive field keep their published size relative to the image (the published network
+            at 2944×1920); ``"pixels"``: the published strides at any size (see :mod:`.geometry`).
+        width: channel multiplier of the global network (1 published: 16 … 256 channels).
+        local_width: channel multiplier of the patch ResNet-18 (1 published: 64 … 512 channels).
     """
 
     image_size: tuple[int, int] = bb.PUBLISHED_IMAGE_SIZE
     patch_side: int | None = None
     num_patches: int = 6
     percent_t: float = 0.02
+    geometry: str = "scaled"
+    width: float = 1.0
+    local_width: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        geometry.check_geometry(self.geometry)
+        if min(self.width, self.local_width) <= 0:
+            raise ValueError("GMIC width and local_width must be positive")
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             raise ValueError(f"GMIC image_size must be (H, W) with both at least 32, got {self.image_size}")
         if self.num_patches < 1:
             raise ValueError(f"GMIC num_patches must be at least 1, got {self.num_patches}")
         if not 0 < self.percent_t <= 1:
             raise ValueError(f"GMIC percent_t must be in (0, 1], got {self.percent_t}")
+
+    @property
+    def stride_reductions(self) -> int:
+        """Factors of two taken out of the published strides at this size (:func:`.geometry.stride_reductions`)."""
+        return geometry.stride_reductions(self.image_size, self.geometry)
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -136,9 +152,11 @@ class GmicNetwork(nn.Module):
     def __init__(self, config: GmicConfig | None = None) -> None:
         super().__init__()
         self.config = config or GmicConfig()
-        self.ds_net = bb.PreActResNet22()
+        reductions = self.config.stride_reductions
+        self.ds_net = bb.PreActResNet22.for_geometry(geometry.global_strides(reductions), self.config.width)
         self.left_postprocess_net = GmicPostprocess(self.ds_net.out_channels)
-        self.dn_resnet = bb.resnet18_trunk()
+        local_strides = geometry.trunk_strides(geometry.GMIC_LOCAL_STRIDES, reductions)
+        self.dn_resnet = bb.LocalResNet.for_geometry((2, 2, 2, 2), local_strides, self.config.local_width)
         feat = self.dn_resnet.out_channels
         self.mil_attn_V = nn.Linear(feat, 128, bias=False)
         self.mil_attn_U = nn.Linear(feat, 128, bias=False)

@@ -289,7 +289,7 @@ STEM_STRIPE_BYTES = 16 * 2**20
 ceiling, so the stripes reuse heap memory instead of page-faulting fresh memory every call)."""
 
 
-def striped_conv_pool(conv: ConvUnit, pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+def striped_conv_pool(conv: ConvUnit, pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``pool(conv(x))`` computed in horizontal stripes, never holding the whole convolution output.
 
     At 2944×1920 GLAM's and GMIC's first convolution writes 90 MB that the max-pool immediately
@@ -299,9 +299,11 @@ def striped_conv_pool(conv: ConvUnit, pool: nn.MaxPool2d, x: torch.Tensor) -> to
 
     Args:
         conv: the stem convolution (square kernel, stride ``s``, padding ``p``).
-        pool: max-pool without padding (``kernel_size``, ``stride``).
+        pool: max-pool without padding (``kernel_size``, ``stride``), or an identity (no pooling).
         x: ``N×C×H×W`` channels-last input.
     """
+    if not isinstance(pool, nn.MaxPool2d):  # a stem without its max-pool (derived geometry): nothing to stripe
+        return pool(conv(x))
     n, _, height, width = x.shape
     k = conv.weight.shape[-1]
     (s, _), (p, _) = conv.stride, conv.padding
