@@ -20,12 +20,13 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .distributed import SINGLE_PROCESS, DistContext
-from .manifest import config_hash, file_sha256, write_json_atomic
+from .manifest import config_hash, file_sha256, read_json, write_json_atomic
 from .presets import get_preset
 from .saliency import SaliencyMethod, TrainableMethod
 from .training import TrainConfig, Trainer, TrainingStage, TrainResult, load_network_weights, training_stages
@@ -206,8 +207,11 @@ def ensure_trained(
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / "key.json", key_data)
         context.barrier()
+        started = time.perf_counter()
         train_stages(trainee, train_config, folder, train_set, val_set, resume=True, context=context,
                      progress=progress)
+        if context.is_main:  # wall time of this (last, possibly resumed) training, kept with the checkpoint
+            write_json_atomic(folder / "timing.json", {"training_seconds": round(time.perf_counter() - started, 1)})
     # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
     # the final one stands in when validation gave no usable criterion.
     chosen = stage_checkpoint(last_stage)
@@ -219,4 +223,11 @@ def ensure_trained(
         "stages": [s.name for s in stages],
         "epochs_completed": meta.get("epochs_completed"),
         "train_metrics": meta.get("metrics"),
+        "training_seconds": _training_seconds(folder),
     }
+
+
+def _training_seconds(folder: Path) -> float | None:
+    """Wall time of the training that made the cached checkpoint in ``folder`` (``None`` if not recorded)."""
+    timing = folder / "timing.json"
+    return read_json(timing).get("training_seconds") if timing.exists() else None
