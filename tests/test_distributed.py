@@ -65,8 +65,10 @@ def test_one_step_on_two_ranks_equals_one_process(tmp_path):
     torch.set_default_dtype(torch.float64)
     try:
         from wsl_bench.methods.cam import CAM
+        from wsl_bench.presets import get_preset
 
-        initial = CAM(image_size=(256, 160), seed=0).network().state_dict()
+        tiny = get_preset("tiny")
+        initial = CAM(image_size=tiny.image_size, seed=0, **tiny.method_options["cam"]).network().state_dict()
     finally:
         torch.set_default_dtype(torch.float32)
     assert ddp["meta"]["epochs_completed"] == single["meta"]["epochs_completed"] == 1
@@ -78,7 +80,7 @@ def test_one_step_on_two_ranks_equals_one_process(tmp_path):
         moved = max(moved, (value.double() - initial[key].double()).abs().max().item())
     assert moved > 1e-4, "the step must change the weights for the comparison to mean anything"
     # BatchNorm statistics are those of the global batch (not of a rank's part): running stats agree
-    tracked = "stem.1.num_batches_tracked"
+    tracked = "backbone.layer_list.0.0.bn1.num_batches_tracked"
     assert torch.equal(ddp["state_dict"][tracked], single["state_dict"][tracked])
     # the logged loss is the global batch's mean on both
     losses = []

@@ -37,7 +37,7 @@ def test_preset_method_options_apply_under_the_users_own():
     assert method_options(config, "glam") == get_preset("cpu").method_options["glam"]
     mine = RunConfig(methods=("glam",), preset="cpu", method_options=(("glam", (("learning_rate", 0.5),)),))
     assert method_options(mine, "glam")["learning_rate"] == 0.5
-    assert method_options(RunConfig(methods=("glam",), preset="tiny"), "glam") == {}
+    assert method_options(RunConfig(methods=("glam",), preset="full"), "glam") == {}
 
 
 def test_training_config_takes_the_presets_criterion_and_the_methods_recipe():

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="extra constructor option passed to every selected method (repeatable)")
+    p.add_argument("--validation-split", default="val", metavar="SPLIT",
+                   help="annotated split whose best Dice threshold is applied to the evaluated split (the headline "
+                        "Dice; default val; 'none' leaves that column empty)")
     p.add_argument("--retry-failed", action="store_true", help="recompute records that failed or ran out of memory")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -126,12 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--size", type=parse_image_size, default=(736, 480), help="HxW, e.g. 2944x1920")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes generating images (same result for any number)")
     p = data.add_parser("prepare", help="preprocess a real dataset once into the folder format")
     p.add_argument("dataset")
     p.add_argument("--src", required=True, help="the dataset as downloaded")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=parse_image_size, default=(2944, 1920))
     p.add_argument("--workers", type=int, default=2)
+
+    p = sub.add_parser("describe", help="the scale geometry of GLAM, GMIC and CAM at each preset",
+                       description="Map cells, patch and receptive field relative to the image and the median "
+                                   "lesion, width multipliers and GFLOP per image of GLAM, GMIC and CAM as each "
+                                   "preset builds them (measured on the built networks).")
+    p.add_argument("--presets", default=None, help="comma-separated presets (default: all)")
+    p.add_argument("--methods", default=None, help="comma-separated methods among glam, gmic, cam (default: all)")
+    p.add_argument("--manifest", action="append", default=[], metavar="PRESET=PATH",
+                   help="a run's manifest.json whose training times fill that preset's column (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("bench", help="speed and memory of methods at batch 1")
     p.add_argument("--methods", default="glam,gmic")
@@ -193,6 +207,7 @@ def _run_config(args: argparse.Namespace):
         batch_size=args.batch_size,
         method_options=method_options,
         image_size=args.image_size,
+        validation_split=None if args.validation_split.lower() == "none" else args.validation_split,
     )
 
 
@@ -288,7 +303,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from .datasets.folder import write_synthetic
 
-        out = write_synthetic(args.out, n=args.n, image_size=args.size, seed=args.seed)
+        out = write_synthetic(args.out, n=args.n, image_size=args.size, seed=args.seed, workers=args.workers)
         print(f"synthetic set written to {out}")
         return 0
     if args.data_command == "prepare":
@@ -302,6 +317,33 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"prepared {args.dataset} into {out}")
         return 0
     raise UsageError("choose a data command: synth or prepare")
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    import json
+
+    from . import describe
+    from .presets import PRESETS, get_preset
+
+    presets = tuple(args.presets.split(",")) if args.presets else tuple(PRESETS)
+    for name in presets:
+        get_preset(name)
+    methods = tuple(args.methods.split(",")) if args.methods else describe.GEOMETRY_METHODS
+    unknown = sorted(set(methods) - set(describe.GEOMETRY_METHODS))
+    if unknown:
+        raise UsageError(f"describe knows {', '.join(describe.GEOMETRY_METHODS)}; not {', '.join(unknown)}")
+    manifests = {}
+    for item in args.manifest:
+        preset, sep, path = item.partition("=")
+        if not sep:
+            raise UsageError(f"--manifest takes PRESET=PATH, got {item!r}")
+        manifests[preset] = path
+    rows = describe.geometry_table(presets, methods, manifests)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(describe.to_markdown(rows), end="")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -319,7 +361,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_report, "data": cmd_data,
-            "bench": cmd_bench}
+            "describe": cmd_describe, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

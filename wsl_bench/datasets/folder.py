@@ -17,6 +17,7 @@ means not annotated (mask ``None``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -446,8 +447,21 @@ def synthetic_split_counts(n: int) -> dict[str, int]:
     return {"train": n - test - val, "val": val, "test": test}
 
 
+def _generate_raw(split: str, n: int, image_size: tuple[int, int], seed: int, sample_id: str) -> Any:
+    """One synthetic sample's raw item (run in a worker process by :func:`write_synthetic`)."""
+    from .synthetic import SyntheticMammograms
+
+    return SyntheticMammograms(split=split, n=n, image_size=image_size, seed=seed, cache_mb=0).raw(sample_id)
+
+
 def write_synthetic(
-    out: str | os.PathLike, n: int, image_size: tuple[int, int], seed: int, progress: bool = True
+    out: str | os.PathLike,
+    n: int,
+    image_size: tuple[int, int],
+    seed: int,
+    progress: bool = True,
+    workers: int = 1,
+    split_counts: Mapping[str, int] | None = None,
 ) -> Path:
     """Write ``n`` synthetic mammograms to ``out`` in the folder format (resumable).
 
@@ -462,6 +476,11 @@ def write_synthetic(
         image_size: ``(H, W)``.
         seed: dataset seed.
         progress: show a tqdm progress bar.
+        workers: processes generating images (each image is a pure function of its id, so the
+            result does not depend on this; files are written by the calling process, in order).
+        split_counts: images per split instead of :func:`synthetic_split_counts` (``n`` must be their
+            sum), e.g. a preset's ``n_train``/``n_val``/``n_test``: the export then holds exactly the
+            images the built-in ``synthetic`` dataset gives at that preset.
 
     Returns:
         ``out`` as a Path.
@@ -476,6 +495,10 @@ def write_synthetic(
 
     out = Path(out)
     counts = synthetic_split_counts(n)
+    if split_counts is not None:
+        counts = {split: int(split_counts.get(split, 0)) for split in SPLITS}
+        if sum(counts.values()) != n or min(counts.values()) < 0:
+            raise ValueError(f"split_counts {counts} must be non-negative and add up to n = {n}")
     params = {
         "generator": "synthetic",
         "generator_version": GENERATOR_VERSION,
@@ -494,16 +517,25 @@ def write_synthetic(
     out.mkdir(parents=True, exist_ok=True)
     params_path.write_text(json.dumps(params, indent=2) + "\n")
     writer = FolderWriter(out, extra_columns=SYNTHETIC_COLUMNS)
-    with tqdm(total=n, desc=f"synthetic → {out}", unit="img", disable=not progress) as bar:
-        for split in SPLITS:
-            if counts[split] == 0:
-                continue
-            dataset = SyntheticMammograms(
-                split=split, n=counts[split], image_size=tuple(image_size), seed=seed, cache_mb=0
-            )
-            for sample_id in dataset.ids():
-                if not writer.has(sample_id):
-                    item = dataset.raw(sample_id)
-                    writer.write(sample_id, split, item.image_u16, item.masks, item.labels, item.meta)
+    size = (int(image_size[0]), int(image_size[1]))
+    todo = []
+    for split in SPLITS:
+        if counts[split] == 0:
+            continue
+        dataset = SyntheticMammograms(split=split, n=counts[split], image_size=size, seed=seed, cache_mb=0)
+        todo += [(split, sample_id) for sample_id in dataset.ids() if not writer.has(sample_id)]
+    with tqdm(total=n, initial=n - len(todo), desc=f"synthetic → {out}", unit="img", disable=not progress) as bar:
+        with contextlib.ExitStack() as stack:
+            if workers > 1:
+                from concurrent.futures import ProcessPoolExecutor
+
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+                items = pool.map(
+                    _generate_raw, *zip(*[(s, counts[s], size, seed, i) for s, i in todo], strict=True), chunksize=4
+                ) if todo else iter(())
+            else:
+                items = (_generate_raw(s, counts[s], size, seed, i) for s, i in todo)
+            for (split, sample_id), item in zip(todo, items, strict=True):
+                writer.write(sample_id, split, item.image_u16, item.masks, item.labels, item.meta)
                 bar.update(1)
     return out
