@@ -25,6 +25,8 @@ class Preset:
             ``--option`` values), e.g. learning rates for training from scratch on a small split.
         skip_by_default: methods that ``wsl-bench run`` without ``--methods`` leaves out at this
             size because they cost too much time (they still run when named).
+        cpu_amp: train under bfloat16 autocast on CPUs that compute it natively
+            (``wsl_bench.training.TrainConfig.cpu_amp``).
     """
 
     name: str
@@ -38,6 +40,7 @@ class Preset:
     best_criterion: str = "mean_auc"
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     skip_by_default: tuple[str, ...] = ()
+    cpu_amp: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,14 +49,21 @@ class Preset:
 # Below 2944×1920 the networks take the strides derived for the input size (methods/geometry.py): their
 # maps keep the published cell counts, so they cost about what the published ones cost from stage 3 on,
 # whatever the image size. What a CPU budget narrows is the channel width (and GLAM's local depth,
-# which also keeps its receptive field at about half the patch, as published). Measured at 368×240,
-# 2 cores, batch 16: GLAM's global stage 52 ms per training image at these widths (156 ms at twice
-# the global width), its local stage 56 ms; GMIC 58 ms.
+# which also keeps its receptive field at about half the patch, as published). The cpu preset trains
+# under bfloat16 autocast (TrainConfig.cpu_amp), which makes width 0.5 cost what width 0.25 costs in
+# float32 (CAM at 368x240, 2 cores, batch 16: 50 ms per training image either way; 22 ms at 0.25).
 SMALL_NETWORKS: dict[str, dict[str, Any]] = {
-    "glam": {"width": 0.25, "local_width": 0.125, "local_blocks": (2, 2, 2, 2)},
+    "glam": {"width": 0.5, "local_width": 0.25, "local_blocks": (2, 2, 2, 2)},
+    "gmic": {"width": 0.5, "local_width": 0.5},
+    "cam": {"width": 0.5},
+}
+TINY_NETWORKS: dict[str, dict[str, Any]] = {
+    "glam": {"width": 0.25, "local_width": 0.125, "local_blocks": (1, 1, 1, 1)},
     "gmic": {"width": 0.25, "local_width": 0.25},
     "cam": {"width": 0.25},
 }
+"""The tiny preset's networks: a quarter of the widths (float32 training, seconds per test) and one
+block per local stage (at a 45-pixel patch the published depth would see 1.6 patches)."""
 
 
 def _with_networks(options: dict[str, dict[str, Any]], networks: dict[str, dict[str, Any]]) -> dict:
@@ -69,8 +79,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "tiny", (256, 160), 48, 8, 8, 2, 8, "seconds; for tests and smoke runs",
-            # one block per local stage: at a 45-pixel patch the published depth would see 1.6 patches
-            method_options=_with_networks({"glam": {"local_blocks": (1, 1, 1, 1)}}, SMALL_NETWORKS),
+            method_options=TINY_NETWORKS,
         ),
         Preset(
             "cpu", (368, 240), 320, 40, 40, 12, 16, "the default benchmark, sized for a 2-core CPU",
@@ -79,8 +88,9 @@ PRESETS: dict[str, Preset] = {
             # while AUC still rises (methods/cam.md); WSOL model selection as in Choe et al. 2020.
             best_criterion="mean_pxap",
             # The published fine-tuning rates (1e-5 and below) barely move randomly initialised
-            # weights in 12 epochs; GLAM's local and joint stages cost 11x its global stage per image
-            # at this size, so they get a third and a sixth of the epochs.
+            # weights in 12 epochs (CAM's ResNet-22 did not learn at 3e-3 either: loss 0.69 after 4
+            # epochs, 0.64 at 1e-3); GLAM's local and joint stages get a third and a sixth of the
+            # epochs, which keeps the first run within its 20-minute budget.
             method_options=_with_networks(
                 {
                     "glam": {"learning_rate": 1e-3, "local_epochs": 0.34, "joint_epochs": 0.17},
@@ -94,6 +104,7 @@ PRESETS: dict[str, Preset] = {
             # 1.3-3.4 s per image at 368x240 on 2 cores, over 4 minutes together on the test split,
             # twice the 2-minute budget of a cached default run. Name them to run them.
             skip_by_default=("ablationcam", "occlusion", "scorecam"),
+            cpu_amp=True,
         ),
         Preset("full", (2944, 1920), 2000, 200, 400, 30, 4, "the published 2944×1920 resolution; needs a GPU"),
         Preset(

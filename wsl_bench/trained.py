@@ -55,6 +55,7 @@ def train_config_for(method: TrainableMethod, preset_name: str, seed: int, **ove
         "batch_size": preset.batch_size,
         "seed": seed,
         "best_criterion": preset.best_criterion,
+        "cpu_amp": preset.cpu_amp,
     }
     fields.update(getattr(method, "train_overrides", {}))
     fields.update({k: v for k, v in overrides.items() if v is not None})

@@ -18,7 +18,8 @@ RNG states. A run killed at any moment and resumed from its last checkpoint ther
 same weights as an uninterrupted run (on CPU). Checkpoints are written atomically (temporary file,
 then ``os.replace``), so a kill during a write leaves the previous checkpoint intact.
 
-Mixed precision (``amp``, CUDA only): the forward pass runs under bfloat16 autocast. bfloat16 keeps
+Mixed precision (``amp`` on CUDA, ``cpu_amp`` on CPUs with native bfloat16): the forward pass runs
+under bfloat16 autocast. bfloat16 keeps
 float32's exponent range, so no gradient scaler is needed (fp16 would need one); the methods compute
 their heads, pooling and losses in float32 (see their ``training_loss``).
 
@@ -97,7 +98,10 @@ class TrainConfig:
         best_criterion: validation quantity that selects ``best.pt`` (see :data:`CRITERIA`):
             ``"mean_auc"`` (image-level labels only, the default), ``"loss"`` (lowest),
             ``"mean_dice"`` or ``"mean_pxap"`` (these read the validation masks).
-        amp: bfloat16 autocast on CUDA; ignored on CPU.
+        amp: bfloat16 autocast on CUDA.
+        cpu_amp: bfloat16 autocast on the CPU too, where it computes bfloat16 natively (oneDNN's check;
+            elsewhere ignored), with the network in channels-last layout: about 2.3× faster training
+            of the narrow networks of the cpu preset on an AVX512-BF16 CPU (measured, CAM at 368×240).
         val_bins: histogram bins of the validation Dice/PxAP (the harness's default is 1000).
         max_cached_images: training images kept decoded in memory (0: reload every time).
     """
@@ -111,6 +115,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     best_criterion: str = "mean_auc"
     amp: bool = True
+    cpu_amp: bool = False
     val_bins: int = 1000
     max_cached_images: int = 4000
 
@@ -274,6 +279,19 @@ class _LossModule(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
+def uses_amp(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether training runs under bfloat16 autocast: on CUDA with ``amp``; on a CPU with ``cpu_amp``
+    where oneDNN computes bfloat16 natively; never for float64 networks (exactness tests)."""
+    if dtype != torch.float32:
+        return False
+    if device.type == "cuda":
+        return config.amp
+    if device.type == "cpu" and config.cpu_amp:
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check is not None and check())
+    return False
+
+
 class Trainer:
     """Trains one :class:`TrainableMethod` (one stage of its recipe) on a dataset split.
 
@@ -314,6 +332,10 @@ class Trainer:
         # Images and labels reach the loss in the network's floating dtype (float32 normally; float64
         # networks are trained exactly, e.g. for numerical equivalence checks).
         self.input_dtype = next((p.dtype for p in self.network.parameters() if p.is_floating_point()), torch.float32)
+        self.uses_amp = uses_amp(self.config, method.device, self.input_dtype)
+        if self.uses_amp and method.device.type == "cpu":
+            # oneDNN's bfloat16 convolutions are fastest in channels-last layout (their outputs follow it)
+            self.network.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(
             self.parameters, lr=config.lr * self.stage.lr_factor, weight_decay=config.weight_decay
         )
@@ -527,8 +549,7 @@ class Trainer:
             return None
         total = float(counts.sum())
         images, target = (t.to(device=device, dtype=self.input_dtype) for t in batch)
-        use_amp = self.config.amp and device.type == "cuda"
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.uses_amp):
             loss = loss_module(images, target, pos_weight)
         summed = torch.stack([loss.detach().double() * n_local]).to(counts)
         mean_loss = float(context.all_reduce_sum(summed)[0]) / total
