@@ -22,6 +22,7 @@ from wsl_bench.harness import RunConfig, open_dataset, run
 from wsl_bench.methods.cam import CAM
 from wsl_bench.methods.glam import GlamMethod
 from wsl_bench.methods.gmic import PUBLISHED_GMIC_MODELS, GmicMethod
+from wsl_bench.presets import get_preset
 from wsl_bench.records import read_records
 from wsl_bench.trained import train_config_for, train_stages
 from wsl_bench.training import (
@@ -426,3 +427,32 @@ def test_training_code_files_cover_a_plugins_own_package(monkeypatch):
     files = trained.training_code_files(PluginCAM(image_size=(96, 64)))
     assert Path(__file__) in files and any(p.name == "cam.py" for p in files)
     assert not any("torch" in p.parts for p in files)
+
+
+def test_cpu_autocast_only_where_asked_and_computed_natively(monkeypatch):
+    from wsl_bench import training
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert training.uses_amp(TrainConfig(cpu_amp=True), cpu, torch.float32)
+    assert not training.uses_amp(TrainConfig(), cpu, torch.float32)  # off unless the preset asks
+    assert not training.uses_amp(TrainConfig(cpu_amp=True), cpu, torch.float64)  # exactness runs stay exact
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert not training.uses_amp(TrainConfig(cpu_amp=True), cpu, torch.float32)
+    assert get_preset("cpu").cpu_amp and not get_preset("tiny").cpu_amp
+
+
+def test_cpu_autocast_training_runs_in_channels_last_and_learns(tmp_path, monkeypatch):
+    from wsl_bench import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    method = cam()
+    before = {k: v.clone() for k, v in method.network().state_dict().items()}
+    trainer = Trainer(method, TrainConfig(epochs=1, batch_size=4, cpu_amp=True), tmp_path, progress=False)
+    assert trainer.uses_amp
+    trainer.fit(toy("train", n=8))
+    weight = method.network().backbone.first_conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    after = method.network().state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], after[k]) for k in before)

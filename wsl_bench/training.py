@@ -279,6 +279,12 @@ class _LossModule(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
 def uses_amp(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether training runs under bfloat16 autocast: on CUDA with ``amp``; on a CPU with ``cpu_amp``
     where oneDNN computes bfloat16 natively; never for float64 networks (exactness tests)."""
@@ -286,10 +292,7 @@ def uses_amp(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> b
         return False
     if device.type == "cuda":
         return config.amp
-    if device.type == "cpu" and config.cpu_amp:
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(check is not None and check())
-    return False
+    return device.type == "cpu" and config.cpu_amp and cpu_has_native_bf16()
 
 
 class Trainer:
