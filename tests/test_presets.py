@@ -68,8 +68,8 @@ def test_an_explainer_inherits_the_preset_options_of_the_classifier_it_explains(
     assert method_options(config, "integrated_gradients@glam") == {**cpu["glam"], **cpu["integrated_gradients"]}
     chosen = RunConfig(methods=("gradcam",), preset="cpu", method_options=(("gradcam", (("classifier", "glam"),)),))
     assert method_options(chosen, "gradcam") == {**cpu["glam"], "classifier": "glam"}
-    # the default classifier (cam) carries no preset options; non-explainers inherit nothing
-    assert method_options(RunConfig(methods=("gradcam",), preset="cpu"), "gradcam") == {}
+    # the default classifier (cam) brings its own preset options (its width); non-explainers inherit nothing
+    assert method_options(RunConfig(methods=("gradcam",), preset="cpu"), "gradcam") == cpu["cam"] != {}
     assert method_options(RunConfig(methods=("random",), preset="cpu"), "random") == {}
     mine = RunConfig(methods=("gradcam@gmic",), preset="cpu",
                      method_options=(("gradcam@gmic", (("learning_rate", 0.5),)),))

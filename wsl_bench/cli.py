@@ -246,7 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import init_from_env, shutdown
     from .harness import RunConfig, method_options, open_dataset
     from .presets import get_preset
-    from .trained import train_config_for, train_stages
+    from .trained import initialise_from_donor, train_config_for, train_stages
     from .training import FirstImages
 
     get_preset(args.preset)  # an unknown preset is a usage error before anything is built
@@ -272,6 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train-{args.method}-{args.preset}{_size_suffix(args)}-seed{args.seed}")
     context = init_from_env(args.device)
     try:
+        initialise_from_donor(method, config, progress=not args.no_progress, context=context)
         result = train_stages(method, train_config, out, train_set, val_set, resume=args.resume,
                               only_stage=args.stage, context=context, progress=not args.no_progress)
     except (ValueError, FloatingPointError) as exc:  # bad data, a checkpoint that does not fit, divergence

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import _load_builtins, create_dataset, create_method, list_methods, split_method_name
 from .data import DatasetError, MammogramDataset, Sample, SampleError
+from .distributed import SINGLE_PROCESS, DistContext
 from .manifest import (
     MANIFEST_SCHEMA,
     config_hash,
@@ -159,7 +160,9 @@ def method_options(config: RunConfig, name: str) -> dict[str, Any]:
     return {**inherited, **preset.get(base, {}), **preset.get(name, {}), **user}
 
 
-def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[SaliencyMethod, dict[str, Any]]:
+def build_method(
+    name: str, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> tuple[SaliencyMethod, dict[str, Any]]:
     """Instantiate a method; train it (or load its cached checkpoint) when it is trainable.
 
     Returns:
@@ -169,7 +172,7 @@ def build_method(name: str, config: RunConfig, progress: bool = True) -> tuple[S
     method = create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
     checkpoint: dict[str, Any] = dict(method.checksums())
     if method.trainable and not method.weights_loaded:
-        checkpoint.update(ensure_trained(method, config, progress=progress))
+        checkpoint.update(ensure_trained(method, config, progress=progress, context=context))
     return method, checkpoint
 
 

@@ -197,7 +197,10 @@ def ensure_trained(
     train_set = open_dataset(config, "train")
     val_set = open_dataset(config, "val")
     stages = training_stages(trainee)
+    initialised_from = initialise_from_donor(trainee, config, progress=progress, context=context)
     key_data = checkpoint_key_data(method, train_config, train_set, val_set)
+    if initialised_from:
+        key_data["initialised_from"] = initialised_from  # the donor's weights decide these weights too
     key = config_hash(key_data)
     folder = cache_root() / "checkpoints" / key_data["method"] / key
     last_stage = stage_folder(folder, stages, stages[-1])
@@ -225,7 +228,32 @@ def ensure_trained(
         "epochs_completed": meta.get("epochs_completed"),
         "train_metrics": meta.get("metrics"),
         "training_seconds": _training_seconds(folder),
+        **({"initialised_from": initialised_from} if initialised_from else {}),
     }
+
+
+def initialise_from_donor(
+    trainee: TrainableMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> dict[str, Any] | None:
+    """Start ``trainee``'s global backbone from the trained weights of the method its ``global_init``
+    names (trained first, or loaded from the cache, with the run's preset options of that method).
+
+    Returns:
+        ``{"method", "sha256"}`` of the donor's checkpoint, or ``None`` when the trainee starts from
+        random weights.
+    """
+    donor_name = getattr(trainee, "global_init", None)
+    if not donor_name:
+        return None
+    from .harness import build_method
+
+    if donor_name == trainee.name:
+        raise ValueError(f"{trainee.name}: global_init cannot name the method itself")
+    donor, facts = build_method(donor_name, config, progress=progress, context=context)
+    if not facts.get("sha256"):
+        raise ValueError(f"{trainee.name}: global_init={donor_name!r} is not a trained method")
+    trainee.initialise_global_backbone(donor)
+    return {"method": donor_name, "sha256": facts["sha256"]}
 
 
 def _training_seconds(folder: Path) -> float | None:

@@ -116,6 +116,9 @@ class GlamTrainingConfig:
             2944-row resolution (scaled with the image height; 0 turns it off).
         global_epochs, local_epochs, joint_epochs: share of the preset's epochs each stage trains.
         joint_lr_factor: the joint stage's learning rate is this times ``learning_rate``.
+        global_init: a trainable method whose trained ResNet-22 the global module starts from
+            (``"cam"``), as the published global modules start from a mammogram classifier's weights;
+            ``None``: random initialisation (see :meth:`PublishedModelMethod.global_backbone`).
     """
 
     stage: str = "joint"
@@ -126,6 +129,7 @@ class GlamTrainingConfig:
     local_epochs: float = 1.0
     joint_epochs: float = 0.5
     joint_lr_factor: float = 0.1
+    global_init: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage == "sep":
@@ -459,6 +463,12 @@ class GlamMethod(PublishedModelMethod):
         )
 
     # -- training ------------------------------------------------------------------------------
+    def global_backbone(self) -> nn.Module:
+        return self._network.global_network.downsampling_branch
+
+    def final_saliency_head(self) -> nn.Conv2d:
+        return self._network.global_network.postprocess_module.gn_conv_last
+
     def training_stages(self) -> tuple[TrainingStage, ...]:
         """The paper's stages up to ``training_config.stage``, each resumable on its own.
 

@@ -100,11 +100,15 @@ class GmicTrainingConfig:
         learning_rate: Adam learning rate (the trainer's ``lr``).
         crop_jitter: random crop-window jitter of the training images, in pixels at the published
             2944-row resolution (100 published; scaled with the image height; 0 turns it off).
+        global_init: a trainable method whose trained ResNet-22 the global network starts from
+            (``"cam"``), as the published one starts from a mammogram classifier's weights; ``None``:
+            random initialisation (see :meth:`PublishedModelMethod.global_backbone`).
     """
 
     beta: float = PUBLISHED_GMIC_MODELS["m1"][0]
     learning_rate: float = PUBLISHED_GMIC_MODELS["m1"][2]
     crop_jitter: float = 100.0
+    global_init: str | None = None
 
     def __post_init__(self) -> None:
         if self.beta < 0 or self.learning_rate <= 0 or self.crop_jitter < 0:
@@ -289,6 +293,12 @@ class GmicMethod(PublishedModelMethod):
         )
 
     # -- training ------------------------------------------------------------------------------
+    def global_backbone(self) -> nn.Module:
+        return self._network.ds_net
+
+    def final_saliency_head(self) -> nn.Conv2d:
+        return self._network.left_postprocess_net.gn_conv_last
+
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -97,6 +97,46 @@ class PublishedModelMethod(TrainableMethod):
         """Trainer settings of the recipe: its learning rate."""
         return {"lr": self.training_config.learning_rate}
 
+    def global_backbone(self) -> nn.Module:
+        """The global ResNet-22 (:class:`~.backbones.PreActResNet22`) inside the network."""
+        raise NotImplementedError
+
+    def final_saliency_head(self) -> nn.Conv2d:
+        """The 1×1 convolution (no bias) turning the ResNet-22's final map into class maps."""
+        raise NotImplementedError
+
+    @property
+    def global_init(self) -> str | None:
+        """The trainable method whose trained ResNet-22 training starts from (``None``: random weights)."""
+        return self.training_config.global_init
+
+    def initialise_global_backbone(self, donor: TrainableMethod) -> None:
+        """Copy ``donor``'s trained ResNet-22 (``donor.network().backbone``) into the global backbone,
+        and its class weights (``donor.network().head``, a linear layer on the pooled final map) into the
+        saliency head on the final map: the donor's class activation maps become the starting saliency
+        (less the head's bias, which the published 1×1 convolution does not have).
+
+        Raises:
+            ValueError: the donor has no ResNet-22 of the same architecture (width, strides).
+        """
+        source = getattr(donor.network(), "backbone", None)
+        target = self.global_backbone()
+        if source is None or type(source) is not type(target):
+            kind = type(target).__name__
+            raise ValueError(f"{self.model_label}: global_init={donor.name!r} has no {kind} to start from")
+        shapes = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+        wanted = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+        if shapes != wanted:
+            raise ValueError(
+                f"{self.model_label}: the ResNet-22 of {donor.name!r} does not fit its global network (give both the "
+                "same width option)"
+            )
+        target.load_state_dict(source.state_dict())
+        head, conv = getattr(donor.network(), "head", None), self.final_saliency_head()
+        if isinstance(head, nn.Linear) and head.weight.shape == conv.weight.shape[:2]:
+            with torch.no_grad():
+                conv.weight.copy_(head.weight[:, :, None, None])
+
     def training_augmentation(self) -> CropJitter | None:
         """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""
         if self.training_config.crop_jitter <= 0:
