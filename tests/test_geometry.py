@@ -141,3 +141,36 @@ def test_describe_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "| gmic | cpu | 368×240 | 46×30 |" in out and "receptive field / height" in out
     assert main(["describe", "--methods", "vgg"]) == 2
+
+
+def _load_report_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "reports" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"report_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script", ["geometry", "evidence"])
+def test_committed_tables_are_what_the_code_measures(script):
+    """The tables in the method cards and reports/README.md are generated: a changed preset, network or
+    reference run must be followed by `python reports/geometry.py` / `python reports/evidence.py`."""
+    assert _load_report_script(script).main(["--check"]) == 0
+
+
+def test_evidence_table_says_which_learned_method_does_not_beat_a_baseline():
+    import pandas as pd
+
+    evidence = _load_report_script("evidence")
+    rows = []
+    for cls in ("benign", "malignant"):
+        for method, dice, pxap in [("glam", 0.30, 0.20), ("gmic", 0.10, 0.30), ("cam", 0.25, 0.15),
+                                   ("intensity", 0.12, 0.08), ("centre_prior", 0.04, 0.02), ("random", 0.02, 0.01)]:
+            rows.append({"method": method, "class": cls, "dice_val_tau": dice, "pxap": pxap})
+    text = evidence.evidence_markdown(pd.DataFrame(rows))
+    assert "| benign | glam | 0.300 | 0.200 | yes / yes / yes |" in text
+    assert "| benign | gmic | 0.100 | 0.300 | **no** / yes / yes |" in text  # Dice below intensity's
+    assert "GLAM 0.300 against cam 0.250: +20.0 % (paper: +39.6 %)" in text

@@ -456,3 +456,37 @@ def test_cpu_autocast_training_runs_in_channels_last_and_learns(tmp_path, monkey
     after = method.network().state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+# -- a global network started from another method's trained weights (global_init) -----------------------------------
+@pytest.mark.parametrize("name", ["gmic", "glam"])
+def test_global_init_copies_the_donors_resnet22_and_class_weights(name):
+    donor = cam(width=0.25)
+    with torch.no_grad():
+        donor.network().head.weight.normal_()
+    method = wsl_bench.create_method(name, image_size=SMALL, width=0.25, global_init="cam")
+    assert method.global_init == "cam"
+    method.initialise_global_backbone(donor)
+    theirs = donor.network().backbone.state_dict()
+    for key, value in method.global_backbone().state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    assert torch.equal(method.final_saliency_head().weight[:, :, 0, 0], donor.network().head.weight)
+    narrower = wsl_bench.create_method(name, image_size=SMALL, width=0.5, global_init="cam")
+    with pytest.raises(ValueError, match="same width"):
+        narrower.initialise_global_backbone(donor)
+
+
+def test_run_trains_the_donor_first_and_keys_the_checkpoint_by_its_weights(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
+    toy_dataset.counts = {"train": 8, "val": 4, "test": 2}
+    options = (("gmic", (("global_init", "cam"), ("width", 0.25))), ("cam", (("width", 0.25),)))
+    config = RunConfig(methods=("gmic",), dataset="toy", preset="tiny", image_size=(96, 64), method_options=options)
+    run(config, tmp_path / "run", progress=False)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    facts = manifest["checkpoints"]["gmic"]
+    donors = list((tmp_path / "cache" / "checkpoints" / "cam").glob("*/final.pt"))
+    assert len(donors) == 1, "the donor is trained (once) into the cache"
+    assert facts["initialised_from"] == {"method": "cam", "sha256": trained.file_sha256(donors[0].parent / "best.pt")
+                                         if (donors[0].parent / "best.pt").exists() else trained.file_sha256(donors[0])}
+    key = json.loads((Path(facts["path"]).parent / "key.json").read_text())
+    assert key["initialised_from"] == facts["initialised_from"]
