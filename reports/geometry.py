@@ -22,7 +22,7 @@ from wsl_bench import describe
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = {
     "cpu": ROOT / "reports" / "default" / "manifest.json",
-    "full": ROOT / "reports" / "gpu-full" / "manifest.json",
+    "gpu": ROOT / "reports" / "gpu-full" / "manifest.json",
 }
 """Reference runs whose training times fill the last column (a missing one leaves it empty)."""
 TARGETS = {
