@@ -442,7 +442,7 @@ def test_cpu_autocast_only_where_asked_and_computed_natively(monkeypatch):
     assert get_preset("cpu").cpu_amp and not get_preset("tiny").cpu_amp
 
 
-def test_cpu_autocast_training_runs_in_channels_last_and_learns(tmp_path, monkeypatch):
+def test_cpu_autocast_training_runs_in_channels_last_and_learns(toy_dataset, tmp_path, monkeypatch):
     from wsl_bench import training
 
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
