@@ -84,9 +84,8 @@ def _build(method: str, image_size: tuple[int, int], options: dict[str, Any]) ->
 
 
 def _global_backbone(method: Any) -> nn.Module:
-    net = method.network()
-    return {"glam": lambda: net.global_network.downsampling_branch, "gmic": lambda: net.ds_net,
-            "cam": lambda: net.backbone}[method.name]()
+    """The ResNet-22: GLAM's and GMIC's global network, CAM's backbone."""
+    return method.global_backbone() if hasattr(method, "global_backbone") else method.network().backbone
 
 
 def _map_shapes(method: Any, image_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
@@ -128,12 +127,7 @@ def geometry_row(preset: str, method_name: str, lesion_fraction: float) -> Geome
         patch = method.config.patch_size[0]
         window = bb.window_in_map(method.config.patch_size, cells[0], size)
     if method_name == "glam":
-        trunk = method.network().detection_network.dn_resnet
-        local_stride = math.prod(
-            int(m.stride if isinstance(m.stride, int) else m.stride[0])
-            for m in geometry._main_path_layers(trunk)
-        )
-        local_cell = local_stride / lesion
+        local_cell = geometry.output_stride(method.network().detection_network.dn_resnet) / lesion
     width = str(options.get("width", 1.0))
     if "local_width" in options:
         width += f" / {options['local_width']}"

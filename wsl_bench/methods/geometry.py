@@ -20,18 +20,17 @@ A stride change keeps every parameter's shape, so a published checkpoint loads i
 network; the channel widths (``width`` multiplier) and GLAM's local block counts are what a CPU
 budget may additionally narrow.
 
-:func:`receptive_field`, :func:`map_sizes` and :func:`describe_network` measure the *built*
-networks (on PyTorch's meta device: no memory, no compute), so tables and tests state what the code
-computes, never a restated constant.
+:func:`receptive_field` and :func:`output_stride` measure the *built* networks
+(``wsl_bench.describe`` also runs them on PyTorch's meta device: no memory, no compute), so tables
+and tests state what the code computes, never a restated constant.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 PUBLISHED_IMAGE_SIZE: tuple[int, int] = (2944, 1920)
@@ -177,30 +176,6 @@ def receptive_field(module: nn.Module, upto: str | None = None) -> int:
     return field
 
 
-def output_shapes(build: Callable[[], nn.Module], run: Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]],
-                  input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the tensors ``run(network, x)`` returns, computed on the meta device (no memory, no compute).
-
-    Args:
-        build: makes the network (called under ``torch.device("meta")``).
-        run: ``(network, x) -> {name: tensor}``.
-        input_shape: ``N×C×H×W`` of ``x``.
-    """
-    with torch.device("meta"):
-        network = build()
-        x = torch.empty(*input_shape)
-        with torch.no_grad():
-            return {name: tuple(t.shape) for name, t in run(network, x).items()}
-
-
-def gflops(build: Callable[[], nn.Module], run: Callable[[nn.Module, torch.Tensor], object],
-           input_shape: Sequence[int]) -> float:
-    """Forward GFLOP of ``run(network, x)`` (``torch.utils.flop_counter``, on the meta device)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        network = build()
-        x = torch.empty(*input_shape)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            run(network, x)
-    return counter.get_total_flops() / 1e9
+def output_stride(module: nn.Module) -> int:
+    """Input pixels per output cell of ``module`` (the product of its main-path strides)."""
+    return math.prod(_pair(layer.stride) for layer in _main_path_layers(module))
