@@ -486,7 +486,8 @@ def test_run_trains_the_donor_first_and_keys_the_checkpoint_by_its_weights(toy_d
     facts = manifest["checkpoints"]["gmic"]
     donors = list((tmp_path / "cache" / "checkpoints" / "cam").glob("*/final.pt"))
     assert len(donors) == 1, "the donor is trained (once) into the cache"
-    assert facts["initialised_from"] == {"method": "cam", "sha256": trained.file_sha256(donors[0].parent / "best.pt")
-                                         if (donors[0].parent / "best.pt").exists() else trained.file_sha256(donors[0])}
+    folder = donors[0].parent
+    assert facts["initialised_from"] == {"method": "cam", "cache_key": folder.name,
+                                         "sha256": trained.file_sha256(trained.stage_checkpoint(folder))}
     key = json.loads((Path(facts["path"]).parent / "key.json").read_text())
-    assert key["initialised_from"] == facts["initialised_from"]
+    assert key["initialised_from"] == {"method": "cam", "cache_key": folder.name}  # not the file's run metadata

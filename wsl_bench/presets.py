@@ -128,7 +128,6 @@ PRESETS: dict[str, Preset] = {
             method_options={
                 "glam": {"learning_rate": 1e-4, "local_epochs": 0.34, "joint_epochs": 0.17, "global_init": "cam"},
                 "gmic": {"learning_rate": 1e-4, "global_init": "cam"},
-                "cam": {},
                 "integrated_gradients": {"n_steps": 8},
             },
             skip_by_default=("ablationcam", "occlusion", "scorecam"),

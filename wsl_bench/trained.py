@@ -200,7 +200,9 @@ def ensure_trained(
     initialised_from = initialise_from_donor(trainee, config, progress=progress, context=context)
     key_data = checkpoint_key_data(method, train_config, train_set, val_set)
     if initialised_from:
-        key_data["initialised_from"] = initialised_from  # the donor's weights decide these weights too
+        # the donor's weights decide these weights too: key by what decides the donor's (its cache key),
+        # not by its file, whose checksum also covers run-dependent metadata such as epoch times
+        key_data["initialised_from"] = {k: initialised_from[k] for k in ("method", "cache_key")}
     key = config_hash(key_data)
     folder = cache_root() / "checkpoints" / key_data["method"] / key
     last_stage = stage_folder(folder, stages, stages[-1])
@@ -239,8 +241,8 @@ def initialise_from_donor(
     names (trained first, or loaded from the cache, with the run's preset options of that method).
 
     Returns:
-        ``{"method", "sha256"}`` of the donor's checkpoint, or ``None`` when the trainee starts from
-        random weights.
+        ``{"method", "cache_key", "sha256"}`` of the donor's checkpoint, or ``None`` when the trainee
+        starts from random weights.
     """
     donor_name = getattr(trainee, "global_init", None)
     if not donor_name:
@@ -253,7 +255,7 @@ def initialise_from_donor(
     if not facts.get("sha256"):
         raise ValueError(f"{trainee.name}: global_init={donor_name!r} is not a trained method")
     trainee.initialise_global_backbone(donor)
-    return {"method": donor_name, "sha256": facts["sha256"]}
+    return {"method": donor_name, "cache_key": facts["cache_key"], "sha256": facts["sha256"]}
 
 
 def _training_seconds(folder: Path) -> float | None:
