@@ -16,6 +16,17 @@ Two narrow exceptions keep real exam lists readable, each an exact (module, name
   safe stand-ins that accept only boolean, integer and float dtypes given by a type code
   string, and return plain Python ``bool``/``int``/``float``. Arrays, object dtypes and
   anything else from numpy are refused.
+
+Allowed classes alone do not bound what a pickle *builds*: ``bytearray(6 * 2**30)`` is a 34-byte
+pickle, a counted-bytes opcode declaring 6 GiB makes the C unpickler allocate it before reading,
+and a memo index of 2**31 grows the memo table to match. So, before anything is unpickled, the
+opcode stream is scanned (``pickletools.genops``, iterative, reading no more than the data holds):
+a file above ``max_bytes``, more than ``max_objects`` opcodes, a counted string/bytes longer than
+the data, a memo index beyond the opcodes seen, out-of-band buffers and persistent ids are refused.
+The container stand-ins refuse any argument but an existing container (``bytearray(n)`` and
+``set(n)`` with a size are refused, never called), and the result may nest at most ``max_depth``
+containers (checked without recursion; cycles are refused), so code walking it never recurses
+deeper than that.
 """
 
 from __future__ import annotations
@@ -24,10 +35,22 @@ import _compat_pickle
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UnsafePickleError", "load", "loads"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_OBJECTS", "UnsafePickleError", "load", "loads"]
+
+MAX_BYTES = 256 * 2**20
+"""Largest pickle accepted (bytes of the file). The published exam lists are a few kilobytes."""
+MAX_OBJECTS = 8_000_000
+"""Most opcodes (so at most this many objects) a pickle may hold: bounds memory to well under 1 GB."""
+MAX_DEPTH = 64
+"""Deepest nesting of containers accepted (an exam list nests 4 deep)."""
+
+# Opcodes that hand the unpickler something other than the pickle's own bytes.
+_REFUSED_OPCODES = frozenset({"PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER"})
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -37,10 +60,42 @@ class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """
 
 
+def _safe_container(kind: type) -> Any:
+    """Stand-in for ``set``/``frozenset``: built only from a container the pickle already holds."""
+
+    def build(*args: Any) -> Any:
+        if len(args) > 1 or (args and not isinstance(args[0], (list, tuple, set, frozenset))):
+            given = ", ".join(type(a).__name__ for a in args)
+            raise UnsafePickleError(
+                f"{kind.__name__}({given}) refused: {kind.__name__} is only accepted from a list, tuple or set"
+            )
+        return kind(args[0]) if args else kind()
+
+    return build
+
+
+def _safe_bytearray(*args: Any) -> bytearray:
+    """Stand-in for ``bytearray``: only as pickle writes it — ``()``, ``(bytes,)`` or ``(str, 'latin-1')``.
+
+    An integer argument (a size: ``bytearray(6 * 2**30)`` allocates 6 GiB) is refused, never called.
+    """
+    if not args:
+        return bytearray()
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytearray(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin-1", "latin1"):
+        return bytearray(args[0], "latin-1")
+    given = ", ".join(type(a).__name__ for a in args)
+    raise UnsafePickleError(
+        f"bytearray({given}) refused: only bytearray(bytes) or bytearray(str, 'latin-1') are accepted "
+        "(a size argument would allocate memory the file does not hold)"
+    )
+
+
 _BUILTIN_CONTAINERS: dict[tuple[str, str], Any] = {
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "set"): _safe_container(set),
+    ("builtins", "frozenset"): _safe_container(frozenset),
+    ("builtins", "bytearray"): _safe_bytearray,
     # protocol 0–2 write ``bytes`` objects as _codecs.encode(text, "latin1"); only that codec is accepted
     ("_codecs", "encode"): None,  # filled below with a checked stand-in
     # protocol 2 writes ``set()`` as copyreg._reconstructor only for subclasses, so it is not listed
@@ -131,16 +186,58 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self._source}: refused persistent id {pid!r}: not plain data")
 
 
-def loads(data: bytes, source: str = "<bytes>") -> Any:
-    """Unpickle ``data`` allowing only plain containers and scalars.
+def _scan(data: bytes, source: str, max_objects: int) -> None:
+    """Check the opcode stream before unpickling (see the module docstring); iterative, allocates nothing big.
+
+    Raises:
+        UnsafePickleError: naming ``source`` and what was refused.
+    """
+    count = 0
+    try:
+        for opcode, arg, position in pickletools.genops(data):
+            count += 1
+            if count > max_objects:
+                raise UnsafePickleError(
+                    f"{source}: more than {max_objects:,} opcodes; refused (limit max_objects={max_objects:,})"
+                )
+            name = opcode.name
+            if name in _REFUSED_OPCODES:
+                raise UnsafePickleError(f"{source}: refused opcode {name} at byte {position}: not plain data")
+            if name in _MEMO_PUTS and name != "MEMOIZE" and not (0 <= int(arg) <= count):
+                # the C unpickler sizes its memo table by the index: 2**31 would allocate 16 GiB
+                raise UnsafePickleError(f"{source}: memo index {arg} at byte {position} is out of range; refused")
+            if name == "STOP":
+                return
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # a declared length beyond the data, an unknown opcode, ...
+        raise UnsafePickleError(f"{source}: truncated or malformed pickle ({type(exc).__name__}: {exc})") from exc
+    raise UnsafePickleError(f"{source}: truncated or malformed pickle (no STOP opcode)")
+
+
+def loads(
+    data: bytes,
+    source: str = "<bytes>",
+    max_bytes: int = MAX_BYTES,
+    max_objects: int = MAX_OBJECTS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """Unpickle ``data`` allowing only plain containers and scalars, within size limits.
 
     Args:
         data: the pickle bytes.
         source: name used in error messages (a file path).
+        max_bytes: largest accepted ``len(data)``.
+        max_objects: most opcodes (objects) accepted.
+        max_depth: deepest accepted nesting of containers.
 
     Raises:
-        UnsafePickleError: the pickle imports a refused global, or is truncated/malformed.
+        UnsafePickleError: the pickle imports a refused global, calls a constructor with a size,
+            exceeds a limit, or is truncated/malformed.
     """
+    if len(data) > max_bytes:
+        raise UnsafePickleError(f"{source}: {len(data):,} bytes, above the limit of {max_bytes:,} bytes; refused")
+    _scan(data, source, max_objects)
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), source).load()
     except UnsafePickleError as exc:
@@ -149,39 +246,57 @@ def loads(data: bytes, source: str = "<bytes>") -> Any:
         raise UnsafePickleError(f"{source}: {exc}") from exc
     except Exception as exc:  # EOFError, UnpicklingError, ValueError, ... from a damaged file
         raise UnsafePickleError(f"{source}: truncated or malformed pickle ({type(exc).__name__}: {exc})") from exc
-    return _check_plain(obj, source)
+    return _check_plain(obj, source, max_depth)
 
 
-def load(path: str | os.PathLike) -> Any:
-    """Read a pickle file allowing only plain containers and scalars.
+def load(
+    path: str | os.PathLike,
+    max_bytes: int = MAX_BYTES,
+    max_objects: int = MAX_OBJECTS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """Read a pickle file allowing only plain containers and scalars, within size limits (see :func:`loads`).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        UnsafePickleError: see :func:`loads`; the message names ``path``.
+        UnsafePickleError: see :func:`loads`, or a file larger than ``max_bytes`` (refused before
+            it is read); the message names ``path``.
     """
     path = Path(path)
-    return loads(path.read_bytes(), source=str(path))
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UnsafePickleError(f"{path}: {size:,} bytes, above the limit of {max_bytes:,} bytes; refused")
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)  # the file may have grown since stat
+    return loads(data, source=str(path), max_bytes=max_bytes, max_objects=max_objects, max_depth=max_depth)
 
 
 _PLAIN_SCALARS = (str, int, float, bool, bytes, bytearray, type(None))
 
 
-def _check_plain(obj: Any, source: str) -> Any:
-    """Reject any object left over from the numpy stand-ins (e.g. a bare dtype) and return ``obj``."""
-    stack = [obj]
-    seen: set[int] = set()
+def _check_plain(obj: Any, source: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Reject any object left over from the numpy stand-ins (e.g. a bare dtype), containers nested
+    deeper than ``max_depth`` and cycles; return ``obj``. Iterative: never recurses on the data."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    depth_seen: dict[int, int] = {}
     while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
+        item, depth = stack.pop()
         if isinstance(item, _PLAIN_SCALARS):
             continue
+        if depth > max_depth:
+            raise UnsafePickleError(
+                f"{source}: containers nested deeper than {max_depth} levels (or a cycle); refused"
+            )
+        # a container reached again is walked again only when reached deeper (bounds the walk;
+        # a cycle keeps getting deeper and is refused above)
+        if depth_seen.get(id(item), -1) >= depth:
+            continue
+        depth_seen[id(item)] = depth
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((k, depth + 1) for k in item.keys())
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
         else:
             raise UnsafePickleError(f"{source}: pickle holds a {type(item).__name__}, not plain data")
     return obj
