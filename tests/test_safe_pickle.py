@@ -104,6 +104,13 @@ def _bytearray_bomb(size: int = 6 * 2**30) -> bytes:
     )
 
 
+def test_the_bomb_is_a_well_formed_38_byte_pickle():
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(_bytearray_bomb())]
+    assert ops == [("PROTO", 2), ("GLOBAL", "builtins bytearray"), ("BINPUT", 0), ("LONG1", 6 * 2**30),
+                   ("TUPLE1", None), ("BINPUT", 1), ("REDUCE", None), ("STOP", None)]
+    assert len(_bytearray_bomb()) == 38
+
+
 _BOUNDED_CHILD = r"""
 import resource, sys, time
 from wsl_bench.safe_pickle import UnsafePickleError, loads

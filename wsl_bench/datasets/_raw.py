@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError
 from ..preprocess import DEFAULT_IMAGE_SIZE, PreprocessConfig, Preprocessed, lesion_areas
+from ._files import files_digest
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def read_csv_rows(
             stripping spaces and ignoring case).
 
     Raises:
-        DatasetError: missing/unreadable file or a missing column, naming the file and the column.
+        DatasetError: missing/unreadable file, a missing column (naming the file and the column), or
+            a cell above the csv module's field limit (naming the file and the line).
     """
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
@@ -97,7 +99,10 @@ def read_csv_rows(
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    header = [h for h in (reader.fieldnames or [])]
+    try:
+        header = [h for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise DatasetError(f"{path} line {reader.reader.line_num}: unreadable CSV header ({exc})") from None
     norm = {h.strip().lower(): h for h in header if h is not None}
     mapping: dict[str, str] = {}
     aliases = aliases or {}
@@ -112,7 +117,7 @@ def read_csv_rows(
             f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; the header has: {', '.join(header)}"
         )
     rows = []
-    for raw in reader:
+    for raw in _checked_rows(reader, path):
         if not any((v or "").strip() for v in raw.values() if isinstance(v, str)):
             continue  # blank line (spreadsheet exports often end with some)
         row = {k: (raw.get(k) or "") for k in header if k is not None}
@@ -120,6 +125,20 @@ def read_csv_rows(
             row[canonical] = raw.get(actual) or ""
         rows.append(row)
     return rows
+
+
+def _checked_rows(reader: csv.DictReader, path: Path) -> Iterable[dict[str, Any]]:
+    """The reader's rows; a CSV error (a cell above the field limit, ...) names the file and the line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(
+                f"{path} line {reader.reader.line_num}: unreadable CSV ({exc}; a cell may hold at most "
+                f"{csv.field_size_limit():,} characters)"
+            ) from None
 
 
 class RawDataset(MammogramDataset):
@@ -199,9 +218,29 @@ class RawDataset(MammogramDataset):
         """The metadata files the index is built from (checksummed in preparation manifests)."""
         return []
 
+    def source_files(self, sample_id: str, entry: IndexEntry) -> list[Path]:
+        """The files one sample is read from (for :meth:`describe`); empty where a loader cannot
+        tell without reading them (then only its index files are covered)."""
+        return []
+
     def describe(self) -> dict[str, Any]:
+        """Name, split, size, preprocessing, the sha256 of each index file (``index_sha256``) and
+        ``files_stat_sha256``: one digest over the size and modification time of the split's image
+        (and annotation) files as :meth:`source_files` lists them — not their bytes: hashing a raw
+        release (hundreds of gigabytes of DICOMs) is not cheap. A file replaced in place with the
+        same size and a restored modification time is not noticed; ``wsl-bench data prepare`` into
+        the folder format gets content hashes."""
         d = super().describe()
         d["preprocess"] = self.config.to_dict()
+        d["index_sha256"] = {}
+        for path in self.index_files():
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(block)
+            d["index_sha256"][path.name] = digest.hexdigest()
+        entries = [(i, self.source_files(i, e)) for i, e in sorted(self.index().items()) if e.split == self.split]
+        d["files_stat_sha256"] = files_digest(self.root_path, entries, content=False)
         return d
 
     # -- helpers ----------------------------------------------------------------------------------

@@ -37,14 +37,22 @@ from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError, 
 from ..imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
 from ..registry import DATASETS
 from ..saliency import CLASSES
+from ._files import files_digest, name_problem, path_inside, text_problem
 
 INDEX_FILE = "labels.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "split", *CLASSES)
 IMAGE_COLUMN = "image"
+# Optional per-class mask path columns (relative to ROOT); empty or absent: masks/<class>/<id>.png.
+MASK_COLUMNS: dict[str, str] = {cls: f"{cls}_mask" for cls in CLASSES}
 # Extra columns holding JSON (lists/dicts) that the reader decodes; every other extra column stays text.
 JSON_COLUMNS: tuple[str, ...] = ("lesion_areas", "lesions")
+# Bounds of a JSON cell: longer or deeper cells fail their sample (json.loads recurses on nesting).
+MAX_JSON_CHARS = 64 * 1024
+MAX_JSON_DEPTH = 16
+# Columns that are not extras (not copied into meta).
+_FORMAT_COLUMNS = frozenset({*REQUIRED_COLUMNS, IMAGE_COLUMN, *MASK_COLUMNS.values()})
 # Meta keys that are never written as extra columns (they are columns already, or machine-local).
-_RESERVED_META = frozenset({"id", "split", "source", IMAGE_COLUMN, *CLASSES})
+_RESERVED_META = frozenset({"id", "split", "source", IMAGE_COLUMN, *CLASSES, *MASK_COLUMNS.values()})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Fractions of write_synthetic's n that go to each split (test and val rounded, train the rest).
@@ -61,6 +69,7 @@ __all__ = [
 
 
 def _mask_path(root: Path, cls: str, sample_id: str) -> Path:
+    """Where FolderWriter puts a mask (ids written are safe file names)."""
     return root / "masks" / cls / f"{sample_id}.png"
 
 
@@ -68,15 +77,21 @@ def _default_image(sample_id: str) -> str:
     return f"images/{sample_id}.png"
 
 
+def _default_mask(cls: str, sample_id: str) -> str:
+    return f"masks/{cls}/{sample_id}.png"
+
+
 # ----------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class _Row:
-    """One row of labels.csv: id, split, labels, image path relative to ROOT, extra columns."""
+    """One row of labels.csv: id, split, labels, image and mask files (checked to lie inside ROOT),
+    extra columns."""
 
     id: str
     split: str
     labels: tuple[tuple[str, int], ...]
-    image: str
+    image: Path
+    masks: tuple[tuple[str, Path | None], ...]  # class → mask file; None: no mask file is looked up
     extras: tuple[tuple[str, str], ...]
     line: int
 
@@ -92,12 +107,39 @@ def _parse_label(value: str, cls: str, line: int, index_path: Path) -> int:
     return int(number)
 
 
+def _inside(root: Path, relative: str, column: str, line: int, index_path: Path) -> Path:
+    path = path_inside(root, relative)
+    if path is None:
+        raise DatasetError(
+            f"{index_path}, line {line}: {column} path {relative!r} is outside the dataset folder {root} "
+            "(paths are relative to it; '..' and absolute paths may not leave it)"
+        )
+    return path
+
+
+def _csv_rows(reader: Any, index_path: Path) -> Any:
+    """The reader's rows; a CSV error (e.g. a cell above the csv module's field limit) names the file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(
+                f"{index_path}, line {reader.line_num}: unreadable CSV ({exc}; a cell may hold at most "
+                f"{csv.field_size_limit():,} characters)"
+            ) from None
+
+
 def read_index(root: Path) -> list[_Row]:
     """Read and validate ``ROOT/labels.csv`` (all splits).
 
     Raises:
-        DatasetError: missing file, missing required column, empty id, unknown split, a label
-            outside {0, 1} or a repeated id; the message names the file and the line.
+        DatasetError: missing file, missing required column, an id that cannot be represented
+            (empty, over 255 characters, control characters), unknown split, a label outside
+            {0, 1}, a repeated id, an image or mask path outside ROOT, an id that is not a file
+            name without an ``image`` cell, or a cell above the CSV field limit; the message
+            names the file and the line.
     """
     index_path = root / INDEX_FILE
     if not index_path.is_file():
@@ -109,8 +151,9 @@ def read_index(root: Path) -> list[_Row]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{index_path}: unreadable ({exc})") from exc
     reader = csv.reader(io.StringIO(text))
+    rows_in = _csv_rows(reader, index_path)
     try:
-        header = [h.strip() for h in next(reader)]
+        header = [h.strip() for h in next(rows_in)]
     except StopIteration:
         raise DatasetError(f"{index_path}: empty file (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -122,24 +165,47 @@ def read_index(root: Path) -> list[_Row]:
         raise DatasetError(f"{index_path}: repeated column names in the header {header}")
     rows: list[_Row] = []
     seen: dict[str, int] = {}
-    for line, values in enumerate(reader, start=2):
+    end = reader.line_num
+    for values in rows_in:
+        line, end = end + 1, reader.line_num  # the physical line a row starts on (a quoted cell may span lines)
         if not any(v.strip() for v in values):
             continue  # blank line
         if len(values) > len(header):
             raise DatasetError(f"{index_path}, line {line}: {len(values)} fields but the header has {len(header)}")
         cells = {name: (values[i].strip() if i < len(values) else "") for i, name in enumerate(header)}
         sample_id = cells["id"]
-        if not sample_id:
-            raise DatasetError(f"{index_path}, line {line}: empty id")
+        problem = text_problem(sample_id)
+        if problem is not None:
+            raise DatasetError(f"{index_path}, line {line}: {problem}")
         if sample_id in seen:
             raise DatasetError(f"{index_path}, line {line}: id {sample_id!r} repeats line {seen[sample_id]}")
         seen[sample_id] = line
         if cells["split"] not in SPLITS:
             raise DatasetError(f"{index_path}, line {line}: split {cells['split']!r} is not one of {', '.join(SPLITS)}")
         labels = tuple((c, _parse_label(cells[c], c, line, index_path)) for c in CLASSES)
-        image = cells.get(IMAGE_COLUMN) or _default_image(sample_id)
-        extras = tuple((k, v) for k, v in cells.items() if k not in REQUIRED_COLUMNS and k != IMAGE_COLUMN and v != "")
-        rows.append(_Row(sample_id, cells["split"], labels, image, extras, line))
+        # an id names files only when it is one plain file name: an id holding '/' or '..' is a
+        # legal id, but its files must be given by the image (and mask) columns
+        id_is_name = name_problem(sample_id) is None
+        if cells.get(IMAGE_COLUMN):
+            image = _inside(root, cells[IMAGE_COLUMN], IMAGE_COLUMN, line, index_path)
+        elif id_is_name:
+            image = _inside(root, _default_image(sample_id), IMAGE_COLUMN, line, index_path)
+        else:
+            raise DatasetError(
+                f"{index_path}, line {line}: id {sample_id!r} is not a plain file name, so its image cannot be "
+                f"{_default_image('<id>')}: give the image's path in the {IMAGE_COLUMN!r} column"
+            )
+        masks = []
+        for cls in CLASSES:
+            column = MASK_COLUMNS[cls]
+            if cells.get(column):
+                masks.append((cls, _inside(root, cells[column], column, line, index_path)))
+            elif id_is_name:
+                masks.append((cls, _inside(root, _default_mask(cls, sample_id), column, line, index_path)))
+            else:
+                masks.append((cls, None))
+        extras = tuple((k, v) for k, v in cells.items() if k not in _FORMAT_COLUMNS and v != "")
+        rows.append(_Row(sample_id, cells["split"], labels, image, tuple(masks), extras, line))
     return rows
 
 
@@ -224,14 +290,13 @@ class FolderDataset(MammogramDataset):
         row = self._rows.get(sample_id)
         if row is None:
             raise SampleError(f"{sample_id!r} is not in split {self.split!r} of {self.path / INDEX_FILE}", sample_id)
-        image_path = self.path / row.image
+        image_path = row.image
         try:
             pixels = read_image(image_path)
             labels = dict(row.labels)
             masks: dict[str, np.ndarray | None] = {}
-            for cls in CLASSES:
-                mask_path = _mask_path(self.path, cls, sample_id)
-                if mask_path.exists():
+            for cls, mask_path in row.masks:
+                if mask_path is not None and mask_path.exists():
                     mask = read_mask(mask_path, shape=pixels.shape)
                     if mask.any() != bool(labels[cls]):
                         problem = "has lesion pixels" if mask.any() else "is empty"
@@ -258,26 +323,90 @@ class FolderDataset(MammogramDataset):
             "source": str(image_path),
             "original_size": original_size,
         }
+        index_path = str(self.path / INDEX_FILE)
         for key, value in row.extras:
-            meta[key] = _decode_extra(key, value)
+            meta[key] = _decode_extra(key, value, index_path, row.line, sample_id)
         scale = (image.shape[0] * image.shape[1]) / (original_size[0] * original_size[1])
-        if isinstance(meta.get("lesion_areas"), dict):
-            meta["lesion_areas"] = {c: [int(round(a * scale)) for a in v] for c, v in meta["lesion_areas"].items()}
+        if "lesion_areas" in meta:
+            areas = _checked_lesion_areas(meta["lesion_areas"], index_path, row.line, sample_id)
+            meta["lesion_areas"] = {c: [int(round(a * scale)) for a in v] for c, v in areas.items()}
         else:
             meta["lesion_areas"] = _lesion_areas(masks)
         return Sample(image=standardise(image)[None], masks=masks, labels=labels, meta=meta)
 
     def describe(self) -> dict[str, Any]:
-        digest = hashlib.sha256((self.path / INDEX_FILE).read_bytes()).hexdigest()
-        return super().describe() | {"root": str(self.path.resolve()), "index_sha256": digest}
+        """Name, split, size, ``labels.csv``'s sha256 and ``files_sha256``: one digest over the split's
+        image and mask files (their bytes, and which masks exist), so replacing, adding or removing
+        any of them changes it. File hashes are remembered by stat in the project cache (see
+        ``wsl_bench.datasets._files``), so only changed files are read again."""
+        index = hashlib.sha256((self.path / INDEX_FILE).read_bytes()).hexdigest()
+        entries = [(row.id, (row.image, *(p for _, p in row.masks))) for row in self._rows.values()]
+        files = files_digest(self.path, entries, content=True, cache_name=f"folder:{self.split}")
+        return super().describe() | {"root": str(self.path.resolve()), "index_sha256": index, "files_sha256": files}
 
 
-def _decode_extra(key: str, value: str) -> Any:
-    if key in JSON_COLUMNS:
+def _json_depth_problem(text: str) -> str | None:
+    """Why a JSON text is too long or nested too deep to decode, or ``None`` (one pass, no recursion)."""
+    if len(text) > MAX_JSON_CHARS:
+        return f"{len(text):,} characters, above the limit of {MAX_JSON_CHARS:,}"
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        elif char in "]}":
+            depth -= 1
+    return None
+
+
+def _decode_extra(key: str, value: str, index_path: str, line: int, sample_id: str) -> Any:
+    """An extra column's value: JSON columns decoded (within bounds), the rest text.
+
+    Raises:
+        SampleError: a JSON column that is too long, too deep or not JSON (names the file, line, column).
+    """
+    if key not in JSON_COLUMNS:
+        return value
+    problem = _json_depth_problem(value)
+    if problem is None:
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+        except ValueError as exc:  # JSONDecodeError, or an integer of too many digits
+            problem = f"not JSON ({exc})"
+    shown = value if len(value) <= 60 else value[:60] + "…"
+    raise SampleError(f"{index_path}, line {line}: {key} {shown!r} cannot be decoded: {problem}", sample_id, index_path)
+
+
+def _checked_lesion_areas(value: Any, index_path: str, line: int, sample_id: str) -> dict[str, list[float]]:
+    """``lesion_areas`` as class → list of non-negative finite areas.
+
+    Raises:
+        SampleError: any other shape (names the file and line).
+    """
+    ok = isinstance(value, dict) and all(
+        cls in CLASSES
+        and isinstance(areas, list)
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0 for a in areas)
+        for cls, areas in value.items()
+    )
+    if not ok:
+        shown = json.dumps(value)[:80] if isinstance(value, (dict, list)) else repr(value)[:80]
+        raise SampleError(
+            f"{index_path}, line {line}: lesion_areas {shown} is not class → list of areas in pixels "
+            f"(classes {', '.join(CLASSES)}; non-negative numbers)",
+            sample_id,
+            index_path,
+        )
     return value
 
 
@@ -337,7 +466,10 @@ class FolderWriter:
             data = data[:keep]
         if not data:
             return
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        try:
+            rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.index_path}: cannot resume, unreadable ({exc})") from exc
         header = [h.strip() for h in rows[0]]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:

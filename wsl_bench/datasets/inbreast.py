@@ -261,6 +261,11 @@ class INbreastDataset(RawDataset):
                 log.warning("%s: not listed in %s; ignored", path, sheet)
         return index
 
+    def source_files(self, sample_id: str, entry: IndexEntry) -> list[Path]:
+        if entry.problems or entry.data["path"] is None:
+            return []
+        return [entry.data["path"], self.xml_dir / f"{sample_id}.xml"]
+
     # -- loading ----------------------------------------------------------------------------------
     def load_entry(self, sample_id: str, entry: IndexEntry) -> Sample:
         d = entry.data

@@ -37,6 +37,7 @@ from ..registry import DATASETS
 from ..safe_pickle import UnsafePickleError
 from ..safe_pickle import load as safe_load
 from ..saliency import CLASSES
+from ._files import name_problem, text_problem
 from ._raw import IndexEntry, RawDataset
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,14 @@ class NYUDataset(RawDataset):
                     stems = [stems]
                 for k, stem in enumerate(stems):
                     stem = str(stem)
+                    problem = text_problem(stem, "image stem")
+                    if problem is not None:
+                        raise DatasetError(f"{where}: exam #{number}, view {view}: {problem}")
                     problems = list(exam_problems)
+                    # stems and segmentation names are file names in their folders: never paths
+                    problem = name_problem(stem, "image stem")
+                    if problem is not None:
+                        problems.append(f"{where}: exam #{number}, view {view}: {problem}; refused as a path")
                     if stem in index:
                         problems.append(f"{where}: image {stem!r} is listed twice (exam #{number}, view {view})")
                     labels, label_problems = self._labels(exam, view, number)
@@ -205,6 +213,9 @@ class NYUDataset(RawDataset):
                         if isinstance(listed, str):
                             listed = [listed]
                         segs[cls] = str(listed[k]) if isinstance(listed, list) and k < len(listed) else f"{stem}_{cls}"
+                        problem = name_problem(segs[cls], f"{cls} segmentation name")
+                        if problem is not None:
+                            problems.append(f"{where}: exam #{number}, view {view}: {problem}; refused as a path")
                     index[stem] = IndexEntry(
                         split=split,
                         patient=f"exam{number}",
@@ -244,6 +255,14 @@ class NYUDataset(RawDataset):
             else:
                 labels[cls] = value
         return labels, problems
+
+    def source_files(self, sample_id: str, entry: IndexEntry) -> list[Path]:
+        if entry.problems:
+            return []
+        files = [self.image_dir / f"{sample_id}.png"]
+        if self.segmentation_dir is not None:
+            files += [self.segmentation_dir / f"{entry.data['segmentations'][c]}.png" for c in CLASSES]
+        return files
 
     # -- loading ----------------------------------------------------------------------------------
     def load_entry(self, sample_id: str, entry: IndexEntry) -> Sample:

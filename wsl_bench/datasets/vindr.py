@@ -10,7 +10,8 @@ Layout under the root (as published)::
 ``finding_annotations.csv`` columns: ``study_id, series_id, image_id, laterality, view_position,
 height, width, breast_birads, breast_density, finding_categories, finding_birads, xmin, ymin,
 xmax, ymax, split``. Quirks handled: ``finding_categories`` is a Python list written as text
-(``"['Mass', 'Suspicious Calcification']"``, parsed with ``ast.literal_eval``, never ``eval``);
+(``"['Mass', 'Suspicious Calcification']"``, read by a small flat parser — a list of quoted names,
+at most 10 KB — never ``eval`` or a recursive parser, so a hostile cell fails its image only);
 BI-RADS values are written ``"BI-RADS 4"``; box cells are empty for 'No Finding' rows; the
 ``height``/``width`` columns are checked against the DICOM so boxes are never put in the wrong
 frame; ``split`` is ``training``/``test``.
@@ -26,7 +27,6 @@ annotated). Splits: the official ``test`` split; ``training`` studies are ``trai
 
 from __future__ import annotations
 
-import ast
 import logging
 import math
 import re
@@ -41,6 +41,7 @@ from ..dicom import read_dicom_with_info
 from ..preprocess import PreprocessConfig, boxes_to_mask, preprocess
 from ..registry import DATASETS
 from ..saliency import CLASSES
+from ._files import name_problem, text_problem
 from ._raw import IndexEntry, RawDataset, holdout_split, read_csv_rows
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "split",
 )
 SPLITS = {"training": "train", "train": "train", "test": "test"}
+MAX_CATEGORIES_CHARS = 10 * 1024
+"""Longest ``finding_categories`` cell parsed (the published ones are under 100 characters)."""
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
 
 
 def parse_birads(text: str) -> int | None:
@@ -73,27 +80,71 @@ def parse_birads(text: str) -> int | None:
     text = str(text).strip()
     if not text or text.lower() == "nan":
         return None
-    match = re.fullmatch(r"(?:BI-?RADS\s*)?(\d)(?:\.0)?", text, re.IGNORECASE)
+    match = re.fullmatch(r"(?:BI-?RADS\s*)?(\d)(?:\.0)?", text, re.IGNORECASE) if len(text) < 40 else None
     if not match or not 0 <= int(match.group(1)) <= 6:
-        raise ValueError(f"BI-RADS {text!r} is outside the known values (BI-RADS 0-6)")
+        raise ValueError(f"BI-RADS {_short(text)} is outside the known values (BI-RADS 0-6)")
     return int(match.group(1))
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+
+
 def parse_categories(text: str) -> list[str]:
-    """``"['Mass', 'Suspicious Calcification']"`` → the list (literal parsing only).
+    """``"['Mass', 'Suspicious Calcification']"`` → the list.
+
+    The grammar is flat: ``[`` (or ``(``), quoted names (``'`` or ``"``, backslash escapes)
+    separated by commas, an optional trailing comma, ``]`` (``)``); a single quoted name; or empty.
+    One pass, no recursion, at most :data:`MAX_CATEGORIES_CHARS` characters.
 
     Raises:
-        ValueError: text that is not a list of strings.
+        ValueError: longer text, or text that is not a flat list of quoted names.
     """
-    try:
-        value = ast.literal_eval(text.strip()) if text.strip() else []
-    except (ValueError, SyntaxError) as exc:
-        raise ValueError(f"finding_categories {text!r} is not a list written as text") from exc
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"finding_categories {text!r} is not a list of names")
-    return [v.strip() for v in value]
+    text = text.strip()
+    if len(text) > MAX_CATEGORIES_CHARS:
+        raise ValueError(
+            f"finding_categories of {len(text):,} characters is longer than the {MAX_CATEGORIES_CHARS:,} allowed"
+        )
+    if not text:
+        return []
+    bad = ValueError(f"finding_categories {_short(text)} is not a list written as text")
+    closing = {"[": "]", "(": ")"}.get(text[0])
+    body = text[1:-1] if closing is not None else text
+    if closing is not None and not text.endswith(closing):
+        raise bad
+    names: list[str] = []
+    i, n = 0, len(body)
+    expect_item = True
+    while True:
+        while i < n and body[i].isspace():
+            i += 1
+        if i == n:
+            break
+        if expect_item:
+            quote = body[i]
+            if quote not in "'\"":
+                raise bad
+            i += 1
+            chars: list[str] = []
+            while i < n and body[i] != quote:
+                if body[i] == "\\" and i + 1 < n:
+                    i += 1
+                    chars.append(_ESCAPES.get(body[i], "\\" + body[i]))
+                else:
+                    chars.append(body[i])
+                i += 1
+            if i == n:
+                raise bad  # unterminated name
+            i += 1
+            names.append("".join(chars).strip())
+            expect_item = False
+        elif body[i] == ",":
+            i += 1
+            expect_item = True
+        else:
+            raise bad
+    if closing is None and len(names) != 1:
+        raise bad  # without brackets: one quoted name only
+    return names
 
 
 def birads_class(birads: int | None) -> str | None:
@@ -149,12 +200,21 @@ class VinDrDataset(RawDataset):
         rows = read_csv_rows(self.csv_path, REQUIRED_COLUMNS)
         by_image: dict[str, list[tuple[int, dict[str, str]]]] = defaultdict(list)
         for line, row in enumerate(rows, start=2):
-            by_image[row["image_id"].strip()].append((line, row))
+            image_id = row["image_id"].strip()
+            problem = text_problem(image_id, "image_id")
+            if problem is not None:
+                raise DatasetError(f"{self.csv_path} line {line}: {problem}")
+            by_image[image_id].append((line, row))
         index = {}
         for image_id, items in by_image.items():
             problems: list[str] = []
             first = items[0][1]
             study = first["study_id"].strip()
+            # both name files (images/<study_id>/<image_id>.dicom): each must be one plain file name
+            for column, value in (("image_id", image_id), ("study_id", study)):
+                problem = name_problem(value, column)
+                if problem is not None:
+                    problems.append(f"{self.csv_path} line {items[0][0]}: {problem}; refused as a path")
             split_value = first["split"].strip().lower()
             if split_value not in SPLITS:
                 problems.append(f"{self.csv_path} line {items[0][0]}: split {first['split']!r} is not training/test")
@@ -198,6 +258,9 @@ class VinDrDataset(RawDataset):
                 problems=problems,
             )
         return index
+
+    def source_files(self, sample_id: str, entry: IndexEntry) -> list[Path]:
+        return [] if entry.problems else [image_path(self.root_path, entry.data["study"], sample_id)]
 
     def load_entry(self, sample_id: str, entry: IndexEntry) -> Sample:
         d = entry.data
