@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ HASH_CACHE_VERSION = 1
 # without its stat changing ("racily clean", as git calls it): its hash is not remembered until its
 # ctime (which no program can set back) is older than this.
 _RACY_SECONDS = 2.0
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def text_problem(text: str, what: str = "id") -> str | None:
@@ -42,9 +44,9 @@ def text_problem(text: str, what: str = "id") -> str | None:
         return f"empty {what}"
     if len(text) > MAX_ID_CHARS:
         return f"{what} of {len(text):,} characters (at most {MAX_ID_CHARS})"
-    bad = next((c for c in text if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"), None)
+    bad = _CONTROL.search(text)
     if bad is not None:
-        return f"{what} {_short(text)} contains the control character {bad!r}"
+        return f"{what} {_short(text)} contains the control character {bad.group()!r}"
     return None
 
 
@@ -59,7 +61,7 @@ def name_problem(text: str, what: str = "id") -> str | None:
     return None
 
 
-def path_inside(root: str | os.PathLike, relative: str) -> Path | None:
+def path_inside(root: str | os.PathLike, relative: str) -> str | None:
     """``root/relative`` normalised lexically (``root`` kept as given, the rest without ``..``), or
     ``None`` when that leaves ``root`` (or is ``root``).
 
@@ -67,13 +69,15 @@ def path_inside(root: str | os.PathLike, relative: str) -> Path | None:
     ``relative`` is accepted only if it names a path under ``root``. NUL and control characters
     are refused (``None``).
     """
-    if text_problem(relative, "path") is not None:
+    if not relative or _CONTROL.search(relative):
         return None
-    base = os.path.abspath(os.fspath(root))
+    given = os.fspath(root)
+    base = os.path.abspath(given)
     candidate = os.path.normpath(os.path.join(base, relative))
-    if candidate == base or os.path.commonpath([base, candidate]) != base:
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if not candidate.startswith(prefix) or candidate == base:
         return None
-    return Path(root) / os.path.relpath(candidate, base)  # as given below root, without any '..'
+    return os.path.join(given, candidate[len(prefix):])  # as given below root, without any '..'
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -90,8 +90,8 @@ class _Row:
     id: str
     split: str
     labels: tuple[tuple[str, int], ...]
-    image: Path
-    masks: tuple[tuple[str, Path | None], ...]  # class → mask file; None: no mask file is looked up
+    image: str
+    masks: tuple[tuple[str, str | None], ...]  # class → mask file; None: no mask file is looked up
     extras: tuple[tuple[str, str], ...]
     line: int
 
@@ -107,7 +107,7 @@ def _parse_label(value: str, cls: str, line: int, index_path: Path) -> int:
     return int(number)
 
 
-def _inside(root: Path, relative: str, column: str, line: int, index_path: Path) -> Path:
+def _inside(root: Path, relative: str, column: str, line: int, index_path: Path) -> str:
     path = path_inside(root, relative)
     if path is None:
         raise DatasetError(
@@ -188,8 +188,8 @@ def read_index(root: Path) -> list[_Row]:
         id_is_name = name_problem(sample_id) is None
         if cells.get(IMAGE_COLUMN):
             image = _inside(root, cells[IMAGE_COLUMN], IMAGE_COLUMN, line, index_path)
-        elif id_is_name:
-            image = _inside(root, _default_image(sample_id), IMAGE_COLUMN, line, index_path)
+        elif id_is_name:  # a plain file name cannot leave images/
+            image = os.path.join(root, _default_image(sample_id))
         else:
             raise DatasetError(
                 f"{index_path}, line {line}: id {sample_id!r} is not a plain file name, so its image cannot be "
@@ -201,7 +201,7 @@ def read_index(root: Path) -> list[_Row]:
             if cells.get(column):
                 masks.append((cls, _inside(root, cells[column], column, line, index_path)))
             elif id_is_name:
-                masks.append((cls, _inside(root, _default_mask(cls, sample_id), column, line, index_path)))
+                masks.append((cls, os.path.join(root, _default_mask(cls, sample_id))))
             else:
                 masks.append((cls, None))
         extras = tuple((k, v) for k, v in cells.items() if k not in _FORMAT_COLUMNS and v != "")
@@ -290,12 +290,13 @@ class FolderDataset(MammogramDataset):
         row = self._rows.get(sample_id)
         if row is None:
             raise SampleError(f"{sample_id!r} is not in split {self.split!r} of {self.path / INDEX_FILE}", sample_id)
-        image_path = row.image
+        image_path = Path(row.image)
         try:
             pixels = read_image(image_path)
             labels = dict(row.labels)
             masks: dict[str, np.ndarray | None] = {}
-            for cls, mask_path in row.masks:
+            for cls, mask_name in row.masks:
+                mask_path = None if mask_name is None else Path(mask_name)
                 if mask_path is not None and mask_path.exists():
                     mask = read_mask(mask_path, shape=pixels.shape)
                     if mask.any() != bool(labels[cls]):
