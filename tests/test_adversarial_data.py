@@ -362,3 +362,34 @@ def test_nyu_unrepresentable_stem_is_refused(tmp_path):
     (tmp_path / "data.pkl").write_bytes(pickle.dumps(exams))
     with pytest.raises(DatasetError, match=r"data.pkl: exam #0, view L-CC: image stem of 300 characters"):
         wsl_bench.create_dataset("nyu", root=str(tmp_path), frame=(96, 64), image_size=(96, 64)).ids()
+
+
+@pytest.mark.parametrize("cell", ["{abs}", "../outside/S1/000000.dcm", "CBIS-DDSM/../../outside/S1/000000.dcm"])
+def test_cbis_path_cells_are_never_followed_out_of_the_root(tmp_path, cell):
+    pytest.importorskip("pydicom")
+    import shutil
+
+    from fixtures_real import CbisWriter
+    from test_dataset_cbis import cases, open_ds
+
+    root = tmp_path / "root"
+    writer = CbisWriter(root)
+    for case in cases():
+        writer.add(case)
+    writer.finish()
+    ds = open_ds(root)
+    real = ds.get("P_00006_RIGHT_CC").meta["source"]
+    outside = tmp_path / "outside" / "S1" / "000000.dcm"
+    outside.parent.mkdir(parents=True)
+    shutil.copy(real, outside)
+    path = root / "calc_case_description_test_set.csv"
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    column = rows[0].index("image file path")
+    (row,) = [r for r in rows if r[0] == "P_00006" and "RIGHT" in r]
+    row[column] = cell.replace("{abs}", str(outside))
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    (root / "metadata.csv").unlink()
+    with pytest.raises(SampleError, match="full mammogram .* not found"):
+        open_ds(root).get("P_00006_RIGHT_CC")

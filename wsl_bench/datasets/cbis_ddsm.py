@@ -39,6 +39,7 @@ from ..dicom import read_dicom_header, read_dicom_with_info
 from ..preprocess import PreprocessConfig, preprocess
 from ..registry import DATASETS
 from ..saliency import CLASSES
+from ._files import path_inside
 from ._raw import IndexEntry, RawDataset, holdout_split, read_csv_rows
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,9 @@ class CBISDDSMDataset(RawDataset):
                 for row in read_csv_rows(meta, ("Series UID", "File Location")):
                     location = clean_path(row["File Location"])
                     location = location[2:] if location.startswith("./") else location
-                    self._series_folders[row["Series UID"].strip()] = meta.parent / location
+                    folder = path_inside(meta.parent, location)  # '..' / absolute locations may not leave it
+                    if folder is not None:
+                        self._series_folders[row["Series UID"].strip()] = Path(folder)
         return self._series_folders
 
     def scanned_series(self) -> dict[str, list[Path]]:
@@ -163,8 +166,10 @@ class CBISDDSMDataset(RawDataset):
         if not rel:
             return []
         for base in (self.root_path, self.root_path / "CBIS-DDSM", csv_path.parent, csv_path.parent / "CBIS-DDSM"):
-            if (base / rel).is_file():
-                return [base / rel]
+            # a cell is a path below the folder: '..' and absolute paths are never followed out of it
+            candidate = path_inside(base, rel)
+            if candidate is not None and Path(candidate).is_file():
+                return [Path(candidate)]
         parts = rel.split("/")
         series = parts[-2] if len(parts) >= 2 else ""
         folder = self.series_folders().get(series)
