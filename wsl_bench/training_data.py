@@ -50,8 +50,11 @@ def _split_ids(dataset: MammogramDataset, role: str) -> list[str]:
 class LabelledImages:
     """Training images and label vectors of a dataset split, loaded lazily and cached in memory.
 
-    Samples that fail to load are reported once and left out (training never dies on one image).
-    A sample without an image-level label for every class stops training with a :class:`DatasetError`.
+    Samples that fail to load (:class:`SampleError`: an unreadable file, or a malformed per-image
+    metadata cell such as a folder dataset's ``lesion_areas``, named with its file and row) are
+    reported once and left out, and listed in the training result's ``skipped_samples``: training
+    never dies on one image. A sample without an image-level label for every class stops training
+    with a :class:`DatasetError`.
     """
 
     def __init__(self, dataset: MammogramDataset, max_cached: int) -> None:
