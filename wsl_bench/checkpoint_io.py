@@ -7,28 +7,19 @@ which never executes code from the file (``weights_only=True``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic_io import atomic_write
+
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``
+    (:func:`wsl_bench.atomic_io.atomic_write`: fsync-ed, the temporary file removed on error)."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

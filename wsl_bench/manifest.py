@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +67,11 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``
+    (:func:`wsl_bench.atomic_io.write_json_atomic`: fsync-ed, the temporary file removed on error)."""
+    from .atomic_io import write_json_atomic as _write_json_atomic
+
+    _write_json_atomic(path, data)
 
 
 def read_json(path: str | Path) -> Any:

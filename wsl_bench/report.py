@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .atomic_io import atomic_write, write_text_atomic
 from .manifest import read_json
 from .metrics import (
     auc,
@@ -393,12 +394,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     results, details = results_tables(data)
-    results.to_csv(out / "results.csv", index=False, float_format="%.6g")
-    details.to_csv(out / "details.csv", index=False, float_format="%.6g")
+    # Every file is written atomically (wsl_bench.atomic_io): a kill or a full disk leaves the
+    # previous report's file, never a truncated one.
+    for name, frame in (("results.csv", results), ("details.csv", details)):
+        with atomic_write(out / name, "w", encoding="utf-8", newline="") as handle:
+            frame.to_csv(handle, index=False, float_format="%.6g")
     markdown = to_markdown(results, details, data.manifest)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
-    (out / "results.tex").write_text(to_latex(results, details), encoding="utf-8")
+    write_text_atomic(out / "results.md", markdown)
+    write_text_atomic(out / "results.tex", to_latex(results, details))
     figures = report_figures.draw_all(data, results, out)
-    (out / "index.html").write_text(to_html(results, markdown, figures, missing_headline_notes(details)),
-                                    encoding="utf-8")
+    write_text_atomic(out / "index.html", to_html(results, markdown, figures, missing_headline_notes(details)))
     return out

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .atomic_io import save_figure_atomic  # noqa: E402
 from .metrics import dice_per_image_at_threshold  # noqa: E402
 from .records import decode_counts  # noqa: E402
 from .saliency import CLASSES  # noqa: E402
@@ -36,9 +37,12 @@ CLASS_COLOURS = {"benign": "#2ca02c", "malignant": "#d62728"}
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> None:
-    fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
-    fig.savefig(out / f"{name}.pdf", bbox_inches="tight")
-    plt.close(fig)
+    """Write ``name``.png and ``name``.pdf atomically (a kill or a full disk keeps the old files)."""
+    try:
+        save_figure_atomic(fig, out / f"{name}.png", dpi=120, bbox_inches="tight")
+        save_figure_atomic(fig, out / f"{name}.pdf", bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 HEADLINE_LABEL = "Dice at validation τ"
@@ -267,8 +271,10 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path, titl
     right.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure_atomic(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def draw_all(data: RunData, results: pd.DataFrame, out: Path) -> list[str]:
