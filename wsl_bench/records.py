@@ -3,8 +3,10 @@ loses at most the record being written.
 
 Each record is appended as one line, flushed and ``fsync``-ed before the next image is scored.
 A killed run can leave a partial last line; :class:`RecordWriter` cuts it off when the file is
-reopened, and :func:`read_records` skips any line that is not valid JSON, so resuming never fails on
-it. When the same (split, image, method) appears twice (a retried failure), the last record wins.
+reopened, and :func:`read_records` skips (with a warning naming the file and line) any line that is
+not a valid record — not UTF-8, not JSON, not an object, fields missing or of the wrong type — so
+neither resuming nor a report ever fails on one. When the same (split, image, method) appears
+twice (a retried failure), the last record wins.
 
 Every record names its ``split``: a run scores its evaluated split (``test``) and, for choosing the
 headline Dice threshold, the validation split (``val``). Records written before the field existed
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .saliency import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +122,8 @@ def read_records(
 ) -> list[dict[str, Any]]:
     """All valid records of one or several files, the last one per (split, image, method) kept.
 
-    Lines that are not valid JSON (a partial line from a killed run) are skipped with a warning.
+    Lines that are not valid UTF-8, not valid JSON (a partial line from a killed run) or not a
+    valid record (:func:`record_problem`) are skipped with a warning naming the file and line.
 
     Args:
         paths: one or several ``records*.jsonl`` files.
@@ -137,18 +142,96 @@ def read_records(
     return [r for r in latest.values() if split is None or r["split"] == split]
 
 
+_NUMBER = (int, float)
+_PER_CLASS_REQUIRED_IF_OK = ("dice", "has_lesion", "score", "label")
+"""Per-class fields every ``ok`` record has (the report reads them): objects mapping each class to
+a number, ``true``/``false`` or ``null``."""
+_PER_CLASS_SCALARS = (*_PER_CLASS_REQUIRED_IF_OK, "lesion_fraction")
+_OPTIONAL_NUMBERS = ("time_s", "peak_memory_mb", "gflops")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a parsed JSON line is not a usable record (``None`` when it is one).
+
+    A record is an object with string ``image_id`` and ``method``, a ``status`` among
+    :data:`STATUSES` and, if present, a string ``split``; the per-class fields (``dice``,
+    ``has_lesion``, ``score``, ``label``: required on ``ok`` records, with an entry per class;
+    ``lesion_fraction``) map classes to a number, a boolean or ``null``; ``hist`` maps classes to
+    ``{"pos": text, "neg": text}``; ``time_s``, ``peak_memory_mb`` and ``gflops`` are numbers or
+    ``null`` (the fields resuming and the report read).
+    """
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a record object"
+    for key in ("image_id", "method"):
+        if key not in record:
+            return f"no {key!r}"
+        if not isinstance(record[key], str) or not record[key]:
+            return f"{key!r} is {_short(record[key])}, not a non-empty string"
+    if record.get("status") not in STATUSES:
+        return f"status {_short(record.get('status'))} is not one of {', '.join(STATUSES)}"
+    if record.get("split") is not None and not isinstance(record["split"], str):
+        return f"split {_short(record['split'])} is not a string"
+    for key in _PER_CLASS_SCALARS:
+        if key not in record:
+            if record["status"] == "ok" and key in _PER_CLASS_REQUIRED_IF_OK:
+                return f"an ok record without {key!r}"
+            continue
+        value = record[key]
+        required = record["status"] == "ok" and key in _PER_CLASS_REQUIRED_IF_OK
+        if value is None and not required:
+            continue
+        if not isinstance(value, dict):
+            return f"{key!r} is {type(value).__name__}, not an object of per-class values"
+        missing = [cls for cls in CLASSES if cls not in value] if required else []
+        if missing:
+            return f"{key!r} has no {missing[0]!r} entry"
+        for cls, item in value.items():
+            if item is not None and not isinstance(item, (*_NUMBER, bool)):
+                return f"{key}[{_short(cls)}] is {_short(item)}, not a number, true/false or null"
+    hist = record.get("hist", {})
+    if not isinstance(hist, dict):
+        return f"'hist' is {type(hist).__name__}, not an object"
+    for cls, counts in hist.items():
+        if counts is not None and not (isinstance(counts, dict) and all(isinstance(counts.get(k), str)
+                                                                        for k in ("pos", "neg"))):
+            return f"hist[{_short(cls)}] is not an object with text 'pos' and 'neg'"
+    for key in _OPTIONAL_NUMBERS:
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+            return f"{key!r} is {_short(value)}, not a number or null"
+    return None
+
+
 def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
+    """The usable records of one file, in order; every other line is reported and skipped.
+
+    The file is read as bytes and each line decoded on its own, so one line of invalid UTF-8, a line
+    that is not JSON (a partial line from a killed run), JSON that is not an object or a record
+    with missing or mistyped fields (:func:`record_problem`) costs that line alone: a warning names
+    the file, the line number and the reason.
+    """
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            raw = raw.strip()
+            if not raw:
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                log.warning("%s line %d: not valid UTF-8 (%s), skipped", path, number, exc.reason)
+                continue
+            except (ValueError, RecursionError):
                 log.warning("%s line %d: not a complete record, skipped", path, number)
                 continue
-            if "image_id" in record and "method" in record:
-                yield record
+            problem = record_problem(record)
+            if problem is not None:
+                log.warning("%s line %d: not a valid record (%s), skipped", path, number, problem)
+                continue
+            yield record
