@@ -2,7 +2,9 @@
 
 Sub-commands: ``list``, ``run``, ``train``, ``report``, ``data synth``, ``data prepare``, ``bench``.
 Exit codes: 0 success, 1 a run finished with failed images or a command failed, 2 bad usage
-(unknown method, dataset or preset name, malformed option).
+(unknown method, dataset or preset name, malformed or out-of-range option, an option a method does
+not take, a missing or malformed dataset). Usage errors print one line, ``wsl-bench: error: ...``
+naming the flag or file; ``-v`` adds the traceback. Unexpected exceptions keep their traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,44 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def positive_int(text: str) -> int:
+    """A count flag's value: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A seed: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def existing_path(text: str) -> str:
+    """A dataset location that must exist (``--data-root``, ``--src``)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors read ``wsl-bench: error: ...`` in every sub-command (after
+    the usage line), as the errors :func:`main` reports do; exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"wsl-bench: error: {message}\n")
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     """``key=value`` with the value read as JSON when it parses (numbers, booleans), else text."""
     if "=" not in text:
@@ -50,7 +92,7 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wsl-bench",
         description="Weakly-supervised localization benchmark for high-resolution mammograms.",
     )
@@ -66,15 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated names or wildcards, e.g. 'glam,gmic' or 'gmic*' (default: every method "
                         "that needs no user-supplied weights)")
     p.add_argument("--dataset", default="synthetic", help="registered dataset (default: synthetic)")
-    p.add_argument("--data-root", default=None, help="the dataset's files (not needed for synthetic)")
+    p.add_argument("--data-root", type=existing_path, default=None,
+                   help="the dataset's files (not needed for synthetic)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--preset", default="cpu", help="run size: tiny, cpu (default) or full")
     p.add_argument("--image-size", type=parse_image_size, default=None, metavar="HxW",
                    help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>-seed<seed>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1, help="images per predict call")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per predict call")
     p.add_argument("--classifier", default=None,
                    help="classifier explained by post-hoc explainers (e.g. cam, gmic, glam)")
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
@@ -92,24 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "over the ranks (DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
     p.add_argument("--method", required=True)
     p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", type=existing_path, default=None)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--image-size", type=parse_image_size, default=None, metavar="HxW",
                    help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="override the preset's epochs (each stage trains its share of them)")
-    p.add_argument("--batch-size", type=int, default=None, help="override the preset's (global) batch size")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's (global) batch size")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     p.add_argument("--balance", default=None, choices=["none", "pos_weight", "sampler"],
                    help="class-imbalance handling (default none)")
     p.add_argument("--criterion", default=None, choices=["mean_auc", "loss", "mean_dice", "mean_pxap"],
                    help="validation quantity selecting best.pt (default mean_auc: image-level labels only)")
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS",
                    help="also checkpoint every STEPS optimisation steps (default: at epoch ends only)")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
-    p.add_argument("--max-images", type=int, default=None, metavar="N",
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N",
                    help="use only the first N images of the train and val splits (quick runs)")
     p.add_argument("--stage", default=None, help="train only this stage of the recipe (earlier ones must be done)")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
@@ -126,16 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command")
     p = data.add_parser("synth", help="write the synthetic set to disk in the folder format")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--n", type=positive_int, default=100)
     p.add_argument("--size", type=parse_image_size, default=(736, 480), help="HxW, e.g. 2944x1920")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes generating images (same result for any number)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes generating images (same result for any number)")
     p = data.add_parser("prepare", help="preprocess a real dataset once into the folder format")
     p.add_argument("dataset")
-    p.add_argument("--src", required=True, help="the dataset as downloaded")
+    p.add_argument("--src", type=existing_path, required=True, help="the dataset as downloaded")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=parse_image_size, default=(2944, 1920))
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=positive_int, default=2)
 
     p = sub.add_parser("describe", help="the scale geometry of GLAM, GMIC and CAM at each preset",
                        description="Map cells, patch and receptive field relative to the image and the median "
@@ -152,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=parse_image_size, default=(2944, 1920))
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--compare-plain", action="store_true",
                    help="also time each method's plain path (the published computation, unfused) in the same run")
     return parser
@@ -365,9 +409,36 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_
             "describe": cmd_describe, "bench": cmd_bench}
 
 
+def _refused_option(exc: TypeError, args: argparse.Namespace) -> str | None:
+    """The one-line error when ``exc`` is a method constructor refusing an option the user gave
+    (``--weights``, ``--classifier``, ``--option KEY=...``); ``None`` for any other TypeError, a bug
+    that keeps its traceback."""
+    match = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+    if match is None:
+        return None
+    flags = {key: f"--option {key}" for key, _ in getattr(args, "option", None) or ()}
+    flags.update({key: f"--{key}" for key in ("classifier", "weights") if getattr(args, key, None)})
+    key = match.group(1)
+    if key not in flags:
+        return None
+    spec = getattr(args, "methods", None) or getattr(args, "method", None)
+    which = f"method {spec!r}" if spec and not any(c in spec for c in ",*?[") else "a selected method"
+    return f"{flags[key]}: {which} takes no option {key!r} ({exc})"
+
+
+def _error(exc: BaseException, args: argparse.Namespace, code: int, message: str | None = None) -> int:
+    """Report an expected error as one ``wsl-bench: error:`` line (after its traceback with ``-v``)."""
+    if args.verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"wsl-bench: error: {message or exc}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .data import DatasetError
     from .harness import RunConfigMismatch
     from .registry import UnknownNameError
+    from .report import ReportError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -378,12 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     try:
         return COMMANDS[command](args)
-    except (UnknownNameError, UsageError, RunConfigMismatch) as exc:
-        print(f"wsl-bench: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FileNotFoundError as exc:
-        print(f"wsl-bench: error: {exc}", file=sys.stderr)
-        return 1
+    except (UnknownNameError, UsageError, RunConfigMismatch, DatasetError) as exc:
+        # bad names, flags or dataset files (a DatasetError names the file): the user's to fix
+        return _error(exc, args, EXIT_USAGE)
+    except TypeError as exc:
+        message = _refused_option(exc, args)
+        if message is None:
+            raise
+        return _error(exc, args, EXIT_USAGE, message)
+    except (FileNotFoundError, ReportError) as exc:
+        return _error(exc, args, 1)
     except KeyboardInterrupt:
         print("\ninterrupted; finished records are kept: run the same command again to resume", file=sys.stderr)
         return 130

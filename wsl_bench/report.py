@@ -83,6 +83,10 @@ parameters in millions.
 """
 
 
+class ReportError(ValueError):
+    """A run folder that holds nothing to report (no valid record)."""
+
+
 @dataclass
 class RunData:
     """A run's records and manifest, parsed once.
@@ -111,7 +115,8 @@ class RunData:
         split = config.get("split") or "test"
         everything = read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split)
         if not everything:
-            raise ValueError(f"{run_dir}: no records to report (records*.jsonl is missing or empty)")
+            raise ReportError(f"{run_dir}: no records to report (records*.jsonl is missing, empty or holds no valid "
+                              "record)")
         everything.sort(key=lambda r: (r["method"], r["image_id"]))
         val_split = (manifest.get("validation") or {}).get("split") or config.get("validation_split")
         if val_split == split:
