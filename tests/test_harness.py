@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from wsl_bench.figure_maps import stored_figure_images
 from wsl_bench.harness import RunConfig, RunConfigMismatch, run
 from wsl_bench.records import read_records
 from wsl_bench.registry import METHODS
@@ -59,7 +60,7 @@ def test_run_writes_records_manifest_and_report(toy_dataset, tmp_path):
     assert list(results.columns) == RESULT_COLUMNS
     assert len(results) == 8 and set(results["method"]) == {"cam", "intensity", "centre_prior", "random"}
     # figure maps are kept for test images only
-    assert {p.stem.split("-")[1] for p in (out / "maps" / "_images").glob("*.npz")} == {"test"}
+    assert {i.split("-")[1] for i in stored_figure_images(out)} == {"test"}
 
 
 def test_report_from_records_alone_is_identical(toy_dataset, tmp_path):

@@ -211,6 +211,28 @@ def run_sharded(config: Any, out_dir: str | Path, context: DistContext, progress
     Returns:
         a :class:`wsl_bench.harness.RunSummary` whose counts are summed over all ranks.
     """
+    from .run_lock import RunFolderLock, RunFolderLocked
+
+    # rank 0 holds the run folder for the whole sharded run; every rank learns whether it could
+    lock = RunFolderLock(out_dir) if context.is_main else None
+    refusal = [None]
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunFolderLocked as exc:
+            refusal = [str(exc)]
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise RunFolderLocked(refusal[0])
+    try:
+        return _run_sharded_locked(config, out_dir, context, progress, retry_failed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_sharded_locked(config: Any, out_dir: str | Path, context: DistContext, progress: bool,
+                        retry_failed: bool) -> Any:
     from . import create_method
     from .harness import RunSummary, merge_shard_records, method_options, run
     from .report import build_report
@@ -227,7 +249,7 @@ def run_sharded(config: Any, out_dir: str | Path, context: DistContext, progress
             ensure_trained(method, config, progress=progress and context.is_main, context=context)
         del method
     summary = run(config, out_dir, progress=progress and context.is_main, retry_failed=retry_failed,
-                  shard=(context.rank, context.world_size), write_report=False)
+                  shard=(context.rank, context.world_size), write_report=False, lock=False)
     context.barrier()  # every shard's records are on disk
     if context.is_main:
         merge_shard_records(config, out_dir)

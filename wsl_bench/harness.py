@@ -24,6 +24,7 @@ map, out of memory) becomes a record with ``status`` "failed"/"oom" and its erro
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import _load_builtins, create_dataset, create_method, list_methods, split_method_name
+from .atomic_io import write_text_atomic
 from .data import DatasetError, MammogramDataset, Sample, SampleError
 from .distributed import SINGLE_PROCESS, DistContext
+from .figure_maps import figure_maps_present, save_figure_maps
+from .identity import changed_fields, current_records, identity_hash, method_identity
 from .manifest import (
     MANIFEST_SCHEMA,
     config_hash,
@@ -51,15 +54,12 @@ from .presets import get_preset
 from .profiling import count_gflops, measure, memory_kind
 from .records import RecordWriter, read_records
 from .registry import DATASETS, METHODS
+from .run_lock import RunFolderLock
 from .saliency import CLASSES, SaliencyMethod, SaliencyOutput
-from .scoring import MapError, image_level_fields, score_image
-from .trained import ensure_trained
+from .scoring import image_level_fields, score_image
+from .trained import ensure_trained, training_key
 
 log = logging.getLogger(__name__)
-
-FIGURE_MAP_HEIGHT = 256
-"""Height of the maps kept for the qualitative figure (small: the figure needs no more)."""
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -168,12 +168,33 @@ def build_method(
     Returns:
         the method ready for ``predict`` and its checkpoint facts for the manifest.
     """
+    method = create_run_method(name, config)
+    return method, prepare_method(method, config, progress=progress, context=context)
+
+
+def create_run_method(name: str, config: RunConfig) -> SaliencyMethod:
+    """The method ``name`` as ``config``'s run creates it (options merged by :func:`method_options`),
+    untrained."""
     options = method_options(config, name)
-    method = create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
+    return create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
+
+
+def prepare_method(
+    method: SaliencyMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> dict[str, Any]:
+    """Train ``method`` (or load its cached checkpoint) when it is trainable; its checkpoint facts."""
     checkpoint: dict[str, Any] = dict(method.checksums())
     if method.trainable and not method.weights_loaded:
         checkpoint.update(ensure_trained(method, config, progress=progress, context=context))
-    return method, checkpoint
+    return checkpoint
+
+
+def run_identity(
+    method: SaliencyMethod, name: str, config: RunConfig, data: dict[str, Any], dataset_module: str
+) -> dict[str, Any]:
+    """``method``'s identity in this run (``wsl_bench.identity``), computed before it is trained."""
+    training = training_key(method, config)[0] if method.trainable and not method.weights_loaded else None
+    return method_identity(method, method_options(config, name), training, data, dataset_module)
 
 
 def _manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -186,7 +207,9 @@ def _manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                 f"{out_dir} holds a run with another configuration ({manifest.get('config')}); "
                 f"this one is {identity}. Use a new --out folder to start a new run."
             )
-        manifest["config"]["methods"] = sorted(set(manifest["config"].get("methods", [])) | set(config.methods))
+        # methods in the order they were first run (the report's row order), new ones appended
+        known = list(manifest["config"].get("methods", []))
+        manifest["config"]["methods"] = known + [m for m in config.methods if m not in known]
         return manifest
     return {
         "schema_version": MANIFEST_SCHEMA,
@@ -235,8 +258,14 @@ class SampleCache:
         return sample
 
 
+_OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")
+"""How allocation failures read when torch raises them as plain RuntimeErrors (CUDA, and the CPU
+allocator's ``DefaultCPUAllocator: not enough memory: you tried to allocate ...``)."""
+
+
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or any(m in message for m in _OOM_MESSAGES)
 
 
 def make_record(
@@ -267,28 +296,6 @@ def make_record(
     return record
 
 
-def _save_figure_maps(out_dir: Path, method: str, sample: Sample, maps: torch.Tensor) -> None:
-    """Keep a small copy of one image's normalised maps (and, once, the image and masks)."""
-    h, w = sample.size
-    size = (FIGURE_MAP_HEIGHT, max(1, round(w * FIGURE_MAP_HEIGHT / h)))
-    small = F.interpolate(maps[None].float(), size=size, mode="area")[0].numpy().astype(np.float16)
-    folder = out_dir / "maps" / method
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / f"{sample.id}.npz", maps=small)
-    image_file = out_dir / "maps" / "_images" / f"{sample.id}.npz"
-    if not image_file.exists():
-        image_file.parent.mkdir(parents=True, exist_ok=True)
-        image = F.interpolate(torch.from_numpy(sample.image)[None].float(), size=size, mode="area")[0, 0].numpy()
-        masks = {}
-        for name in CLASSES:
-            mask = sample.masks.get(name)
-            if mask is not None:
-                masks[name] = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[
-                    0, 0
-                ].numpy() > 0.5
-        np.savez_compressed(image_file, image=image.astype(np.float16), **{f"mask_{k}": v for k, v in masks.items()})
-
-
 def _batches(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -304,11 +311,15 @@ def evaluate_method(
     figure_ids: set[str],
     progress: bool = True,
     split: str | None = None,
+    identity: str | None = None,
 ) -> dict[str, int]:
     """Score ``method`` on the images ``ids`` (those without a record yet), writing one record each.
 
     ``split`` names the split the images belong to in their records (default: the evaluated split);
-    maps of ``figure_ids`` are kept for the qualitative figure.
+    maps of ``figure_ids`` are kept for the qualitative figure. Every record carries ``identity``
+    (the method's run identity, ``wsl_bench.identity``). Whatever the method returns is checked
+    (:meth:`SaliencyOutput.validate`); a bad output, like any error of ``predict`` or of scoring,
+    becomes a failed record of the images concerned and the run goes on.
     """
     split = split or config.split
     device = torch.device(config.device)
@@ -323,7 +334,8 @@ def evaluate_method(
             try:
                 loaded.append(samples.get(sample_id))
             except SampleError as exc:
-                writer.write(make_record(sample_id, method.name, "failed", f"loading: {exc}", split=split))
+                writer.write(make_record(sample_id, method.name, "failed", f"loading: {exc}", split=split,
+                                         identity=identity))
                 counts["failed"] += 1
         if not loaded:
             bar.update(len(batch_ids))
@@ -347,7 +359,7 @@ def evaluate_method(
             if status == "oom":
                 message = f"out of memory on {device} for a batch of {len(loaded)} at {loaded[0].size}: {exc}"
             for sample in loaded:
-                writer.write(make_record(sample.id, method.name, status, message, split=split))
+                writer.write(make_record(sample.id, method.name, status, message, split=split, identity=identity))
             counts[status] += len(loaded)
             bar.update(len(batch_ids))
             if device.type == "cuda":
@@ -358,8 +370,9 @@ def evaluate_method(
             try:
                 scored = score_image(output.maps[index], output.map_range, sample, config.bins)
                 fields = {**scored.fields, **image_level_fields(output.scores[index], sample)}
-            except (MapError, ValueError) as exc:
-                writer.write(make_record(sample.id, method.name, "failed", f"scoring: {exc}", split=split))
+            except Exception as exc:  # a map the method returned that cannot be scored: that image fails
+                message = f"scoring: {type(exc).__name__}: {exc}"
+                writer.write(make_record(sample.id, method.name, "failed", message, split=split, identity=identity))
                 counts["failed"] += 1
                 continue
             writer.write(
@@ -368,6 +381,7 @@ def evaluate_method(
                     method.name,
                     "ok",
                     split=split,
+                    identity=identity,
                     time_s=per_image_time,
                     peak_memory_mb=cost.peak_memory_mb,
                     gflops=gflops_per_image,
@@ -380,7 +394,7 @@ def evaluate_method(
             )
             counts["ok"] += 1
             if sample.id in figure_ids:
-                _save_figure_maps(out_dir, method.name, sample, scored.normalised_maps)
+                save_figure_maps(out_dir, method.name, sample, scored.normalised_maps)
         bar.update(len(batch_ids))
     bar.close()
     return counts
@@ -477,6 +491,28 @@ def _complete(records: list[dict[str, Any]], config: RunConfig, expected: dict[s
     return all((split, i, m) in have for split, ids in expected.items() for i in ids for m in config.methods)
 
 
+def _drop_stale_records(out_dir: Path, manifest: dict[str, Any]) -> int:
+    """Rewrite ``records.jsonl`` with only its current records (:func:`current_records`, the last
+    one per (split, image, method)), atomically, when it holds others; returns how many lines went.
+    Called with the run folder locked, after the records are closed."""
+    path = out_dir / "records.jsonl"
+    if not path.exists():
+        return 0
+    records = read_records(path, default_split=manifest.get("config", {}).get("split", "test"))
+    keep = current_records(records, manifest)
+    with open(path, "rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    if lines == len(keep):
+        return 0
+    tmp = out_dir / ".records.jsonl.compact.tmp"
+    tmp.unlink(missing_ok=True)
+    with RecordWriter(tmp) as writer:
+        for record in keep:
+            writer.write(record)
+    tmp.replace(path)
+    return lines - len(keep)
+
+
 def run(
     config: RunConfig,
     out_dir: str | Path,
@@ -484,11 +520,18 @@ def run(
     retry_failed: bool = False,
     shard: tuple[int, int] = (0, 1),
     write_report: bool = True,
+    lock: bool = True,
 ) -> RunSummary:
     """Evaluate ``config.methods`` on the dataset and write the run folder (and its report).
 
     Each method is scored on the evaluated split, then on the validation split
     (:func:`open_validation`; its images keep no figure maps). Summary counts cover both.
+
+    Resuming keeps a record only while it is still right: its method's run identity
+    (``wsl_bench.identity``: options, weights, checkpoint key, code, data) is unchanged, and its
+    status is ``ok`` (or ``failed``/``oom`` without ``retry_failed``; a ``skipped`` record is always
+    retried, since its cause, such as a missing weights file, may be gone). A figure image whose maps
+    are missing or unreadable is recomputed.
 
     Args:
         config: what to run.
@@ -498,24 +541,35 @@ def run(
         shard: ``(rank, world_size)``: evaluate every ``world_size``-th image of each split starting
             at ``rank`` (distributed evaluation; each rank writes ``records.rank<r>.jsonl``).
         write_report: build ``report/`` at the end (rank 0 does it after merging in distributed runs).
+        lock: hold the run folder's lock (:class:`~wsl_bench.run_lock.RunFolderLock`) while running;
+            a sharded run takes it once, outside, on rank 0.
+
+    Raises:
+        RunFolderLocked: another live run holds ``out_dir``.
+        RunConfigMismatch: ``out_dir`` holds a run with other run-wide settings.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if lock:
+        with RunFolderLock(out_dir):
+            return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False)
     rank, world = shard
-    manifest = _manifest(config, out_dir)
-    write_json_atomic(out_dir / "manifest.json", manifest)
-
+    # the dataset opens before the manifest is written: a wrong --data-root leaves no folder behind
     dataset = open_dataset(config)
     all_ids = dataset.ids()
     samples = SampleCache(dataset)
     validation = open_validation(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(config, out_dir)
     manifest["validation"] = validation.manifest_entry()
     write_json_atomic(out_dir / "manifest.json", manifest)
     if not validation.scored:
         log.warning("headline Dice (validation τ) will be missing: %s", validation.reason)
     expected = {config.split: all_ids}
+    data = {config.split: dataset.describe()}
     if validation.scored:
+        assert validation.samples is not None
         expected[validation.split] = validation.ids
+        data[validation.split] = validation.samples.dataset.describe()
     # split → (this shard's ids, loaded samples, ids whose maps the qualitative figure keeps)
     work: dict[str, tuple[list[str], SampleCache, set[str]]] = {
         config.split: (all_ids[rank::world], samples,
@@ -527,33 +581,53 @@ def run(
 
     records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
     existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
-    final_statuses = {"ok", "skipped"} if retry_failed else {"ok", "skipped", "failed", "oom"}
-    done = {(r["split"], r["image_id"], r["method"]) for r in existing if r["status"] in final_statuses}
-    summary = RunSummary(out_dir, reused=sum(1 for split, (ids, _, _) in work.items() for i in ids
-                                             for m in config.methods if (split, i, m) in done))
+    final_statuses = {"ok"} if retry_failed else {"ok", "failed", "oom"}
+    summary = RunSummary(out_dir)
 
     with RecordWriter(records_path) as writer:
         for name in config.methods:
-            todo = {split: [i for i in ids if (split, i, name) not in done] for split, (ids, _, _) in work.items()}
-            if not any(todo.values()):
-                continue
             try:
-                method, checkpoint = build_method(name, config, progress=progress)
+                method = create_run_method(name, config)
+                identity_data = run_identity(method, name, config, data, type(dataset).__module__)
             except (FileNotFoundError, NotImplementedError) as exc:
                 # A method that cannot be built here (weights the user has not supplied, a missing
-                # optional dependency) is skipped with its reason; the others still run.
+                # optional dependency) is skipped with its reason; the others still run, and a later
+                # run retries it.
                 log.warning("skipping %s: %s", name, exc)
-                for split, split_todo in todo.items():
-                    for sample_id in split_todo:
+                for split, (ids, _, _) in work.items():
+                    for sample_id in ids:
                         writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}",
                                                  split=split))
-                summary.statuses[name] = {"skipped": sum(len(t) for t in todo.values())}
+                summary.statuses[name] = {"skipped": sum(len(ids) for ids, _, _ in work.values())}
+                # no identity: the skipped records stand for the method until a run can build it
+                manifest["methods"][name] = {"identity": None, "skipped": f"{type(exc).__name__}: {exc}"}
+                write_json_atomic(out_dir / "manifest.json", manifest)
                 continue
+            identity = identity_hash(identity_data)
+            previous = manifest["methods"].get(name) or {}
+            if previous and previous.get("identity") != identity:
+                changed = changed_fields(previous.get("identity_data"), identity_data)
+                log.warning("%s: %s changed since its records were made; recomputing them", name,
+                            ", ".join(changed))
+                shutil.rmtree(out_dir / "maps" / name, ignore_errors=True)
+            done = {(r["split"], r["image_id"]) for r in existing
+                    if r["method"] == name and r.get("identity") == identity and r["status"] in final_statuses}
+            todo = {split: [i for i in ids if (split, i) not in done
+                            or (i in figure_ids and not figure_maps_present(out_dir, name, i))]
+                    for split, (ids, _, figure_ids) in work.items()}
+            summary.reused += sum(len(ids) - len(todo[split]) for split, (ids, _, _) in work.items())
+            manifest["methods"][name] = {**previous, "identity": identity, "identity_data": identity_data}
+            write_json_atomic(out_dir / "manifest.json", manifest)
+            if not any(todo.values()):
+                continue
+            checkpoint = prepare_method(method, config, progress=progress)
             manifest["methods"][name] = {
                 "params": method.num_parameters(),
                 "map_range": method.map_range,
                 "description": METHODS.describe(split_method_name(name)[0]),
                 "options": {k: str(v) for k, v in config.options_for(name).items()},
+                "identity": identity,
+                "identity_data": identity_data,
             }
             if checkpoint:
                 manifest["checkpoints"][name] = checkpoint
@@ -562,7 +636,7 @@ def run(
             for split, (_, split_samples, figure_ids) in work.items():
                 if todo[split]:
                     split_counts = evaluate_method(method, todo[split], split_samples, writer, config, out_dir,
-                                                   figure_ids, progress, split=split)
+                                                   figure_ids, progress, split=split, identity=identity)
                     counts = {k: counts[k] + split_counts[k] for k in counts}
             summary.statuses[name] = counts
             summary.computed += sum(counts.values())
@@ -571,9 +645,13 @@ def run(
             if config.device == "cuda":
                 torch.cuda.empty_cache()
 
-    records = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
-    if _complete(records, config, expected):
-        (out_dir / "done").write_text("complete\n")
+    if world == 1:
+        dropped = _drop_stale_records(out_dir, manifest)
+        if dropped:
+            log.info("compacted %s: %d stale or superseded records dropped", out_dir / "records.jsonl", dropped)
+    records = current_records(read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split),
+                              manifest)
+    _mark_done(out_dir, _complete(records, config, expected))
     if write_report and rank == 0:
         from .report import build_report
 
@@ -598,7 +676,8 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     target = out_dir / "records.jsonl"
     shards = sorted(out_dir.glob("records.rank*.jsonl"))
-    records = read_records([target, *shards], default_split=config.split)
+    records = current_records(read_records([target, *shards], default_split=config.split),
+                              read_json(out_dir / "manifest.json"))
     expected = {config.split: open_dataset(config).ids()}
     validation = read_json(out_dir / "manifest.json").get("validation") or {}
     if validation.get("split") and validation.get("reason") is None:
@@ -617,9 +696,17 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     tmp.replace(target)
     for shard in shards:
         shard.unlink()
-    if _complete(records, config, expected):
-        (out_dir / "done").write_text("complete\n")
+    _mark_done(out_dir, _complete(records, config, expected))
     return target
+
+
+def _mark_done(out_dir: Path, complete: bool) -> None:
+    """The ``done`` marker says every (split, image, method) has a current record; it goes when one
+    is missing again (a method recomputed after its identity changed, a new method added)."""
+    if complete:
+        write_text_atomic(out_dir / "done", "complete\n")
+    else:
+        (out_dir / "done").unlink(missing_ok=True)
 
 
 def parse_methods(spec: str | None, preset: str | None = None) -> list[str]:

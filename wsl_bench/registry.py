@@ -14,8 +14,12 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
+
+_NAME = re.compile(r"[A-Za-z0-9_+\-.@]{1,100}")
+"""What a registered name may hold (it becomes a folder name of a run, and wildcards match it)."""
 
 T = TypeVar("T")
 
@@ -59,7 +63,8 @@ class Registry(Generic[T]):
             DuplicateNameError: ``name`` is already registered.
             ValueError: ``name`` is empty or contains characters that would break wildcards.
         """
-        if not name or any(ch in name for ch in "*?[], "):
+        if not _NAME.fullmatch(name or "") or name.startswith("."):
+            # names become folder names in a run (maps/<method>/): no separators, no leading dot
             raise ValueError(f"invalid {self.kind} name {name!r}: use letters, digits, '_', '-', '+', '.', '@'")
 
         def decorator(obj: Callable[..., T]) -> Callable[..., T]:

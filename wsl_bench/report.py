@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic_io import atomic_write, write_text_atomic
+from .identity import current_records
 from .manifest import read_json
 from .metrics import (
     auc,
@@ -113,7 +114,9 @@ class RunData:
         manifest = read_json(manifest_path)
         config = manifest.get("config", {})
         split = config.get("split") or "test"
-        everything = read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split)
+        # records of a method's earlier identity (other options, weights, code, data) are stale
+        everything = current_records(read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split),
+                                     manifest)
         if not everything:
             raise ReportError(f"{run_dir}: no records to report (records*.jsonl is missing, empty or holds no valid "
                               "record)")

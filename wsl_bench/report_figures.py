@@ -12,6 +12,7 @@ class of the run has one do the figures show Dice at τ = 0.5 instead, and their
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .atomic_io import save_figure_atomic  # noqa: E402
+from .figure_maps import stored_figure_images  # noqa: E402
 from .metrics import dice_per_image_at_threshold  # noqa: E402
 from .records import decode_counts  # noqa: E402
 from .saliency import CLASSES  # noqa: E402
@@ -197,17 +199,19 @@ def cost_vs_dice(results: pd.DataFrame, out: Path) -> bool:
 
 
 def _load_npz(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
+    """The arrays of a figure-map file, or ``None`` when it is missing or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
-    with np.load(path, allow_pickle=False) as archive:
-        return {k: archive[k] for k in archive.files}
 
 
 def qualitative_grid(data: RunData, out: Path, max_images: int = 4) -> bool:
     """Rows: a few lesion images; columns: the image with ground-truth outlines, then each method's
     map of the class present (malignant when both are), same colour scale [0, 1] for all."""
-    image_dir = data.run_dir / "maps" / "_images"
-    ids = sorted(p.stem for p in image_dir.glob("*.npz"))[:max_images]
+    images = dict(list(stored_figure_images(data.run_dir).items())[:max_images])
+    ids = list(images)
     if not ids:
         return False
     methods = [m for m in data.methods if (data.run_dir / "maps" / m).is_dir()]
@@ -215,7 +219,7 @@ def qualitative_grid(data: RunData, out: Path, max_images: int = 4) -> bool:
     fig, axes = plt.subplots(len(ids), columns, figsize=(1.9 * columns, 2.9 * len(ids)), squeeze=False)
     mappable = None
     for row, image_id in enumerate(ids):
-        stored = _load_npz(image_dir / f"{image_id}.npz")
+        stored = _load_npz(images[image_id])
         assert stored is not None
         masks = {cls: stored.get(f"mask_{cls}") for cls in CLASSES}
         present = [cls for cls in CLASSES if masks[cls] is not None and masks[cls].any()]
@@ -227,7 +231,7 @@ def qualitative_grid(data: RunData, out: Path, max_images: int = 4) -> bool:
         ax.set_title(f"{image_id}\nground truth" if row == 0 else image_id, fontsize=7)
         for col, method in enumerate(methods, start=1):
             ax = axes[row, col]
-            maps = _load_npz(data.run_dir / "maps" / method / f"{image_id}.npz")
+            maps = _load_npz(data.run_dir / "maps" / method / images[image_id].name)
             if maps is None:
                 ax.text(0.5, 0.5, "no map", ha="center", va="center", transform=ax.transAxes)
             else:

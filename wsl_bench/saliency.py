@@ -22,6 +22,16 @@ MapRange = Literal["probability", "unbounded"]
 MAP_RANGES: tuple[str, ...] = ("probability", "unbounded")
 
 
+_RANGE_TOLERANCE = 1e-4
+"""Rounding slack of a value declared in [0, 1] (the same as the scorer's, ``scoring.normalise_maps``)."""
+
+
+def _check_unit_range(what: str, values: torch.Tensor) -> None:
+    low, high = float(values.min()), float(values.max())
+    if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"{what} must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]")
+
+
 @dataclass
 class SaliencyOutput:
     """What a method returns for a batch of N images.
@@ -52,12 +62,17 @@ class SaliencyOutput:
             raise ValueError(f"map_range must be one of {MAP_RANGES}, got {self.map_range!r}")
         if self.maps.ndim != 4 or self.maps.shape[0] != batch_size or self.maps.shape[1] != c:
             raise ValueError(f"maps must be N×{c}×h×w with N={batch_size}, got {tuple(self.maps.shape)}")
+        if self.maps.shape[2] < 1 or self.maps.shape[3] < 1:
+            raise ValueError(f"maps must have at least one pixel, got {tuple(self.maps.shape)}")
         if self.scores.shape != (batch_size, c):
             raise ValueError(f"scores must be N×{c} with N={batch_size}, got {tuple(self.scores.shape)}")
         if not torch.isfinite(self.maps).all():
             raise ValueError("maps contain NaN or infinite values")
         if not torch.isfinite(self.scores).all():
             raise ValueError("scores contain NaN or infinite values")
+        _check_unit_range("scores", self.scores)
+        if self.map_range == "probability":
+            _check_unit_range("'probability' maps", self.maps)
 
     def detach_to(self, device: str | torch.device = "cpu") -> SaliencyOutput:
         """A copy with every tensor detached and moved to ``device`` (for storage and figures)."""

@@ -178,6 +178,46 @@ def checkpoint_key_data(
     }
 
 
+def training_key(method: TrainableMethod, config: RunConfig) -> tuple[str, dict[str, Any]]:
+    """The cache key of ``method``'s trained weights in ``config``'s run, and the data it hashes,
+    computed without training anything (a ``global_init`` donor's key is computed the same way,
+    recursively). :func:`ensure_trained` trains into the folder this key names, and
+    ``wsl_bench.identity`` puts the key in each method's run identity, so a run knows whether its
+    records still belong to the weights it would evaluate before it trains or loads them.
+    """
+    from .harness import open_dataset
+
+    trainee = method.training_method()  # a post-hoc explainer trains the classifier it explains
+    train_config = train_config_for(trainee, config.preset, config.seed)
+    key_data = checkpoint_key_data(method, train_config, open_dataset(config, "train"), open_dataset(config, "val"))
+    donor = _donor(trainee, config)
+    if donor is not None:
+        # the donor's weights decide these weights too: key by what decides the donor's (its cache key),
+        # not by its file, whose checksum also covers run-dependent metadata such as epoch times
+        key_data["initialised_from"] = (
+            {"method": donor.name, "weights": donor.checksums()} if donor.weights_loaded
+            else {"method": donor.name, "cache_key": training_key(donor, config)[0]}
+        )
+    return config_hash(key_data), key_data
+
+
+def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | None:
+    """The method ``trainee.global_init`` names, created (untrained) with the run's options of it."""
+    donor_name = getattr(trainee, "global_init", None)
+    if not donor_name:
+        return None
+    if donor_name == trainee.name:
+        raise ValueError(f"{trainee.name}: global_init cannot name the method itself")
+    from . import create_method
+    from .harness import method_options
+
+    donor = create_method(donor_name, device=config.device, seed=config.seed, image_size=config.size(),
+                          **method_options(config, donor_name))
+    if not isinstance(donor, TrainableMethod):
+        raise ValueError(f"{trainee.name}: global_init={donor_name!r} is not a trained method")
+    return donor
+
+
 def ensure_trained(
     method: TrainableMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
 ) -> dict[str, Any]:
@@ -194,16 +234,11 @@ def ensure_trained(
 
     trainee = method.training_method()  # a post-hoc explainer trains the classifier it explains
     train_config = train_config_for(trainee, config.preset, config.seed)
-    train_set = open_dataset(config, "train")
-    val_set = open_dataset(config, "val")
     stages = training_stages(trainee)
+    key, key_data = training_key(method, config)
     initialised_from = initialise_from_donor(trainee, config, progress=progress, context=context)
-    key_data = checkpoint_key_data(method, train_config, train_set, val_set)
-    if initialised_from:
-        # the donor's weights decide these weights too: key by what decides the donor's (its cache key),
-        # not by its file, whose checksum also covers run-dependent metadata such as epoch times
-        key_data["initialised_from"] = {k: initialised_from[k] for k in ("method", "cache_key")}
-    key = config_hash(key_data)
+    if initialised_from and initialised_from.get("cache_key") != key_data["initialised_from"].get("cache_key"):
+        raise RuntimeError(f"{method.name}: the donor's checkpoint key changed while it was built; rerun")
     folder = cache_root() / "checkpoints" / key_data["method"] / key
     last_stage = stage_folder(folder, stages, stages[-1])
     context.barrier()  # every rank sees the same cache state before deciding to train
@@ -214,8 +249,8 @@ def ensure_trained(
             write_json_atomic(folder / "key.json", key_data)
         context.barrier()
         started = time.perf_counter()
-        train_stages(trainee, train_config, folder, train_set, val_set, resume=True, context=context,
-                     progress=progress)
+        train_stages(trainee, train_config, folder, open_dataset(config, "train"), open_dataset(config, "val"),
+                     resume=True, context=context, progress=progress)
         if context.is_main:  # wall time of this (last, possibly resumed) training, kept with the checkpoint
             write_json_atomic(folder / "timing.json", {"training_seconds": round(time.perf_counter() - started, 1)})
     # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
@@ -241,21 +276,19 @@ def initialise_from_donor(
     names (trained first, or loaded from the cache, with the run's preset options of that method).
 
     Returns:
-        ``{"method", "cache_key", "sha256"}`` of the donor's checkpoint, or ``None`` when the trainee
-        starts from random weights.
+        ``{"method", "cache_key", "sha256"}`` of the donor's checkpoint (``{"method", "weights"}``
+        when the donor loaded a user's weights file), or ``None`` when the trainee starts from random
+        weights.
     """
-    donor_name = getattr(trainee, "global_init", None)
-    if not donor_name:
+    donor = _donor(trainee, config)
+    if donor is None:
         return None
-    from .harness import build_method
-
-    if donor_name == trainee.name:
-        raise ValueError(f"{trainee.name}: global_init cannot name the method itself")
-    donor, facts = build_method(donor_name, config, progress=progress, context=context)
-    if not facts.get("sha256"):
-        raise ValueError(f"{trainee.name}: global_init={donor_name!r} is not a trained method")
+    if donor.weights_loaded:  # the user's weights file (``--option weights=``), nothing to train
+        trainee.initialise_global_backbone(donor)
+        return {"method": donor.name, "weights": donor.checksums()}
+    facts = ensure_trained(donor, config, progress=progress, context=context)
     trainee.initialise_global_backbone(donor)
-    return {"method": donor_name, "cache_key": facts["cache_key"], "sha256": facts["sha256"]}
+    return {"method": donor.name, "cache_key": facts["cache_key"], "sha256": facts["sha256"]}
 
 
 def _training_seconds(folder: Path) -> float | None:

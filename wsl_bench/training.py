@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic_io import atomic_write, save_figure_atomic
 from .augment import Augmentation
 from .checkpoint_io import atomic_torch_save, load_checkpoint_file
 from .data import MammogramDataset
@@ -672,12 +672,10 @@ class Trainer:
         if not self.history:
             return
         keys = list(dict.fromkeys(k for row in self.history for k in row))
-        tmp = self.out_dir / "log.csv.tmp"
-        with open(tmp, "w", newline="") as handle:
+        with atomic_write(self.out_dir / "log.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, self.out_dir / "log.csv")
         try:
             plot_curves(self.history, self.out_dir / "curves.png",
                         title=f"training {self.method.name}, stage {self.stage.name}")
@@ -718,5 +716,5 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "t
             axis.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,117 @@
+"""Run identity of a method: everything that can change its records, hashed.
+
+A run folder resumes by keeping the records it already holds. That is only right while the records
+would come out the same, so every method of a run has an identity (``manifest.json`` ``methods.<name>
+.identity``, and the same hash in each of its records) made of:
+
+* ``options``: the method's constructor options after the preset's and the user's are merged
+  (``--option``, ``--classifier``, ``--weights`` paths included);
+* ``weights``: the checksums of any weights file the method loaded (``--weights``);
+* ``training``: the checkpoint cache key of the weights it trains or reuses
+  (:func:`wsl_bench.trained.training_key`: training data, budget, recipe, donor, trainer code), or
+  ``None`` for methods with nothing to train;
+* ``code``: sha256 of the source files that decide the method's maps and how they are scored: the
+  modules of its class hierarchy (and of the classifier an explainer wraps), of its network's
+  layers that belong to wsl-bench or to the plugin's package, the scoring code and the dataset
+  loader;
+* ``data``: the description (``MammogramDataset.describe()``, content checksums for folders) of every
+  split the run scores.
+
+The run-wide settings (dataset, preset, image size, seed, bins, splits) are the run's own identity
+(``RunConfig.identity``); a folder with other settings is refused as a whole. When a method's
+identity changes, its old records are stale: the harness ignores them, recomputes, and drops them
+from ``records.jsonl``; methods whose identity did not change keep their records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .manifest import config_hash
+from .saliency import SaliencyMethod
+
+IDENTITY_FIELDS = ("options", "weights", "training", "code", "data")
+"""The parts of a method identity, in the order a changed-identity message names them."""
+
+_SCORING_MODULES = ("wsl_bench.scoring", "wsl_bench.saliency", "wsl_bench.metrics")
+
+
+def method_code_files(method: SaliencyMethod, extra_modules: tuple[str, ...] = ()) -> list[Path]:
+    """Source files whose code decides ``method``'s maps and records (see the module docstring)."""
+    objects: list[Any] = [method]
+    inner = getattr(method, "inner", None)  # a post-hoc explainer's classifier method
+    if isinstance(inner, SaliencyMethod):
+        objects.append(inner)
+    packages = {"wsl_bench"} | {type(o).__module__.split(".")[0] for o in objects}
+    modules = set(_SCORING_MODULES) | set(extra_modules)
+    for obj in objects:
+        modules |= {cls.__module__ for cls in type(obj).__mro__}
+        network = getattr(obj, "network", None)
+        if callable(network):
+            try:
+                modules |= {type(layer).__module__ for layer in network().modules()}
+            except (NotImplementedError, AttributeError):
+                pass  # a method without a network
+    files = {Path(sys.modules[name].__file__) for name in modules
+             if name.split(".")[0] in packages and getattr(sys.modules.get(name), "__file__", None)}
+    return sorted(files)
+
+
+def code_fingerprint(files: list[Path]) -> str:
+    """sha256 over the files' names and bytes."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def method_identity(
+    method: SaliencyMethod,
+    options: dict[str, Any],
+    training: str | None,
+    data: dict[str, Any],
+    dataset_module: str | None = None,
+) -> dict[str, Any]:
+    """The identity data of one method in one run (hash it with :func:`identity_hash`).
+
+    Args:
+        method: the created (not necessarily trained) method.
+        options: its merged constructor options.
+        training: its checkpoint cache key, or ``None`` when nothing is trained.
+        data: split → ``describe()`` of every split the run scores.
+        dataset_module: the module of the dataset class (its loader code counts as the method's code).
+    """
+    extra = (dataset_module,) if dataset_module else ()
+    return {
+        "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
+        "weights": dict(method.checksums()),
+        "training": training,
+        "code": code_fingerprint(method_code_files(method, extra)),
+        "data": config_hash(data),
+    }
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """Short stable hash of :func:`method_identity`'s data."""
+    return config_hash(identity)
+
+
+def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """The identity parts that differ (all of them when ``old`` is unknown)."""
+    if not old:
+        return list(IDENTITY_FIELDS)
+    return [name for name in IDENTITY_FIELDS if old.get(name) != new.get(name)]
+
+
+def current_records(records: list[dict[str, Any]], manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records that belong to each method's current run identity (``manifest.json``
+    ``methods.<name>.identity``): a record made under another identity (other options, weights,
+    checkpoint, code or data) is stale and left out. A method the manifest gives no identity (a run
+    folder from before identities existed) keeps all its records."""
+    identities = {name: entry.get("identity") for name, entry in (manifest.get("methods") or {}).items()
+                  if isinstance(entry, dict)}
+    return [r for r in records if identities.get(r["method"]) is None or r.get("identity") == identities[r["method"]]]
