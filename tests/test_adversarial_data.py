@@ -279,7 +279,7 @@ def test_vindr_huge_cell_names_the_file_and_line(tmp_path):
         return rows
 
     _vindr(tmp_path, edit)
-    with pytest.raises(DatasetError, match=r"finding_annotations.csv line 3: unreadable CSV .*field larger"):
+    with pytest.raises(DatasetError, match=r"finding_annotations.csv, line 3: unreadable CSV .*field larger"):
         _vindr_set(tmp_path, "test").ids()
 
 

@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +43,26 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def positive_int(text: str) -> int:
-    """A count flag's value: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int, kind: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (``kind`` names it in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"{kind.replace('-', '_')}_int"  # argparse names the type in some messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """A seed: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "positive")
+"""A count flag's value: an integer of at least 1."""
+non_negative_int = _int_at_least(0, "non-negative")
+"""A seed: an integer of at least 0."""
 
 
 def existing_path(text: str) -> str:

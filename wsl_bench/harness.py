@@ -52,7 +52,7 @@ from .manifest import (
 from .methods.explainers import PosthocExplainer
 from .presets import get_preset
 from .profiling import count_gflops, measure, memory_kind
-from .records import RecordWriter, read_records
+from .records import RecordWriter, read_records, rewrite_records
 from .registry import DATASETS, METHODS
 from .run_lock import RunFolderLock
 from .saliency import CLASSES, SaliencyMethod, SaliencyOutput
@@ -504,12 +504,7 @@ def _drop_stale_records(out_dir: Path, manifest: dict[str, Any]) -> int:
         lines = sum(1 for line in handle if line.strip())
     if lines == len(keep):
         return 0
-    tmp = out_dir / ".records.jsonl.compact.tmp"
-    tmp.unlink(missing_ok=True)
-    with RecordWriter(tmp) as writer:
-        for record in keep:
-            writer.write(record)
-    tmp.replace(path)
+    rewrite_records(path, keep)
     return lines - len(keep)
 
 
@@ -688,12 +683,7 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     records.sort(key=lambda r: (method_order.get(r["method"], len(method_order)), r["method"],
                                 split_order.get(r["split"], len(split_order)), r["split"],
                                 image_order.get((r["split"], r["image_id"]), len(image_order)), r["image_id"]))
-    tmp = out_dir / ".records.jsonl.merge.tmp"
-    tmp.unlink(missing_ok=True)
-    with RecordWriter(tmp) as writer:
-        for record in records:
-            writer.write(record)
-    tmp.replace(target)
+    rewrite_records(target, records)
     for shard in shards:
         shard.unlink()
     _mark_done(out_dir, _complete(records, config, expected))

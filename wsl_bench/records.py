@@ -235,3 +235,15 @@ def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
                 log.warning("%s line %d: not a valid record (%s), skipped", path, number, problem)
                 continue
             yield record
+
+
+def rewrite_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with exactly ``records`` (written to a temporary file, then renamed), so a
+    kill leaves either the old file or the new one. Callers hold the run folder's lock."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.rewrite.tmp")
+    tmp.unlink(missing_ok=True)
+    with RecordWriter(tmp) as writer:
+        for record in records:
+            writer.write(record)
+    tmp.replace(path)

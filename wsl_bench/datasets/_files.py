@@ -19,13 +19,15 @@ Two concerns of every loader that turns index cells into file names:
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["files_digest", "name_problem", "path_inside", "text_problem"]
 
@@ -175,3 +177,21 @@ def files_digest(root: str | os.PathLike, entries: Iterable[tuple[str, Sequence[
     if cache_path is not None and (changed or len(seen) < len(cache)):
         _write_cache(cache_path, root_key, {k: v for k, v in cache.items() if k in seen})
     return digest.hexdigest()
+
+
+def checked_csv_rows(reader: Any, path: str | os.PathLike) -> Iterator[Any]:
+    """The rows of a ``csv.reader`` or ``csv.DictReader``; a CSV error (a cell above the csv module's
+    field limit, ...) becomes a :class:`~wsl_bench.data.DatasetError` naming the file and the line."""
+    from ..data import DatasetError
+
+    line_source = getattr(reader, "reader", reader)  # a DictReader counts lines in its inner reader
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(
+                f"{path}, line {line_source.line_num}: unreadable CSV ({exc}; a cell may hold at most "
+                f"{csv.field_size_limit():,} characters)"
+            ) from None

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError
 from ..preprocess import DEFAULT_IMAGE_SIZE, PreprocessConfig, Preprocessed, lesion_areas
-from ._files import files_digest
+from ._files import checked_csv_rows, files_digest
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def read_csv_rows(
             f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; the header has: {', '.join(header)}"
         )
     rows = []
-    for raw in _checked_rows(reader, path):
+    for raw in checked_csv_rows(reader, path):
         if not any((v or "").strip() for v in raw.values() if isinstance(v, str)):
             continue  # blank line (spreadsheet exports often end with some)
         row = {k: (raw.get(k) or "") for k in header if k is not None}
@@ -125,20 +125,6 @@ def read_csv_rows(
             row[canonical] = raw.get(actual) or ""
         rows.append(row)
     return rows
-
-
-def _checked_rows(reader: csv.DictReader, path: Path) -> Iterable[dict[str, Any]]:
-    """The reader's rows; a CSV error (a cell above the field limit, ...) names the file and the line."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DatasetError(
-                f"{path} line {reader.reader.line_num}: unreadable CSV ({exc}; a cell may hold at most "
-                f"{csv.field_size_limit():,} characters)"
-            ) from None
 
 
 class RawDataset(MammogramDataset):

@@ -37,7 +37,7 @@ from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError, 
 from ..imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
 from ..registry import DATASETS
 from ..saliency import CLASSES
-from ._files import files_digest, name_problem, path_inside, text_problem
+from ._files import checked_csv_rows, files_digest, name_problem, path_inside, text_problem
 
 INDEX_FILE = "labels.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "split", *CLASSES)
@@ -117,20 +117,6 @@ def _inside(root: Path, relative: str, column: str, line: int, index_path: Path)
     return path
 
 
-def _csv_rows(reader: Any, index_path: Path) -> Any:
-    """The reader's rows; a CSV error (e.g. a cell above the csv module's field limit) names the file and line."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise DatasetError(
-                f"{index_path}, line {reader.line_num}: unreadable CSV ({exc}; a cell may hold at most "
-                f"{csv.field_size_limit():,} characters)"
-            ) from None
-
-
 def read_index(root: Path) -> list[_Row]:
     """Read and validate ``ROOT/labels.csv`` (all splits).
 
@@ -151,7 +137,7 @@ def read_index(root: Path) -> list[_Row]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{index_path}: unreadable ({exc})") from exc
     reader = csv.reader(io.StringIO(text))
-    rows_in = _csv_rows(reader, index_path)
+    rows_in = checked_csv_rows(reader, index_path)
     try:
         header = [h.strip() for h in next(rows_in)]
     except StopIteration:
