@@ -7,7 +7,7 @@ Usage::
 
 Each explainer runs in its own process (so one explainer's allocator state cannot inflate the next
 one's resident-memory peak), on one conformance image, with the ``cam`` classifier (untrained
-weights: cost does not depend on them). It is measured with ``wsl_bench.profiling.measure`` after a
+weights: cost does not depend on them). It is measured with ``wsl_bench.evaluation.profiling.measure`` after a
 warm-up: the full explanation for the fast explainers; for those made of hundreds of forward
 passes (``SLOW``) one classifier forward pass at full size plus a full explanation of a small image
 (their cost is dominated by the measured passes themselves, and a second full run would double the
@@ -60,7 +60,7 @@ def measure_one(name: str, size: tuple[int, int], device: str) -> dict:
     import torch
 
     import wsl_bench
-    from wsl_bench.profiling import measure
+    from wsl_bench.evaluation.profiling import measure
     from wsl_bench.testing import conformance_images
 
     device_t = torch.device(device)

@@ -47,15 +47,14 @@ def generate(data_dir: Path, preset: str, seed: int, workers: int) -> float:
 
 def run(data_dir: Path, run_dir: Path, preset: str, device: str, methods: str, seed: int) -> float:
     """Train and evaluate ``methods`` on the folder dataset; returns the seconds it took."""
-    from wsl_bench import harness
-
-    config = harness.RunConfig(
-        methods=tuple(harness.parse_methods(methods, preset)), dataset="folder", data_root=str(data_dir),
+    from wsl_bench import pipeline
+    config = pipeline.RunConfig(
+        methods=tuple(pipeline.parse_methods(methods, preset)), dataset="folder", data_root=str(data_dir),
         preset=preset, device=device, seed=seed,
     )
     started = time.perf_counter()
-    summary = harness.run(config, run_dir)
-    print(harness.summarise_statuses(summary))
+    summary = pipeline.run(config, run_dir)
+    print(pipeline.summarise_statuses(summary))
     return time.perf_counter() - started
 
 

@@ -8,7 +8,7 @@ Run::
 
 Each benchmark times ``method.predict`` on one standardised random image at batch 1 (5 rounds
 after one warm-up round, CUDA-synchronised) and records GFLOP per image and the achieved GFLOP/s in
-``extra_info``. ``test_bench_table`` runs :func:`wsl_bench.bench.run_bench` once for the plain and
+``extra_info``. ``test_bench_table`` runs :func:`wsl_bench.evaluation.bench.run_bench` once for the plain and
 fast paths together, interleaved, and prints the table with the machine's convolution ceiling.
 """
 
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import wsl_bench
-from wsl_bench.bench import count_gflop, print_bench, run_bench
+from wsl_bench.evaluation.bench import count_gflop, print_bench, run_bench
 
 SIZE = tuple(int(v) for v in os.environ.get("WSL_BENCH_BENCH_SIZE", "2944x1920").lower().split("x"))
 DEVICE = os.environ.get("WSL_BENCH_BENCH_DEVICE", "cpu")

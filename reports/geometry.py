@@ -1,6 +1,6 @@
 """Write the scale-geometry tables into the method cards and reports/README.md.
 
-The tables are ``wsl-bench describe`` output (``wsl_bench.describe``), measured on the networks each
+The tables are ``wsl-bench describe`` output (``wsl_bench.report.describe``), measured on the networks each
 preset builds; the training-time column comes from the committed reference runs' manifests. Run
 from the repository root after changing a preset, a network or a reference run:
 
@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from wsl_bench import describe
+from wsl_bench.report import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = {

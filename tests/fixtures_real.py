@@ -200,14 +200,14 @@ def write_dicom(
 
 
 def write_png16(path: Path, pixels: np.ndarray) -> Path:
-    from wsl_bench.imageio import write_png16 as _write
+    from wsl_bench.datasets._imageio import write_png16 as _write
 
     _write(path, np.asarray(pixels, dtype=np.uint16))
     return Path(path)
 
 
 def write_mask(path: Path, mask: np.ndarray) -> Path:
-    from wsl_bench.imageio import write_mask_png
+    from wsl_bench.datasets._imageio import write_mask_png
 
     write_mask_png(path, mask)
     return Path(path)

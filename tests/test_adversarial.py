@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from wsl_bench.datasets.folder import write_synthetic
-from wsl_bench.records import read_records
+from wsl_bench.evaluation.records import read_records
 
 CHEAP = "intensity,centre_prior,random"
 TIMING_COLUMNS = {"time_median_s", "time_p90_s", "peak_memory_mb"}

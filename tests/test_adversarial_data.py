@@ -12,9 +12,9 @@ import pytest
 
 import wsl_bench
 from wsl_bench.data import DatasetError, SampleError
+from wsl_bench.datasets._imageio import write_mask_png, write_png16
 from wsl_bench.datasets.folder import FolderDataset, FolderWriter
-from wsl_bench.imageio import write_mask_png, write_png16
-from wsl_bench.trained import cache_root
+from wsl_bench.paths import cache_root
 
 SHAPE = (40, 30)
 HEADER = "id,split,benign,malignant,image,lesion_areas\n"
@@ -98,7 +98,7 @@ def test_file_hashes_are_cached_in_the_project_cache_not_the_data_folder(folder_
 
 def test_checkpoint_key_follows_the_training_images(folder_set):
     """The cache key of trained weights changes when a training image does (the stale-checkpoint bug)."""
-    from wsl_bench.trained import checkpoint_key_data, train_config_for
+    from wsl_bench.training.cache import checkpoint_key_data, train_config_for
 
     method = wsl_bench.create_method("cam", image_size=SHAPE)
     config = train_config_for(method, "tiny", 0)
@@ -218,7 +218,7 @@ def test_malformed_lesion_areas_fail_that_sample_only(tmp_path, cell):
 
 def test_training_skips_an_image_with_malformed_lesion_areas(tmp_path):
     """Training catches SampleError only: a metadata TypeError on one row used to stop it."""
-    from wsl_bench.training import LabelledImages, TrainConfig, Trainer
+    from wsl_bench.training.trainer import LabelledImages, TrainConfig, Trainer
 
     rows = []
     for k in range(4):

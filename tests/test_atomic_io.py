@@ -25,7 +25,7 @@ from wsl_bench.atomic_io import (  # noqa: E402
     write_json_atomic,
     write_text_atomic,
 )
-from wsl_bench.checkpoint_io import atomic_torch_save, load_checkpoint_file  # noqa: E402
+from wsl_bench.weights import atomic_torch_save, load_checkpoint_file  # noqa: E402
 
 OLD = b"the previous, complete content\n"
 
@@ -157,7 +157,7 @@ def test_a_checkpoint_that_fails_mid_write_keeps_the_old_checkpoint(tmp_path):
 
 
 def test_manifest_write_json_atomic_is_the_atomic_writer(old_file, monkeypatch):
-    from wsl_bench.manifest import write_json_atomic as manifest_write
+    from wsl_bench.evaluation.manifest import write_json_atomic as manifest_write
 
     manifest = old_file.with_name("manifest.json")
     manifest.write_bytes(OLD)
@@ -181,7 +181,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_every_report_file_is_written_through_the_atomic_path(run_dir, tmp_path, monkeypatch):
-    from wsl_bench.report import build_report
+    from wsl_bench.report.tables import build_report
 
     replaced = []
     real_replace = os.replace
@@ -199,7 +199,7 @@ def test_every_report_file_is_written_through_the_atomic_path(run_dir, tmp_path,
 
 
 def test_a_report_rebuild_that_hits_a_full_disk_leaves_the_previous_report(run_dir, tmp_path, monkeypatch):
-    from wsl_bench.report import build_report
+    from wsl_bench.report.tables import build_report
 
     out = build_report(run_dir, tmp_path / "report")
     before = folder_state(out)

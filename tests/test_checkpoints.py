@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import wsl_bench
-from wsl_bench import checkpoints as ck
+from wsl_bench import weights as ck
 from wsl_bench.methods.glam import GlamMethod
 from wsl_bench.methods.gmic import GmicMethod
 
@@ -58,7 +58,7 @@ def test_own_format_round_trip(trained_gmic):
 
 
 def test_reads_the_trainers_checkpoint_layout(tmp_path):
-    # the dictionary wsl_bench.training writes (final.pt / best.pt), built here by hand
+    # the dictionary wsl_bench.training.trainer writes (final.pt / best.pt), built here by hand
     method = GlamMethod(image_size=TINY, seed=4)
     record = {
         "format": "wsl_bench.checkpoint/1",

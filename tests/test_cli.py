@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from wsl_bench.cli import main
-from wsl_bench.records import read_records
-from wsl_bench.report import RESULT_COLUMNS
+from wsl_bench.evaluation.records import read_records
+from wsl_bench.report.tables import RESULT_COLUMNS
 
 
 def test_list_json_has_methods_and_datasets(capsys):
@@ -126,7 +126,7 @@ def test_report_and_resume_skip_and_name_records_lines_that_are_not_valid_record
     bad_numbers = [n for n, line in enumerate(mixed, 1) if line in BAD_RECORD_LINES]
     capsys.readouterr()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="wsl_bench.records"):
+    with caplog.at_level("WARNING", logger="wsl_bench.evaluation.records"):
         assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "results.csv").read_bytes() == good  # the bad lines changed nothing
     warned = {r.getMessage().split(":")[0] for r in caplog.records if r.levelname == "WARNING"}

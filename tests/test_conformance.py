@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import wsl_bench
-from wsl_bench.harness import default_methods
 from wsl_bench.methods.cam import CamConfig
 from wsl_bench.methods.explainers import PosthocExplainer
+from wsl_bench.pipeline import default_methods
 from wsl_bench.registry import METHODS
 from wsl_bench.testing import CONFORMANCE_IMAGE_SIZE, check_dataset, check_method
 

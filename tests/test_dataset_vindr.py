@@ -13,7 +13,7 @@ pytest.importorskip("pydicom")
 
 import wsl_bench  # noqa: E402
 from wsl_bench.data import SPLITS, DatasetError, SampleError  # noqa: E402
-from wsl_bench.preprocess import boxes_to_mask  # noqa: E402
+from wsl_bench.datasets._preprocess import boxes_to_mask  # noqa: E402
 
 SHAPE = (150, 110)
 SIZE = (96, 64)

@@ -9,9 +9,9 @@ from fixtures_real import phantom, truncate, uid, write_dicom
 pydicom = pytest.importorskip("pydicom")
 from pydicom.uid import JPEGLosslessSV1, RLELossless  # noqa: E402
 
-from wsl_bench import dicom  # noqa: E402
 from wsl_bench.data import SampleError  # noqa: E402
-from wsl_bench.imageio import read_image  # noqa: E402
+from wsl_bench.datasets import _dicom as dicom  # noqa: E402
+from wsl_bench.datasets._imageio import read_image  # noqa: E402
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from wsl_bench.records import read_records
+from wsl_bench.evaluation.records import read_records
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")

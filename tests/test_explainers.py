@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import wsl_bench
-from wsl_bench.harness import RunConfig, run
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.evaluation.records import read_records
 from wsl_bench.methods.cam import CamConfig
 from wsl_bench.methods.explainers import (
     ExplainerOutOfMemory,
@@ -23,7 +24,7 @@ from wsl_bench.methods.explainers import (
     class_targets,
     fit_chunk,
 )
-from wsl_bench.records import read_records
+from wsl_bench.pipeline import run
 from wsl_bench.registry import UnknownNameError
 from wsl_bench.testing import check_method, conformance_images
 
@@ -399,7 +400,7 @@ def test_forward_profile_counts_the_forward_allocations():
 def test_harness_trains_the_classifier_once_and_records_out_of_memory(toy_dataset, tmp_path, monkeypatch):
     """cam, gradcam and gradcam++@cam share one training of the cam classifier; an explainer whose budget
     cannot fit one image is recorded as "oom" with the size it needed, and the methods after it still run."""
-    import wsl_bench.trained as trained
+    import wsl_bench.training.cache as trained
 
     trainees = []
 

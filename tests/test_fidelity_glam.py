@@ -13,8 +13,8 @@ import pytest
 import torch
 from model_helpers import REFERENCE_DIR, load_npz, skip_without_reference
 
-from wsl_bench.checkpoints import CheckpointError, read_npz_state_dict
 from wsl_bench.methods.glam import GlamMethod
+from wsl_bench.weights import CheckpointError, read_npz_state_dict
 
 WEIGHTS = REFERENCE_DIR / "glam_official_weights_seed0.npz"
 OUTPUTS = REFERENCE_DIR / "glam_reference_outputs_seed0.npz"
@@ -114,7 +114,6 @@ def test_variant_finds_file_in_weights_dir(tmp_path, monkeypatch, published_stat
     torch.save(published_state, tmp_path / "model_joint.ckpt")
     monkeypatch.setenv("WSL_BENCH_WEIGHTS_DIR", str(tmp_path))
     from wsl_bench import create_method
-
     method = create_method("glam.joint", image_size=(256, 160))
     loaded = method.network().state_dict()
     key = "detection_network.dn_resnet.layer4.2.conv2.weight"

@@ -12,8 +12,8 @@ import pytest
 import torch
 from model_helpers import REFERENCE_DIR, load_npz, skip_without_reference
 
-from wsl_bench.checkpoints import CheckpointError, read_npz_state_dict
 from wsl_bench.methods.gmic import GmicMethod
+from wsl_bench.weights import CheckpointError, read_npz_state_dict
 
 WEIGHTS = REFERENCE_DIR / "gmic_official_weights_seed0.npz"
 OUTPUTS = REFERENCE_DIR / "gmic_reference_outputs_seed0.npz"
@@ -94,7 +94,6 @@ def test_variant_carries_published_top_t(tmp_path, monkeypatch, published_state)
     torch.save(published_state, tmp_path / "sample_model_5.p")
     monkeypatch.setenv("WSL_BENCH_WEIGHTS_DIR", str(tmp_path))
     from wsl_bench import create_method
-
     method = create_method("gmic.m5", image_size=(256, 160))
     assert method.config.percent_t == 0.1
     assert method.weights_info["kind"] == "published"

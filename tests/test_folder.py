@@ -10,9 +10,9 @@ from PIL import Image
 
 import wsl_bench
 from wsl_bench.data import DatasetError, SampleError
+from wsl_bench.datasets._imageio import write_mask_png, write_png16
 from wsl_bench.datasets.folder import FolderDataset, FolderWriter, synthetic_split_counts, write_synthetic
 from wsl_bench.datasets.synthetic import SyntheticMammograms
-from wsl_bench.imageio import write_mask_png, write_png16
 from wsl_bench.saliency import CLASSES
 
 SIZE = (128, 80)

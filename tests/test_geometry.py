@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import wsl_bench
-from wsl_bench import describe
 from wsl_bench.cli import main
 from wsl_bench.methods import backbones as bb
 from wsl_bench.methods import geometry
@@ -15,6 +14,7 @@ from wsl_bench.methods.cam import CamConfig
 from wsl_bench.methods.glam import GlamConfig, GlamMethod, GlamNetwork
 from wsl_bench.methods.gmic import GmicConfig, GmicMethod, GmicNetwork
 from wsl_bench.presets import get_preset
+from wsl_bench.report import describe
 
 TOLERANCE = 1.5
 """The issue's bound: every scale-dependent ratio within a factor 1.5 of the published configuration."""

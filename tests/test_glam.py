@@ -7,8 +7,8 @@ import torch
 from model_helpers import random_images, randomise_batchnorm
 
 import wsl_bench
-from wsl_bench.checkpoints import WeightsNotFoundError
 from wsl_bench.methods.glam import GlamConfig, GlamMethod, GlamNetwork
+from wsl_bench.weights import WeightsNotFoundError
 
 TINY = (256, 160)
 

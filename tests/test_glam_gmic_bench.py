@@ -1,11 +1,11 @@
-"""``wsl_bench.bench`` at the tiny size: the figures it reports are present and consistent."""
+"""``wsl_bench.evaluation.bench`` at the tiny size: the figures it reports are present and consistent."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from wsl_bench.bench import conv_ceiling, count_gflop, format_bench, run_bench
+from wsl_bench.evaluation.bench import conv_ceiling, count_gflop, format_bench, run_bench
 
 
 def test_count_gflop_of_a_known_convolution():

@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from wsl_bench.figure_maps import stored_figure_images
-from wsl_bench.harness import RunConfig, RunConfigMismatch, run
-from wsl_bench.records import read_records
+from wsl_bench.evaluation.figure_maps import stored_figure_images
+from wsl_bench.evaluation.harness import RunConfig, RunConfigMismatch
+from wsl_bench.evaluation.records import read_records
+from wsl_bench.pipeline import run
 from wsl_bench.registry import METHODS
-from wsl_bench.report import RESULT_COLUMNS, build_report
+from wsl_bench.report.tables import RESULT_COLUMNS, build_report
 from wsl_bench.saliency import SaliencyMethod, SaliencyOutput
 
 REQUIRED_FIELDS = {"split", "image_id", "method", "status", "error", "dice", "dice_pixels", "has_lesion", "score",
@@ -141,7 +142,8 @@ KILL_SCRIPT = textwrap.dedent('''
     from conftest import ToyDataset
     from wsl_bench.registry import DATASETS, METHODS
     from wsl_bench.methods.baselines import IntensitySaliency
-    from wsl_bench.harness import RunConfig, run
+    from wsl_bench.evaluation.harness import RunConfig
+    from wsl_bench.pipeline import run
 
     class SlowIntensity(IntensitySaliency):
         def predict(self, images):

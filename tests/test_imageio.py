@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from wsl_bench.data import SampleError
-from wsl_bench.imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
+from wsl_bench.datasets._imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_writers_refuse_wrong_arrays(tmp_path):
 
 def test_dicom_is_delegated_lazily(tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("wsl_bench.dicom")
+    fake = types.ModuleType("wsl_bench.datasets._dicom")
 
     def read_dicom(path):
         calls.append(path)
@@ -157,7 +157,7 @@ def test_dicom_is_delegated_lazily(tmp_path, monkeypatch):
         return np.full((5, 4), 9, dtype=np.uint16)
 
     fake.read_dicom = read_dicom
-    monkeypatch.setitem(sys.modules, "wsl_bench.dicom", fake)
+    monkeypatch.setitem(sys.modules, "wsl_bench.datasets._dicom", fake)
     (tmp_path / "a.dcm").write_bytes(b"DICM")
     (tmp_path / "broken.dcm").write_bytes(b"DICM")
     out = read_image(tmp_path / "a.dcm")

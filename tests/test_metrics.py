@@ -1,4 +1,4 @@
-"""Tests of wsl_bench.metrics against independent references (sklearn, brute-force loops)."""
+"""Tests of wsl_bench.evaluation.metrics against independent references (sklearn, brute-force loops)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from wsl_bench import metrics as M
+from wsl_bench.evaluation import metrics as M
 
 FAST = settings(max_examples=60, deadline=None)
 

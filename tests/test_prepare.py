@@ -11,7 +11,7 @@ from fixtures_real import bright_region, iou, make_nyu, truncate
 
 import wsl_bench
 from wsl_bench.data import DatasetError
-from wsl_bench.prepare import MANIFEST_NAME, prepare_dataset
+from wsl_bench.datasets.prepare import MANIFEST_NAME, prepare_dataset
 
 FRAME = (96, 64)
 SIZE = (48, 32)

@@ -7,7 +7,7 @@ import pytest
 from fixtures_real import LESION_VALUE, MARKER_VALUE, bright_region, chest_wall_left, iou, phantom
 
 from wsl_bench.data import SampleError
-from wsl_bench.preprocess import (
+from wsl_bench.datasets._preprocess import (
     Geometry,
     PreprocessConfig,
     boxes_to_mask,

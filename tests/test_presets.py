@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import wsl_bench
-from wsl_bench.augment import VerticalFlip
-from wsl_bench.harness import RunConfig, default_methods, method_options, parse_methods
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.pipeline import default_methods, method_options, parse_methods
 from wsl_bench.presets import PRESETS, get_preset
-from wsl_bench.trained import train_config_for
-from wsl_bench.training import CRITERIA
+from wsl_bench.training.augment import VerticalFlip
+from wsl_bench.training.cache import train_config_for
+from wsl_bench.training.trainer import CRITERIA
 
 
 def test_preset_fields_name_real_methods_and_criteria():

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from wsl_bench.records import RecordWriter, decode_counts, encode_counts, read_records
+from wsl_bench.evaluation.records import RecordWriter, decode_counts, encode_counts, read_records
 from wsl_bench.saliency import CLASSES
 
 
 def make_record(image_id: str, method: str, status: str, error: str | None = None, **fields) -> dict:
-    """A record with the fields the harness gives every record (``wsl_bench.harness.make_record``)."""
+    """A record with the fields the harness gives every record (``wsl_bench.evaluation.harness.make_record``)."""
     per_class = {key: {c: None for c in CLASSES} for key in ("dice", "dice_pixels", "has_lesion", "score", "label")}
     return {"split": "test", "image_id": image_id, "method": method, "status": status, "error": error,
             **per_class, "time_s": None, "peak_memory_mb": None, "gflops": None, **fields}
@@ -89,7 +89,7 @@ def test_a_line_that_is_not_a_valid_record_is_reported_and_skipped(bad, reason, 
         handle.write(bad + b"\n")
     with RecordWriter(path) as writer:
         writer.write(make_record("b", "m", "failed", "boom"))
-    with caplog.at_level("WARNING", logger="wsl_bench.records"):
+    with caplog.at_level("WARNING", logger="wsl_bench.evaluation.records"):
         records = read_records(path)
     assert sorted(r["image_id"] for r in records) == ["a", "b"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -100,7 +100,7 @@ def test_every_bad_line_of_a_file_is_reported_by_number(tmp_path, caplog):
     path = tmp_path / "records.jsonl"
     lines = [json.dumps(ok_record("a")).encode(), *(bad for bad, _ in BAD_LINES), json.dumps(ok_record("b")).encode()]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    with caplog.at_level("WARNING", logger="wsl_bench.records"):
+    with caplog.at_level("WARNING", logger="wsl_bench.evaluation.records"):
         records = read_records(path)
     assert sorted(r["image_id"] for r in records) == ["a", "b"]
     reported = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

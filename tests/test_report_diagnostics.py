@@ -52,7 +52,7 @@ def test_map_parts_scores_each_output_part_like_the_harness():
         assert {"pxap_output", "pxap_global", "patch_hits", "lesion_in_patches"} <= set(row)
         assert 0 <= row["patch_hits"] <= 1 and 0 <= row["lesion_in_patches"] <= row["patch_hits"]
     # a method without patches or a global map: its output PxAP is the harness's (an exact reference: intensity)
-    from wsl_bench.metrics import pxap
+    from wsl_bench.evaluation.metrics import pxap
 
     plain = map_parts.map_parts(wsl_bench.create_method("intensity", image_size=size), dataset)
     for cls, row in plain.items():

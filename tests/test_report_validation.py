@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wsl_bench.harness import RunConfig, merge_shard_records, run
-from wsl_bench.records import decode_counts, read_records
-from wsl_bench.report import RESULT_COLUMNS, RunData, build_report, method_class_row
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.evaluation.records import decode_counts, read_records
+from wsl_bench.pipeline import merge_shard_records, run
+from wsl_bench.report.tables import RESULT_COLUMNS, RunData, build_report, method_class_row
 from wsl_bench.saliency import CLASSES
 
 CHEAP = ("random", "centre_prior", "intensity")
@@ -32,7 +33,7 @@ def _lesion_histograms(records, method, cls):
 
 
 def _dice_at_bin(pos, neg, k):
-    """Per-image Dice with S = {bin >= k}, by counting (independent of wsl_bench.metrics)."""
+    """Per-image Dice with S = {bin >= k}, by counting (independent of wsl_bench.evaluation.metrics)."""
     inter = pos[:, k:].sum(axis=1)
     predicted = inter + neg[:, k:].sum(axis=1)
     return 2.0 * inter / (predicted + pos.sum(axis=1))
@@ -78,7 +79,7 @@ def test_tiny_run_reports_dice_at_the_validation_threshold_and_resumes_validatio
         checked += 1
     assert checked >= 4
     # The figures show the headline: per-image Dice at each method's validation tau
-    from wsl_bench.report_figures import _per_image_frame
+    from wsl_bench.report.figures import _per_image_frame
 
     means = _per_image_frame(RunData.load(out), results).groupby(["method", "class"])["dice_val_tau"].mean()
     for _, row in results.iterrows():

@@ -20,11 +20,12 @@ import pytest
 import torch
 from conftest import ToyDataset
 
-from wsl_bench.figure_maps import figure_map_paths, stored_figure_images
-from wsl_bench.harness import RunConfig, run
-from wsl_bench.records import read_records
+from wsl_bench.evaluation.figure_maps import figure_map_paths, stored_figure_images
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.evaluation.records import read_records
+from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
+from wsl_bench.pipeline import run
 from wsl_bench.registry import DATASETS, METHODS
-from wsl_bench.run_lock import RunFolderLock, RunFolderLocked
 from wsl_bench.saliency import SaliencyMethod, SaliencyOutput
 
 N_TEST, N_VAL = 6, 8
@@ -263,7 +264,7 @@ def test_image_ids_never_become_paths(tmp_path):
 # ------------------------------------------------------------------------------------- lock
 HOLDER = """
 import sys, time
-from wsl_bench.run_lock import RunFolderLock
+from wsl_bench.evaluation.run_lock import RunFolderLock
 lock = RunFolderLock(sys.argv[1]); lock.acquire()
 print("held", flush=True)
 time.sleep(120)

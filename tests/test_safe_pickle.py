@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsl_bench.safe_pickle import UnsafePickleError, load, loads
+from wsl_bench.datasets._safe_pickle import UnsafePickleError, load, loads
 
 
 class _RunsShell:
@@ -113,7 +113,7 @@ def test_the_bomb_is_a_well_formed_36_byte_pickle():
 
 _BOUNDED_CHILD = r"""
 import resource, sys, time
-from wsl_bench.safe_pickle import UnsafePickleError, loads
+from wsl_bench.datasets._safe_pickle import UnsafePickleError, loads
 data = bytes.fromhex(sys.argv[1])
 # cap the address space at what is mapped now + 1 GiB: an allocation the limits miss fails here
 # (MemoryError) instead of eating the machine, and the message check below then fails

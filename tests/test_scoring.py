@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from wsl_bench.data import Sample
-from wsl_bench.metrics import dice
-from wsl_bench.scoring import MapError, normalise_maps, score_image
+from wsl_bench.evaluation.metrics import dice
+from wsl_bench.evaluation.scoring import MapError, normalise_maps, score_image
 
 
 def _sample(h=32, w=24):

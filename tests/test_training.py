@@ -14,18 +14,20 @@ from model_helpers import random_images
 from torch import nn
 
 import wsl_bench
-from wsl_bench import cli, trained
-from wsl_bench.augment import CropJitter, sample_rng
+from wsl_bench import cli
 from wsl_bench.data import DatasetError, Sample
-from wsl_bench.distributed import SINGLE_PROCESS, CpuSyncBatchNorm, synchronise_batchnorm
-from wsl_bench.harness import RunConfig, open_dataset, run
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.evaluation.records import read_records
 from wsl_bench.methods.cam import CAM
 from wsl_bench.methods.glam import GlamMethod
 from wsl_bench.methods.gmic import PUBLISHED_GMIC_MODELS, GmicMethod
+from wsl_bench.pipeline import open_dataset, run
 from wsl_bench.presets import get_preset
-from wsl_bench.records import read_records
-from wsl_bench.trained import train_config_for, train_stages
-from wsl_bench.training import (
+from wsl_bench.training import cache as trained
+from wsl_bench.training.augment import CropJitter, sample_rng
+from wsl_bench.training.cache import train_config_for, train_stages
+from wsl_bench.training.distributed import SINGLE_PROCESS, CpuSyncBatchNorm, synchronise_batchnorm
+from wsl_bench.training.trainer import (
     FirstImages,
     LabelledImages,
     TrainConfig,
@@ -35,6 +37,7 @@ from wsl_bench.training import (
     epoch_order,
     training_stages,
 )
+from wsl_bench.weights import file_sha256
 
 TINY = (256, 160)
 SMALL = (96, 64)
@@ -387,7 +390,7 @@ def test_run_trains_the_glam_stages_into_the_cache(toy_dataset, tmp_path, isolat
 
 def test_training_code_files_cover_the_model_its_layers_and_the_trainer():
     glam_files = {p.name for p in trained.training_code_files(wsl_bench.create_method("glam", image_size=(96, 64)))}
-    assert {"glam.py", "backbones.py", "published.py", "training.py", "augment.py"} <= glam_files
+    assert {"glam.py", "backbones.py", "published.py", "trainer.py", "augment.py"} <= glam_files
     explainer = wsl_bench.create_method("gradcam@gmic", image_size=(96, 64))
     assert "gmic.py" in {p.name for p in trained.training_code_files(explainer)}  # the classifier's code
     assert "gradcam.py" not in {p.name for p in trained.training_code_files(explainer)}
@@ -430,8 +433,7 @@ def test_training_code_files_cover_a_plugins_own_package(monkeypatch):
 
 
 def test_cpu_autocast_only_where_asked_and_computed_natively(monkeypatch):
-    from wsl_bench import training
-
+    from wsl_bench.training import trainer as training
     cpu = torch.device("cpu")
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
     assert training.uses_amp(TrainConfig(cpu_amp=True), cpu, torch.float32)
@@ -443,8 +445,7 @@ def test_cpu_autocast_only_where_asked_and_computed_natively(monkeypatch):
 
 
 def test_cpu_autocast_training_runs_in_channels_last_and_learns(toy_dataset, tmp_path, monkeypatch):
-    from wsl_bench import training
-
+    from wsl_bench.training import trainer as training
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
     method = cam()
     before = {k: v.clone() for k, v in method.network().state_dict().items()}
@@ -488,6 +489,6 @@ def test_run_trains_the_donor_first_and_keys_the_checkpoint_by_its_weights(toy_d
     assert len(donors) == 1, "the donor is trained (once) into the cache"
     folder = donors[0].parent
     assert facts["initialised_from"] == {"method": "cam", "cache_key": folder.name,
-                                         "sha256": trained.file_sha256(trained.stage_checkpoint(folder))}
+                                         "sha256": file_sha256(trained.stage_checkpoint(folder))}
     key = json.loads((Path(facts["path"]).parent / "key.json").read_text())
     assert key["initialised_from"] == {"method": "cam", "cache_key": folder.name}  # not the file's run metadata

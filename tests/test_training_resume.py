@@ -25,8 +25,10 @@ CHILD = textwrap.dedent('''
     import os, sys, time
     from pathlib import Path
 
-    from wsl_bench import cli, training
-    from wsl_bench.augment import CropJitter
+    from wsl_bench import cli
+
+    from wsl_bench.training import trainer as training
+    from wsl_bench.training.augment import CropJitter
     from wsl_bench.methods.cam import CAM
     from wsl_bench.registry import METHODS
 

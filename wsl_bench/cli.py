@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from wsl_bench._version import __version__
 
 EXIT_USAGE = 2
 
@@ -205,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import list_datasets, list_methods
-    from .registry import DATASETS, METHODS
+    from wsl_bench.registry import DATASETS, METHODS, list_datasets, list_methods
 
     listing = {
         "methods": [{"name": n, "description": METHODS.describe(n)} for n in list_methods()],
@@ -224,12 +223,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace):
-    from . import _load_builtins
-    from .harness import RunConfig, parse_methods
-    from .presets import get_preset
-    from .registry import DATASETS
+    from wsl_bench.evaluation.harness import RunConfig
+    from wsl_bench.pipeline import parse_methods
+    from wsl_bench.presets import get_preset
+    from wsl_bench.registry import DATASETS, load_builtins
 
-    _load_builtins()
+    load_builtins()
     get_preset(args.preset)
     DATASETS.get(args.dataset)
     methods = parse_methods(args.methods, args.preset)
@@ -257,8 +256,8 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .distributed import init_from_env, run_sharded, shutdown
-    from .harness import run, summarise_statuses
+    from wsl_bench.pipeline import run, run_sharded, summarise_statuses
+    from wsl_bench.training.distributed import init_from_env, shutdown
 
     config = _run_config(args)
     out = Path(args.out or f"runs/{config.dataset}-{config.preset}{_size_suffix(args)}-seed{config.seed}")
@@ -287,40 +286,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import create_method
-    from .distributed import init_from_env, shutdown
-    from .harness import RunConfig, method_options, open_dataset
-    from .presets import get_preset
-    from .trained import initialise_from_donor, train_config_for, train_stages
-    from .training import FirstImages
+    from wsl_bench.data import DatasetError
+    from wsl_bench.evaluation.harness import RunConfig
+    from wsl_bench.pipeline import TrainingConfigError, train
+    from wsl_bench.presets import get_preset
+    from wsl_bench.registry import METHODS, load_builtins, split_method_name
+    from wsl_bench.training.distributed import init_from_env, shutdown
 
     get_preset(args.preset)  # an unknown preset is a usage error before anything is built
+    load_builtins()
+    if not getattr(METHODS.get(split_method_name(args.method)[0]), "trainable", False):
+        raise UsageError(f"method {args.method!r} has nothing to train")
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed, image_size=args.image_size,
                        method_options=((args.method, tuple(sorted(dict(args.option).items()))),))
-    method = create_method(args.method, device=args.device, seed=args.seed, image_size=config.size(),
-                           **method_options(config, args.method))
-    if not method.trainable:
-        raise UsageError(f"method {args.method!r} has nothing to train")
-    method = method.training_method()  # an explainer trains the classifier it explains
-    try:
-        train_config = train_config_for(
-            method, args.preset, args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            balance=args.balance, best_criterion=args.criterion, checkpoint_every_steps=args.checkpoint_every,
-            amp=False if args.no_amp else None,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
-    if args.max_images is not None:
-        train_set, val_set = FirstImages(train_set, args.max_images), FirstImages(val_set, args.max_images)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "balance": args.balance,
+                 "best_criterion": args.criterion, "checkpoint_every_steps": args.checkpoint_every,
+                 "amp": False if args.no_amp else None}
     out = Path(args.out or f"runs/train-{args.method}-{args.preset}{_size_suffix(args)}-seed{args.seed}")
     context = init_from_env(args.device)
     try:
-        initialise_from_donor(method, config, progress=not args.no_progress, context=context)
-        result = train_stages(method, train_config, out, train_set, val_set, resume=args.resume,
-                              only_stage=args.stage, context=context, progress=not args.no_progress)
-    except (ValueError, FloatingPointError) as exc:  # bad data, a checkpoint that does not fit, divergence
+        result = train(args.method, config, out, overrides, resume=args.resume, only_stage=args.stage,
+                       max_images=args.max_images, progress=not args.no_progress, context=context)
+    except TrainingConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except DatasetError:
+        raise  # a bad dataset is a usage error: main() prints it as one line
+    except (ValueError, FloatingPointError) as exc:  # bad options or data, a checkpoint that does not fit, divergence
         print(f"wsl-bench train: error: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -338,7 +330,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from wsl_bench.report.tables import build_report
 
     out = build_report(args.run_dir, args.out)
     print(f"report written to {out}")
@@ -347,17 +339,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
-        from .datasets.folder import write_synthetic
+        from wsl_bench.datasets.folder import write_synthetic
 
         out = write_synthetic(args.out, n=args.n, image_size=args.size, seed=args.seed, workers=args.workers)
         print(f"synthetic set written to {out}")
         return 0
     if args.data_command == "prepare":
-        from . import _load_builtins
-        from .prepare import prepare_dataset
-        from .registry import DATASETS
+        from wsl_bench.datasets.prepare import prepare_dataset
+        from wsl_bench.registry import DATASETS, load_builtins
 
-        _load_builtins()
+        load_builtins()
         DATASETS.get(args.dataset)
         out = prepare_dataset(args.dataset, args.src, args.out, image_size=args.size, workers=args.workers)
         print(f"prepared {args.dataset} into {out}")
@@ -368,8 +359,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_describe(args: argparse.Namespace) -> int:
     import json
 
-    from . import describe
-    from .presets import PRESETS, get_preset
+    from wsl_bench.presets import PRESETS, get_preset
+    from wsl_bench.report import describe
 
     presets = tuple(args.presets.split(",")) if args.presets else tuple(PRESETS)
     for name in presets:
@@ -393,8 +384,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import print_bench, run_bench
-    from .harness import parse_methods
+    from wsl_bench.evaluation.bench import print_bench, run_bench
+    from wsl_bench.pipeline import parse_methods
 
     specs: list = []
     for name in parse_methods(args.methods):
@@ -436,10 +427,10 @@ def _error(exc: BaseException, args: argparse.Namespace, code: int, message: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DatasetError
-    from .harness import RunConfigMismatch
-    from .registry import UnknownNameError
-    from .report import ReportError
+    from wsl_bench.data import DatasetError
+    from wsl_bench.evaluation.harness import RunConfigMismatch
+    from wsl_bench.registry import UnknownNameError
+    from wsl_bench.report.tables import ReportError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .saliency import CLASSES
+from wsl_bench.saliency import CLASSES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .registry import UnknownNameError
+from wsl_bench.registry import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,13 @@ class Preset:
         batch_size: training batch size.
         description: one line for help texts.
         best_criterion: validation quantity selecting the evaluated checkpoint of every trainable
-            method (see ``wsl_bench.training.CRITERIA``).
+            method (see ``wsl_bench.training.trainer.CRITERIA``).
         method_options: per-method hyper-parameters this budget needs (merged under the user's own
             ``--option`` values), e.g. learning rates for training from scratch on a small split.
         skip_by_default: methods that ``wsl-bench run`` without ``--methods`` leaves out at this
             size because they cost too much time (they still run when named).
         cpu_amp: train under bfloat16 autocast on CPUs that compute it natively
-            (``wsl_bench.training.TrainConfig.cpu_amp``).
+            (``wsl_bench.training.trainer.TrainConfig.cpu_amp``).
     """
 
     name: str
@@ -135,7 +135,6 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-DEFAULT_PRESET = "cpu"
 
 
 def get_preset(name: str) -> Preset:

@@ -12,6 +12,7 @@ so listing ``gmic*`` shows every variant.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import importlib.metadata
 import logging
 import re
@@ -92,11 +93,6 @@ class Registry(Generic[T]):
             except Exception as exc:  # a broken plugin must not break the whole suite
                 log.warning("could not load %s plugin %r from %s: %s", self.kind, ep.name, ep.value, exc)
 
-    def reload_entry_points(self) -> None:
-        """Scan the entry-point group again (after installing a plugin in a running process)."""
-        self._entry_points_loaded = False
-        self._load_entry_points()
-
     def get(self, name: str) -> Callable[..., T]:
         """The factory registered under ``name``.
 
@@ -149,3 +145,65 @@ class Registry(Generic[T]):
 
 METHODS: Registry = Registry("method", "wsl_bench.methods")
 DATASETS: Registry = Registry("dataset", "wsl_bench.datasets")
+
+
+# ----------------------------------------------------------------------------- front doors
+BUILTIN_PACKAGES = ("wsl_bench.datasets", "wsl_bench.methods")
+"""The packages of the built-in plugins (importing each registers its members)."""
+
+_builtins_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the built-in plugin packages once (they register themselves).
+
+    They are imported by name, like entry-point plugins: the registry sits below every method and
+    dataset in the import graph (``tests/test_architecture.py``), and finds them at run time."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for package in BUILTIN_PACKAGES:
+            importlib.import_module(package)
+
+
+def split_method_name(name: str) -> tuple[str, dict[str, Any]]:
+    """``"gradcam@gmic"`` → ``("gradcam", {"classifier": "gmic"})``: the ``explainer@classifier``
+    spelling of a post-hoc explainer applied to a chosen classifier; other names pass through."""
+    if "@" in name:
+        base, classifier = name.split("@", 1)
+        return base, {"classifier": classifier}
+    return name, {}
+
+
+def create_method(name: str, **options: Any) -> Any:
+    """Instantiate the method registered as ``name`` with ``options`` (device, seed, image_size, ...).
+
+    ``explainer@classifier`` names (``gradcam@gmic``) set the explainer's ``classifier`` option.
+    The instance's ``name`` is the full name asked for (records and reports use it).
+
+    Raises:
+        UnknownNameError: listing the known method names.
+    """
+    load_builtins()
+    base, implied = split_method_name(name)
+    method = METHODS.get(base)(**{**implied, **options})
+    method.name = name
+    return method
+
+
+def create_dataset(name: str, **options: Any) -> Any:
+    """Instantiate the dataset registered as ``name`` (root, split, image_size, ...)."""
+    load_builtins()
+    return DATASETS.get(name)(**options)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Registered method names matching an ``fnmatch`` pattern."""
+    load_builtins()
+    return METHODS.list(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset names matching an ``fnmatch`` pattern."""
+    load_builtins()
+    return DATASETS.list(pattern)

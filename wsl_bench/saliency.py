@@ -4,13 +4,13 @@ A method receives a batch of standardised one-channel images ``N×1×H×W`` and 
 :class:`SaliencyOutput`: raw maps at whatever resolution the method works at, image-level
 probabilities, and the declared value range of the maps. Methods never resize, normalise or
 threshold their maps for scoring: the harness does that, identically for all methods
-(see ``wsl_bench.harness``).
+(see ``wsl_bench.evaluation.harness``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -88,17 +88,52 @@ class SaliencyOutput:
 
         return SaliencyOutput(move(self.maps), move(self.scores), self.map_range, move(self.extras))
 
-    def select(self, index: int) -> SaliencyOutput:
-        """The output for image ``index`` of the batch, keeping a batch dimension of 1."""
 
-        def pick(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.ndim > 0:
-                return value[index : index + 1]
-            if isinstance(value, dict):
-                return {k: pick(v) for k, v in value.items()}
-            return value
+CRITERION_NAMES: tuple[str, ...] = ("mean_auc", "loss", "mean_dice", "mean_pxap")
+"""Validation quantities a training stage may select its best checkpoint by (the trainer's
+``CRITERIA`` maps each to its validation column)."""
 
-        return SaliencyOutput(pick(self.maps), pick(self.scores), self.map_range, pick(self.extras))
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage of a method's training recipe.
+
+    Attributes:
+        name: the stage's folder is ``stage-<name>`` (a one-stage recipe trains in the folder itself).
+        loss: passed to the method's ``training_loss(..., stage=loss)``; ``None`` passes nothing.
+        trainable: names of the network's submodules this stage trains (``network.get_submodule``);
+            the rest is frozen and kept in eval mode (its BatchNorm statistics do not move). Empty:
+            the whole network.
+        epochs_fraction: the stage trains ``max(1, round(fraction · TrainConfig.epochs))`` epochs.
+        lr_factor: the stage's learning rate is ``factor · TrainConfig.lr``.
+        criterion: best-checkpoint criterion of this stage (``None``: ``TrainConfig.best_criterion``),
+            e.g. ``"loss"`` where the image-level scores do not depend on what the stage trains.
+    """
+
+    name: str = "main"
+    loss: str | None = None
+    trainable: tuple[str, ...] = ()
+    epochs_fraction: float = 1.0
+    lr_factor: float = 1.0
+    criterion: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"a stage name must be letters, digits, '-' or '_', got {self.name!r}")
+        if self.epochs_fraction <= 0 or self.lr_factor <= 0:
+            raise ValueError(f"stage {self.name!r}: epochs_fraction and lr_factor must be positive")
+        if self.criterion is not None and self.criterion not in CRITERION_NAMES:
+            raise ValueError(f"stage {self.name!r}: criterion must be one of {CRITERION_NAMES}")
+
+    def epochs(self, config: Any) -> int:
+        """Epochs of this stage under ``config`` (a ``TrainConfig``: only its ``epochs`` is read)."""
+        return max(1, round(config.epochs * self.epochs_fraction))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trainable"] = list(self.trainable)
+        return d
 
 
 class SaliencyMethod(ABC):
@@ -173,7 +208,7 @@ class SaliencyMethod(ABC):
 
 
 class TrainableMethod(SaliencyMethod):
-    """A method with a network trained from image-level labels by ``wsl_bench.training``.
+    """A method with a network trained from image-level labels by ``wsl_bench.training.trainer``.
 
     Subclasses build their network in ``__init__`` (deterministically from ``seed``), return it from
     :meth:`network`, and define the weakly-supervised loss in :meth:`training_loss`. The shared

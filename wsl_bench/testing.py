@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import MammogramDataset
-from .saliency import CLASSES, MAP_RANGES, SaliencyMethod, SaliencyOutput
+from wsl_bench.data import MammogramDataset
+from wsl_bench.saliency import CLASSES, MAP_RANGES, SaliencyMethod, SaliencyOutput
 
 CONFORMANCE_IMAGE_SIZE = (256, 160)
 """Small enough for a CPU test, large enough for every built-in architecture (the tiny preset)."""
@@ -44,7 +44,7 @@ def conformance_images(n: int = 2, size: tuple[int, int] = CONFORMANCE_IMAGE_SIZ
 
 def _make(method: str | Callable[..., SaliencyMethod], **options: Any) -> SaliencyMethod:
     if isinstance(method, str):
-        from . import create_method
+        from wsl_bench.registry import create_method
 
         instance = create_method(method, **options)
         instance.name = instance.name or method

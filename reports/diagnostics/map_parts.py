@@ -17,7 +17,7 @@ in the run's ``manifest.json``, options as the preset gives them):
     python reports/diagnostics/map_parts.py CHECKPOINT --method glam --preset cpu
 
 Uses the public API only: ``create_method``, ``create_dataset``, ``load_method_weights``,
-``wsl_bench.scoring.normalise_maps`` and the metrics.
+``wsl_bench.evaluation.scoring.normalise_maps`` and the metrics.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 import wsl_bench
-from wsl_bench.metrics import pixel_histograms, pxap_from_histograms
+from wsl_bench.evaluation.metrics import pixel_histograms, pxap_from_histograms
+from wsl_bench.evaluation.scoring import normalise_maps
 from wsl_bench.presets import get_preset
 from wsl_bench.saliency import CLASSES
-from wsl_bench.scoring import normalise_maps
-from wsl_bench.trained import load_method_weights
+from wsl_bench.training.cache import load_method_weights
 
 
 def map_parts(method: wsl_bench.SaliencyMethod, dataset) -> dict[str, dict[str, float]]:

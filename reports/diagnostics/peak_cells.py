@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import wsl_bench
 from wsl_bench.cli import parse_image_size, parse_option
 from wsl_bench.saliency import CLASSES
-from wsl_bench.trained import load_method_weights
+from wsl_bench.training.cache import load_method_weights
 
 BACKGROUND_MARGIN = 0.05
 """A pixel within this of the image's minimum counts as background (outside the breast): the

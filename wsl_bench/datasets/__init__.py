@@ -1,6 +1,6 @@
 """Built-in datasets. Importing this package registers every one of them in ``DATASETS``."""
 
-from . import (  # noqa: F401
+from wsl_bench.datasets import (  # noqa: F401
     cbis_ddsm,
     folder,
     inbreast,

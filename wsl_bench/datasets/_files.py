@@ -12,7 +12,7 @@ Two concerns of every loader that turns index cells into file names:
 * :func:`files_digest` — one sha256 over the files that feed a dataset split, for ``describe()``
   (the checkpoint cache key). With ``content=True`` each file's bytes are hashed, but only when
   its ``(size, mtime_ns, ctime_ns, inode)`` differ from what a small persistent stat→hash cache
-  remembers; the cache lives under the project cache (``wsl_bench.trained.cache_root()``, i.e.
+  remembers; the cache lives under the project cache (``wsl_bench.paths.cache_root()``, i.e.
   ``$WSL_BENCH_CACHE``), never in the data folder. With ``content=False`` the stat facts
   themselves are hashed (for raw datasets of hundreds of gigabytes).
 """
@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from wsl_bench.paths import cache_root
 
 __all__ = ["files_digest", "name_problem", "path_inside", "text_problem"]
 
@@ -95,7 +97,6 @@ def _sha256_file(path: str) -> str:
 
 
 def _cache_file(root: str, name: str) -> Path:
-    from ..trained import cache_root  # lazily: the trainer's modules import torch
 
     key = hashlib.sha256(f"{root}\0{name}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return cache_root() / "file-hashes" / f"{key}.json"
@@ -182,7 +183,7 @@ def files_digest(root: str | os.PathLike, entries: Iterable[tuple[str, Sequence[
 def checked_csv_rows(reader: Any, path: str | os.PathLike) -> Iterator[Any]:
     """The rows of a ``csv.reader`` or ``csv.DictReader``; a CSV error (a cell above the csv module's
     field limit, ...) becomes a :class:`~wsl_bench.data.DatasetError` naming the file and the line."""
-    from ..data import DatasetError
+    from wsl_bench.data import DatasetError
 
     line_source = getattr(reader, "reader", reader)  # a DictReader counts lines in its inner reader
     while True:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError
-from ..preprocess import DEFAULT_IMAGE_SIZE, PreprocessConfig, Preprocessed, lesion_areas
-from ._files import checked_csv_rows, files_digest
+from wsl_bench.data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError
+from wsl_bench.datasets._files import checked_csv_rows, files_digest
+from wsl_bench.datasets._preprocess import DEFAULT_IMAGE_SIZE, PreprocessConfig, Preprocessed, lesion_areas
 
 log = logging.getLogger(__name__)
 

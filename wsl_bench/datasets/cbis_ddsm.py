@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DatasetError, Sample, SampleError
-from ..dicom import read_dicom_header, read_dicom_with_info
-from ..preprocess import PreprocessConfig, preprocess
-from ..registry import DATASETS
-from ..saliency import CLASSES
-from ._files import path_inside
-from ._raw import IndexEntry, RawDataset, holdout_split, read_csv_rows
+from wsl_bench.data import DatasetError, Sample, SampleError
+from wsl_bench.datasets._dicom import read_dicom_header, read_dicom_with_info
+from wsl_bench.datasets._files import path_inside
+from wsl_bench.datasets._preprocess import PreprocessConfig, preprocess
+from wsl_bench.datasets._raw import IndexEntry, RawDataset, holdout_split, read_csv_rows
+from wsl_bench.registry import DATASETS
+from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError, standardise
-from ..imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
-from ..registry import DATASETS
-from ..saliency import CLASSES
-from ._files import checked_csv_rows, files_digest, name_problem, path_inside, text_problem
+from wsl_bench.data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError, standardise
+from wsl_bench.datasets._files import checked_csv_rows, files_digest, name_problem, path_inside, text_problem
+from wsl_bench.datasets._imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
+from wsl_bench.registry import DATASETS
+from wsl_bench.saliency import CLASSES
 
 INDEX_FILE = "labels.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "split", *CLASSES)
@@ -568,7 +568,7 @@ def synthetic_split_counts(n: int) -> dict[str, int]:
 
 def _generate_raw(split: str, n: int, image_size: tuple[int, int], seed: int, sample_id: str) -> Any:
     """One synthetic sample's raw item (run in a worker process by :func:`write_synthetic`)."""
-    from .synthetic import SyntheticMammograms
+    from wsl_bench.datasets.synthetic import SyntheticMammograms
 
     return SyntheticMammograms(split=split, n=n, image_size=image_size, seed=seed, cache_mb=0).raw(sample_id)
 
@@ -609,8 +609,8 @@ def write_synthetic(
     """
     from tqdm.auto import tqdm
 
-    from .synthetic import SyntheticMammograms
-    from .synthetic_generator import GENERATOR_VERSION
+    from wsl_bench.datasets.synthetic import SyntheticMammograms
+    from wsl_bench.datasets.synthetic_generator import GENERATOR_VERSION
 
     out = Path(out)
     counts = synthetic_split_counts(n)

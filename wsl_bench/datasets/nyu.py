@@ -2,7 +2,7 @@
 
 Layout under the root (names as published; each can be overridden)::
 
-    data.pkl                      pickled list of exams (read with wsl_bench.safe_pickle)
+    data.pkl                      pickled list of exams (read with wsl_bench.datasets._safe_pickle)
     cropped_images/<stem>.png     16-bit PNGs (``images/`` is used when there is no cropped_images/)
     segmentation/<stem>_benign.png, <stem>_malignant.png   uint8 {0,255}, in the model frame
 
@@ -30,15 +30,22 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DatasetError, Sample, SampleError
-from ..imageio import read_image, read_mask
-from ..preprocess import Geometry, PreprocessConfig, Preprocessed, apply_geometry, breast_bbox, fit_size
-from ..registry import DATASETS
-from ..safe_pickle import UnsafePickleError
-from ..safe_pickle import load as safe_load
-from ..saliency import CLASSES
-from ._files import name_problem, text_problem
-from ._raw import IndexEntry, RawDataset
+from wsl_bench.data import DatasetError, Sample, SampleError
+from wsl_bench.datasets._files import name_problem, text_problem
+from wsl_bench.datasets._imageio import read_image, read_mask
+from wsl_bench.datasets._preprocess import (
+    Geometry,
+    PreprocessConfig,
+    Preprocessed,
+    apply_geometry,
+    breast_bbox,
+    fit_size,
+)
+from wsl_bench.datasets._raw import IndexEntry, RawDataset
+from wsl_bench.datasets._safe_pickle import UnsafePickleError
+from wsl_bench.datasets._safe_pickle import load as safe_load
+from wsl_bench.registry import DATASETS
+from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DatasetError, MammogramDataset, Sample, SampleError, standardise
-from ..registry import DATASETS
-from ..saliency import CLASSES
-from .synthetic_generator import GENERATOR_VERSION, SyntheticImage, generate, sample_id
+from wsl_bench.data import DatasetError, MammogramDataset, Sample, SampleError, standardise
+from wsl_bench.datasets.synthetic_generator import GENERATOR_VERSION, SyntheticImage, generate, sample_id
+from wsl_bench.registry import DATASETS
+from wsl_bench.saliency import CLASSES
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (736, 480)
 DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 400, "val": 40, "test": 60}

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from ..saliency import CLASSES
+from wsl_bench.saliency import CLASSES
 
 GENERATOR_VERSION = 3
 """Bumped whenever a change alters generated pixels (part of the dataset's ``describe()``)."""

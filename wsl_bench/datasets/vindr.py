@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DatasetError, Sample, SampleError
-from ..dicom import read_dicom_with_info
-from ..preprocess import PreprocessConfig, boxes_to_mask, preprocess
-from ..registry import DATASETS
-from ..saliency import CLASSES
-from ._files import name_problem, text_problem
-from ._raw import IndexEntry, RawDataset, holdout_split, read_csv_rows
+from wsl_bench.data import DatasetError, Sample, SampleError
+from wsl_bench.datasets._dicom import read_dicom_with_info
+from wsl_bench.datasets._files import name_problem, text_problem
+from wsl_bench.datasets._preprocess import PreprocessConfig, boxes_to_mask, preprocess
+from wsl_bench.datasets._raw import IndexEntry, RawDataset, holdout_split, read_csv_rows
+from wsl_bench.registry import DATASETS
+from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Built-in methods. Importing this package registers every one of them in ``METHODS``."""
 
-from . import (  # noqa: F401
+from wsl_bench.methods import (  # noqa: F401
     baselines,
     cam,
     captum_methods,

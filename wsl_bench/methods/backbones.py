@@ -2,7 +2,7 @@
 
 Module attribute names follow the published checkpoints (``first_conv``, ``layer_list``,
 ``final_bn``, ``dn_resnet.layer1`` ...), so a published state dict maps onto these modules key for
-key (see :mod:`wsl_bench.checkpoints`).
+key (see :mod:`wsl_bench.weights`).
 
 Every function here works on a whole batch with tensor operations: no loop over images or
 patches, no host round trip. The only Python loop is over the K sequential window searches of
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import geometry
+from wsl_bench.methods import geometry
 
 PUBLISHED_IMAGE_SIZE = geometry.PUBLISHED_IMAGE_SIZE
 

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import torch
 
-from ..registry import METHODS
-from ..saliency import CLASSES, SaliencyMethod, SaliencyOutput
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import CLASSES, SaliencyMethod, SaliencyOutput
 
 
 def _constant_scores(images: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..augment import VerticalFlip
-from ..registry import METHODS
-from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
-from . import geometry
-from .backbones import PreActResNet22
+from wsl_bench.methods import geometry
+from wsl_bench.methods.backbones import PreActResNet22
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainableMethod
+from wsl_bench.training.augment import VerticalFlip
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..registry import METHODS
-from ..saliency import CLASSES
-from .explainers import ForwardProfile, PosthocExplainer, fit_chunk
+from wsl_bench.methods.explainers import ForwardProfile, PosthocExplainer, fit_chunk
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import CLASSES
 
 
 class LogitTap:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..saliency import CLASSES, SaliencyOutput, TrainableMethod
+from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainableMethod
 
 CPU_DEFAULT_BUDGET_BYTES = 4 * 2**30
 """Default memory budget on CPU: 4 GiB, enough for one forward and backward pass of a 2944×1920
@@ -325,7 +325,7 @@ class PosthocExplainer(TrainableMethod):
         **options: Any,
     ) -> None:
         super().__init__(device=device, seed=seed, image_size=image_size)
-        from .. import create_method
+        from wsl_bench.registry import create_method
 
         if memory_budget_mb is not None and not memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")

@@ -21,7 +21,7 @@ network; the channel widths (``width`` multiplier) and GLAM's local block counts
 budget may additionally narrow.
 
 :func:`receptive_field` and :func:`output_stride` measure the *built* networks
-(``wsl_bench.describe`` also runs them on PyTorch's meta device: no memory, no compute), so tables
+(``wsl_bench.report.describe`` also runs them on PyTorch's meta device: no memory, no compute), so tables
 and tests state what the code computes, never a restated constant.
 """
 

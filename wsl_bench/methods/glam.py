@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import METHODS
-from ..saliency import CLASSES, SaliencyOutput
-from ..training import TrainingStage
-from . import backbones as bb
-from . import geometry, inference
-from .published import PublishedModelMethod
+from wsl_bench.methods import backbones as bb
+from wsl_bench.methods import geometry, inference
+from wsl_bench.methods.published import PublishedModelMethod
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainingStage
 
 GLAM_REPOSITORY = "https://github.com/nyukat/GLAM"
 

@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..registry import METHODS
-from ..saliency import CLASSES, SaliencyOutput
-from . import backbones as bb
-from . import geometry, inference
-from .published import PublishedModelMethod
+from wsl_bench.methods import backbones as bb
+from wsl_bench.methods import geometry, inference
+from wsl_bench.methods.published import PublishedModelMethod
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import CLASSES, SaliencyOutput
 
 GMIC_REPOSITORY = "https://github.com/nyukat/GMIC"
 

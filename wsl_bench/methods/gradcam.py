@@ -32,9 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import METHODS
-from ..saliency import CLASSES
-from .explainers import (
+from wsl_bench.methods.explainers import (
     ForwardProfile,
     PosthocExplainer,
     capture_outputs,
@@ -42,6 +40,8 @@ from .explainers import (
     class_targets,
     fit_chunk,
 )
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import CLASSES
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

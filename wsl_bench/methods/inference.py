@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import checkpoints
+from wsl_bench import weights as checkpoints
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
@@ -52,7 +52,7 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def load_method_weights(method: Any, weights: str | None) -> dict[str, str]:
-    """Resolve and load the weights of a GLAM/GMIC method (see :func:`wsl_bench.checkpoints.resolve_weights`)."""
+    """Resolve and load the weights of a GLAM/GMIC method (see :func:`wsl_bench.weights.resolve_weights`)."""
     path = checkpoints.resolve_weights(
         method.name, weights, getattr(method, "published_file", None), getattr(method, "published_source", None)
     )

@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..augment import CropJitter
-from ..saliency import TrainableMethod
-from . import inference
+from wsl_bench.methods import inference
+from wsl_bench.saliency import TrainableMethod
+from wsl_bench.training.augment import CropJitter
 
 
 class PublishedModelMethod(TrainableMethod):
@@ -31,7 +31,7 @@ class PublishedModelMethod(TrainableMethod):
         seed: seeds the random initialisation (used when no ``weights`` are given).
         image_size: ``(H, W)``; ``None`` = the published 2944×1920.
         weights: a published checkpoint or one saved by this project (see
-            :func:`wsl_bench.checkpoints.resolve_weights`).
+            :func:`wsl_bench.weights.resolve_weights`).
         **hyperparameters: fields of the two configs, plus ``precision`` (``"fp32"``/``"bf16"``,
             inference only) and ``fast`` (default True: folded, fused inference path).
     """

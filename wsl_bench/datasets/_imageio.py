@@ -6,7 +6,7 @@ temporary file in the destination folder and renames it over the target with ``o
 an interrupted run never leaves a half-written image under its final name.
 
 Formats: PNG and TIFF through Pillow (8- or 16-bit grayscale, 32-bit integer or float
-grayscale), DICOM through :func:`wsl_bench.dicom.read_dicom` (imported only when a ``.dcm`` file
+grayscale), DICOM through :func:`wsl_bench.datasets._dicom.read_dicom` (imported only when a ``.dcm`` file
 is read, so the optional DICOM dependencies are needed only by those who read DICOM).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import SampleError
+from wsl_bench.data import SampleError
 
 PILLOW_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
@@ -91,7 +91,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Returns:
         ``H×W`` array in the file's own dtype: uint16 for 16-bit PNG/TIFF, uint8 for 8-bit,
-        int32 or float32 for 32-bit TIFF; whatever :func:`wsl_bench.dicom.read_dicom` returns for DICOM.
+        int32 or float32 for 32-bit TIFF; whatever :func:`wsl_bench.datasets._dicom.read_dicom` returns for DICOM.
 
     Raises:
         SampleError: missing file, unsupported suffix or mode, truncated or corrupt file; the
@@ -115,7 +115,7 @@ def _read_dicom(path: Path) -> np.ndarray:
     if not path.is_file():
         raise SampleError(f"{path}: file not found", path=str(path))
     try:
-        from .dicom import read_dicom  # lazy: DICOM support is optional
+        from wsl_bench.datasets._dicom import read_dicom  # lazy: DICOM support is optional
     except ImportError as exc:
         raise SampleError(f"{path}: DICOM support is unavailable ({exc})", path=str(path)) from exc
     try:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .atomic_io import savez_atomic
-from .data import Sample
-from .saliency import CLASSES
+from wsl_bench.atomic_io import savez_atomic
+from wsl_bench.data import Sample
+from wsl_bench.saliency import CLASSES
 
 FIGURE_MAP_HEIGHT = 256
 """Height of the maps kept for the qualitative figure (small: the figure needs no more)."""

@@ -22,14 +22,6 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in _PACKAGES:
@@ -69,7 +61,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``
     (:func:`wsl_bench.atomic_io.write_json_atomic`: fsync-ed, the temporary file removed on error)."""
-    from .atomic_io import write_json_atomic as _write_json_atomic
+    from wsl_bench.atomic_io import write_json_atomic as _write_json_atomic
 
     _write_json_atomic(path, data)
 

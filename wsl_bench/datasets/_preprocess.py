@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .data import SampleError, standardise
+from wsl_bench.data import SampleError, standardise
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (2944, 1920)
 

@@ -21,8 +21,6 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -193,77 +191,3 @@ def synchronise_batchnorm(network: nn.Module, device: torch.device, context: Dis
     return network
 
 
-def run_sharded(config: Any, out_dir: str | Path, context: DistContext, progress: bool = True,
-                retry_failed: bool = False) -> Any:
-    """``wsl-bench run`` under torchrun: train together, evaluate a shard each, rank 0 merges and reports.
-
-    1. Every trainable method is trained (or its cached checkpoint found) by all ranks together, with
-       DistributedDataParallel (:func:`wsl_bench.trained.ensure_trained`); the cache folder must be
-       on a filesystem every rank sees.
-    2. Each rank evaluates every ``world_size``-th image of the split (``harness.run``'s ``shard``)
-       into its own ``records.rank<r>.jsonl``.
-    3. After a barrier rank 0 merges the records into ``records.jsonl``
-       (:func:`wsl_bench.harness.merge_shard_records`) and writes the report.
-
-    Args:
-        config: the run's :class:`wsl_bench.harness.RunConfig`.
-
-    Returns:
-        a :class:`wsl_bench.harness.RunSummary` whose counts are summed over all ranks.
-    """
-    from .run_lock import RunFolderLock, RunFolderLocked
-
-    # rank 0 holds the run folder for the whole sharded run; every rank learns whether it could
-    lock = RunFolderLock(out_dir) if context.is_main else None
-    refusal = [None]
-    if lock is not None:
-        try:
-            lock.acquire()
-        except RunFolderLocked as exc:
-            refusal = [str(exc)]
-    dist.broadcast_object_list(refusal, src=0)
-    if refusal[0] is not None:
-        raise RunFolderLocked(refusal[0])
-    try:
-        return _run_sharded_locked(config, out_dir, context, progress, retry_failed)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run_sharded_locked(config: Any, out_dir: str | Path, context: DistContext, progress: bool,
-                        retry_failed: bool) -> Any:
-    from . import create_method
-    from .harness import RunSummary, merge_shard_records, method_options, run
-    from .report import build_report
-    from .trained import ensure_trained
-
-    for name in config.methods:
-        try:
-            # the same options as a single process (harness.build_method), so the same cache key
-            method = create_method(name, device=config.device, seed=config.seed, image_size=config.size(),
-                                   **method_options(config, name))
-        except (FileNotFoundError, NotImplementedError):
-            continue  # harness.run records this method as skipped, with the reason
-        if method.trainable and not getattr(method, "weights_loaded", False):
-            ensure_trained(method, config, progress=progress and context.is_main, context=context)
-        del method
-    summary = run(config, out_dir, progress=progress and context.is_main, retry_failed=retry_failed,
-                  shard=(context.rank, context.world_size), write_report=False, lock=False)
-    context.barrier()  # every shard's records are on disk
-    if context.is_main:
-        merge_shard_records(config, out_dir)
-        build_report(out_dir, Path(out_dir) / "report")
-    gathered: list[Any] = [None] * context.world_size
-    dist.all_gather_object(gathered, (summary.computed, summary.reused, summary.failed, summary.statuses))
-    total = RunSummary(Path(out_dir))
-    for computed, reused, failed, statuses in gathered:
-        total.computed += computed
-        total.reused += reused
-        total.failed += failed
-        for method_name, counts in statuses.items():
-            merged = total.statuses.setdefault(method_name, {})
-            for status, count in counts.items():
-                merged[status] = merged.get(status, 0) + count
-    context.barrier()  # nobody leaves before the report is written
-    return total

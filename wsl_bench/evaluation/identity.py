@@ -8,7 +8,7 @@ would come out the same, so every method of a run has an identity (``manifest.js
   (``--option``, ``--classifier``, ``--weights`` paths included);
 * ``weights``: the checksums of any weights file the method loaded (``--weights``);
 * ``training``: the checkpoint cache key of the weights it trains or reuses
-  (:func:`wsl_bench.trained.training_key`: training data, budget, recipe, donor, trainer code), or
+  (:func:`wsl_bench.pipeline.training_job`: training data, budget, recipe, donor, trainer code), or
   ``None`` for methods with nothing to train;
 * ``code``: sha256 of the source files that decide the method's maps and how they are scored: the
   modules of its class hierarchy (and of the classifier an explainer wraps), of its network's
@@ -31,13 +31,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .manifest import config_hash
-from .saliency import SaliencyMethod
+from wsl_bench.evaluation.manifest import config_hash
+from wsl_bench.saliency import SaliencyMethod
 
 IDENTITY_FIELDS = ("options", "weights", "training", "code", "data")
 """The parts of a method identity, in the order a changed-identity message names them."""
 
-_SCORING_MODULES = ("wsl_bench.scoring", "wsl_bench.saliency", "wsl_bench.metrics")
+_SCORING_MODULES = ("wsl_bench.evaluation.scoring", "wsl_bench.saliency", "wsl_bench.evaluation.metrics")
 
 
 def method_code_files(method: SaliencyMethod, extra_modules: tuple[str, ...] = ()) -> list[Path]:

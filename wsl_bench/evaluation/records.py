@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .saliency import CLASSES
+from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
 

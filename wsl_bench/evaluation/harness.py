@@ -8,7 +8,7 @@ A run folder holds::
     maps/             normalised maps of a few lesion images per method (evaluated split only), for
                       the qualitative figure
     done              written when every (split, image, method) has a record
-    report/           tables and figures (``wsl_bench.report``), rebuilt from the above alone
+    report/           tables and figures (``wsl_bench.report.tables``), rebuilt from the above alone
 
 Every method is scored on the evaluated split (``RunConfig.split``, ``test``) and, by the same code
 path, on the validation split (``RunConfig.validation_split``, ``val``): the report chooses each
@@ -24,8 +24,7 @@ map, out of memory) becomes a record with ``status`` "failed"/"oom" and its erro
 from __future__ import annotations
 
 import logging
-import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,30 +33,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _load_builtins, create_dataset, create_method, list_methods, split_method_name
-from .atomic_io import write_text_atomic
-from .data import DatasetError, MammogramDataset, Sample, SampleError
-from .distributed import SINGLE_PROCESS, DistContext
-from .figure_maps import figure_maps_present, save_figure_maps
-from .identity import changed_fields, current_records, identity_hash, method_identity
-from .manifest import (
+from wsl_bench.atomic_io import write_text_atomic
+from wsl_bench.data import DatasetError, MammogramDataset, Sample, SampleError
+from wsl_bench.evaluation.figure_maps import save_figure_maps
+from wsl_bench.evaluation.identity import current_records
+from wsl_bench.evaluation.manifest import (
     MANIFEST_SCHEMA,
     config_hash,
     device_info,
     git_state,
     package_versions,
     read_json,
-    write_json_atomic,
 )
-from .methods.explainers import PosthocExplainer
-from .presets import get_preset
-from .profiling import count_gflops, measure, memory_kind
-from .records import RecordWriter, read_records, rewrite_records
-from .registry import DATASETS, METHODS
-from .run_lock import RunFolderLock
-from .saliency import CLASSES, SaliencyMethod, SaliencyOutput
-from .scoring import image_level_fields, score_image
-from .trained import ensure_trained, training_key
+from wsl_bench.evaluation.profiling import count_gflops, measure, memory_kind
+from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
+from wsl_bench.evaluation.scoring import image_level_fields, score_image
+from wsl_bench.presets import get_preset
+from wsl_bench.saliency import CLASSES, SaliencyMethod, SaliencyOutput
 
 log = logging.getLogger(__name__)
 
@@ -127,77 +119,7 @@ class RunConfigMismatch(ValueError):
     """The output folder holds a run with another configuration."""
 
 
-def default_methods(preset: str | None = None) -> list[str]:
-    """Every registered method that runs without user-supplied files (published-weight variants
-    such as ``gmic.m1`` need the user's weights and are left out of the default benchmark), less
-    those the preset leaves out of its default run for time (``Preset.skip_by_default``)."""
-    skipped = set(get_preset(preset).skip_by_default) if preset else set()
-    return [name for name in list_methods("*") if not METHODS.get(name).requires_weights and name not in skipped]
-
-
-def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDataset:
-    """The configured dataset at the preset's size, for ``split`` (default: the evaluated split)."""
-    _load_builtins()  # the registry lookup below comes before create_dataset, which would load them
-    preset = get_preset(config.preset)
-    split = split or config.split
-    options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
-    return create_dataset(config.dataset, root=config.data_root, split=split, image_size=config.size(), **options)
-
-
-def method_options(config: RunConfig, name: str) -> dict[str, Any]:
-    """The options ``name`` is created with, later ones winning: for a post-hoc explainer the
-    preset's options of the classifier it explains (so ``gradcam@gmic`` trains, and shares, the very
-    checkpoint ``gmic`` gets), the preset's options of the method (``Preset.method_options``, by
-    registered name and then by full name), then the user's own (``--option``, ``--classifier``)."""
-    preset = get_preset(config.preset).method_options
-    user = config.options_for(name)
-    base, implied = split_method_name(name)
-    inherited: dict[str, Any] = {}
-    explainer = METHODS.get(base) if base in METHODS else None
-    if isinstance(explainer, type) and issubclass(explainer, PosthocExplainer):
-        classifier = user.get("classifier", implied.get("classifier", explainer.default_classifier))
-        inherited = preset.get(classifier, {})
-    return {**inherited, **preset.get(base, {}), **preset.get(name, {}), **user}
-
-
-def build_method(
-    name: str, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
-) -> tuple[SaliencyMethod, dict[str, Any]]:
-    """Instantiate a method; train it (or load its cached checkpoint) when it is trainable.
-
-    Returns:
-        the method ready for ``predict`` and its checkpoint facts for the manifest.
-    """
-    method = create_run_method(name, config)
-    return method, prepare_method(method, config, progress=progress, context=context)
-
-
-def create_run_method(name: str, config: RunConfig) -> SaliencyMethod:
-    """The method ``name`` as ``config``'s run creates it (options merged by :func:`method_options`),
-    untrained."""
-    options = method_options(config, name)
-    return create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
-
-
-def prepare_method(
-    method: SaliencyMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
-) -> dict[str, Any]:
-    """Train ``method`` (or load its cached checkpoint) when it is trainable; its checkpoint facts."""
-    checkpoint: dict[str, Any] = dict(method.checksums())
-    if method.trainable and not method.weights_loaded:
-        checkpoint.update(ensure_trained(method, config, progress=progress, context=context))
-    return checkpoint
-
-
-def run_identity(
-    method: SaliencyMethod, name: str, config: RunConfig, data: dict[str, Any], dataset_module: str
-) -> dict[str, Any]:
-    """``method``'s identity in this run (``wsl_bench.identity``), computed before it is trained."""
-    training = training_key(method, config)[0] if method.trainable and not method.weights_loaded else None
-    return method_identity(method, method_options(config, name), training, data, dataset_module)
-
-
-def _manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     path = out_dir / "manifest.json"
     identity = config.identity()
     if path.exists():
@@ -317,7 +239,7 @@ def evaluate_method(
 
     ``split`` names the split the images belong to in their records (default: the evaluated split);
     maps of ``figure_ids`` are kept for the qualitative figure. Every record carries ``identity``
-    (the method's run identity, ``wsl_bench.identity``). Whatever the method returns is checked
+    (the method's run identity, ``wsl_bench.evaluation.identity``). Whatever the method returns is checked
     (:meth:`SaliencyOutput.validate`); a bad output, like any error of ``predict`` or of scoring,
     becomes a failed record of the images concerned and the run goes on.
     """
@@ -444,13 +366,16 @@ class ValidationSplit:
                 "reason": self.reason}
 
 
-def open_validation(config: RunConfig, budget_bytes: int = 2**30) -> ValidationSplit:
+def open_validation(
+    config: RunConfig, open_split: Callable[[str], MammogramDataset], budget_bytes: int = 2**30
+) -> ValidationSplit:
     """The run's validation split, checked for what threshold selection needs: it exists, is not the
     evaluated split, and holds at least one image with an annotated lesion. Otherwise the returned
     split carries the reason and nothing is scored on it (never a silent fallback to another τ).
 
     The check loads every validation image once (into the returned cache, which evaluation reuses);
-    a dataset signals a missing split with :class:`~wsl_bench.data.DatasetError`.
+    ``open_split(name)`` opens a split of the run's dataset, and signals a missing split with
+    :class:`~wsl_bench.data.DatasetError`.
     """
     split = config.validation_split
     if split is None:
@@ -460,7 +385,7 @@ def open_validation(config: RunConfig, budget_bytes: int = 2**30) -> ValidationS
         return ValidationSplit(split, reason=f"the validation split is the evaluated split ({split}); a threshold "
                                              "chosen on the scored images is the oracle τ")
     try:
-        dataset = open_dataset(config, split)
+        dataset = open_split(split)
         ids = dataset.ids()
     except DatasetError as exc:
         return ValidationSplit(split, reason=f"no validation split: {where} cannot be opened ({exc})")
@@ -485,13 +410,13 @@ def open_validation(config: RunConfig, budget_bytes: int = 2**30) -> ValidationS
     return ValidationSplit(split, list(ids), lesion, samples=samples)
 
 
-def _complete(records: list[dict[str, Any]], config: RunConfig, expected: dict[str, list[str]]) -> bool:
+def records_complete(records: list[dict[str, Any]], config: RunConfig, expected: dict[str, list[str]]) -> bool:
     """Whether every (split, image, method) of ``expected`` (split → ids) has a record."""
     have = {(r["split"], r["image_id"], r["method"]) for r in records}
     return all((split, i, m) in have for split, ids in expected.items() for i in ids for m in config.methods)
 
 
-def _drop_stale_records(out_dir: Path, manifest: dict[str, Any]) -> int:
+def compact_records(out_dir: Path, manifest: dict[str, Any]) -> int:
     """Rewrite ``records.jsonl`` with only its current records (:func:`current_records`, the last
     one per (split, image, method)), atomically, when it holds others; returns how many lines went.
     Called with the run folder locked, after the records are closed."""
@@ -508,189 +433,7 @@ def _drop_stale_records(out_dir: Path, manifest: dict[str, Any]) -> int:
     return lines - len(keep)
 
 
-def run(
-    config: RunConfig,
-    out_dir: str | Path,
-    progress: bool = True,
-    retry_failed: bool = False,
-    shard: tuple[int, int] = (0, 1),
-    write_report: bool = True,
-    lock: bool = True,
-) -> RunSummary:
-    """Evaluate ``config.methods`` on the dataset and write the run folder (and its report).
-
-    Each method is scored on the evaluated split, then on the validation split
-    (:func:`open_validation`; its images keep no figure maps). Summary counts cover both.
-
-    Resuming keeps a record only while it is still right: its method's run identity
-    (``wsl_bench.identity``: options, weights, checkpoint key, code, data) is unchanged, and its
-    status is ``ok`` (or ``failed``/``oom`` without ``retry_failed``; a ``skipped`` record is always
-    retried, since its cause, such as a missing weights file, may be gone). A figure image whose maps
-    are missing or unreadable is recomputed.
-
-    Args:
-        config: what to run.
-        out_dir: the run folder; an existing one with the same configuration is resumed.
-        progress: tqdm progress bars.
-        retry_failed: recompute records whose status is "failed" or "oom" instead of keeping them.
-        shard: ``(rank, world_size)``: evaluate every ``world_size``-th image of each split starting
-            at ``rank`` (distributed evaluation; each rank writes ``records.rank<r>.jsonl``).
-        write_report: build ``report/`` at the end (rank 0 does it after merging in distributed runs).
-        lock: hold the run folder's lock (:class:`~wsl_bench.run_lock.RunFolderLock`) while running;
-            a sharded run takes it once, outside, on rank 0.
-
-    Raises:
-        RunFolderLocked: another live run holds ``out_dir``.
-        RunConfigMismatch: ``out_dir`` holds a run with other run-wide settings.
-    """
-    out_dir = Path(out_dir)
-    if lock:
-        with RunFolderLock(out_dir):
-            return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False)
-    rank, world = shard
-    # the dataset opens before the manifest is written: a wrong --data-root leaves no folder behind
-    dataset = open_dataset(config)
-    all_ids = dataset.ids()
-    samples = SampleCache(dataset)
-    validation = open_validation(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(config, out_dir)
-    manifest["validation"] = validation.manifest_entry()
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    if not validation.scored:
-        log.warning("headline Dice (validation τ) will be missing: %s", validation.reason)
-    expected = {config.split: all_ids}
-    data = {config.split: dataset.describe()}
-    if validation.scored:
-        assert validation.samples is not None
-        expected[validation.split] = validation.ids
-        data[validation.split] = validation.samples.dataset.describe()
-    # split → (this shard's ids, loaded samples, ids whose maps the qualitative figure keeps)
-    work: dict[str, tuple[list[str], SampleCache, set[str]]] = {
-        config.split: (all_ids[rank::world], samples,
-                       choose_figure_ids(all_ids, samples, config.figure_images) & set(all_ids[rank::world])),
-    }
-    if validation.scored:
-        assert validation.samples is not None
-        work[validation.split] = (validation.ids[rank::world], validation.samples, set())
-
-    records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
-    existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
-    final_statuses = {"ok"} if retry_failed else {"ok", "failed", "oom"}
-    summary = RunSummary(out_dir)
-
-    with RecordWriter(records_path) as writer:
-        for name in config.methods:
-            try:
-                method = create_run_method(name, config)
-                identity_data = run_identity(method, name, config, data, type(dataset).__module__)
-            except (FileNotFoundError, NotImplementedError) as exc:
-                # A method that cannot be built here (weights the user has not supplied, a missing
-                # optional dependency) is skipped with its reason; the others still run, and a later
-                # run retries it.
-                log.warning("skipping %s: %s", name, exc)
-                for split, (ids, _, _) in work.items():
-                    for sample_id in ids:
-                        writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}",
-                                                 split=split))
-                summary.statuses[name] = {"skipped": sum(len(ids) for ids, _, _ in work.values())}
-                # no identity: the skipped records stand for the method until a run can build it
-                manifest["methods"][name] = {"identity": None, "skipped": f"{type(exc).__name__}: {exc}"}
-                write_json_atomic(out_dir / "manifest.json", manifest)
-                continue
-            identity = identity_hash(identity_data)
-            previous = manifest["methods"].get(name) or {}
-            if previous and previous.get("identity") != identity:
-                changed = changed_fields(previous.get("identity_data"), identity_data)
-                log.warning("%s: %s changed since its records were made; recomputing them", name,
-                            ", ".join(changed))
-                shutil.rmtree(out_dir / "maps" / name, ignore_errors=True)
-            done = {(r["split"], r["image_id"]) for r in existing
-                    if r["method"] == name and r.get("identity") == identity and r["status"] in final_statuses}
-            todo = {split: [i for i in ids if (split, i) not in done
-                            or (i in figure_ids and not figure_maps_present(out_dir, name, i))]
-                    for split, (ids, _, figure_ids) in work.items()}
-            summary.reused += sum(len(ids) - len(todo[split]) for split, (ids, _, _) in work.items())
-            manifest["methods"][name] = {**previous, "identity": identity, "identity_data": identity_data}
-            write_json_atomic(out_dir / "manifest.json", manifest)
-            if not any(todo.values()):
-                continue
-            checkpoint = prepare_method(method, config, progress=progress)
-            manifest["methods"][name] = {
-                "params": method.num_parameters(),
-                "map_range": method.map_range,
-                "description": METHODS.describe(split_method_name(name)[0]),
-                "options": {k: str(v) for k, v in config.options_for(name).items()},
-                "identity": identity,
-                "identity_data": identity_data,
-            }
-            if checkpoint:
-                manifest["checkpoints"][name] = checkpoint
-            write_json_atomic(out_dir / "manifest.json", manifest)
-            counts = {"ok": 0, "failed": 0, "oom": 0}
-            for split, (_, split_samples, figure_ids) in work.items():
-                if todo[split]:
-                    split_counts = evaluate_method(method, todo[split], split_samples, writer, config, out_dir,
-                                                   figure_ids, progress, split=split, identity=identity)
-                    counts = {k: counts[k] + split_counts[k] for k in counts}
-            summary.statuses[name] = counts
-            summary.computed += sum(counts.values())
-            summary.failed += counts["failed"] + counts["oom"]
-            del method
-            if config.device == "cuda":
-                torch.cuda.empty_cache()
-
-    if world == 1:
-        dropped = _drop_stale_records(out_dir, manifest)
-        if dropped:
-            log.info("compacted %s: %d stale or superseded records dropped", out_dir / "records.jsonl", dropped)
-    records = current_records(read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split),
-                              manifest)
-    _mark_done(out_dir, _complete(records, config, expected))
-    if write_report and rank == 0:
-        from .report import build_report
-
-        build_report(out_dir, out_dir / "report")
-    return summary
-
-
-def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
-    """Fold the per-rank ``records.rank<r>.jsonl`` of a distributed run into ``records.jsonl``.
-
-    Called by rank 0 once every rank has finished (after a barrier). Records are written in the order
-    a single-process run writes them (method by method in ``config.methods`` order, the evaluated
-    split and then the validation split, images in split order; any earlier ``records.jsonl`` content
-    is kept, the last record per (split, image, method) wins), to a temporary file renamed over
-    ``records.jsonl``; the rank files are removed afterwards. Writes the ``done`` marker when every
-    (split, image, method) has a record. Whether the validation split was scored is read from the
-    ``validation`` entry :func:`run` wrote to ``manifest.json``.
-
-    Returns:
-        the path of ``records.jsonl``.
-    """
-    out_dir = Path(out_dir)
-    target = out_dir / "records.jsonl"
-    shards = sorted(out_dir.glob("records.rank*.jsonl"))
-    records = current_records(read_records([target, *shards], default_split=config.split),
-                              read_json(out_dir / "manifest.json"))
-    expected = {config.split: open_dataset(config).ids()}
-    validation = read_json(out_dir / "manifest.json").get("validation") or {}
-    if validation.get("split") and validation.get("reason") is None:
-        expected[validation["split"]] = open_dataset(config, validation["split"]).ids()
-    method_order = {m: i for i, m in enumerate(config.methods)}
-    split_order = {s: i for i, s in enumerate(expected)}
-    image_order = {(s, i): n for s, ids in expected.items() for n, i in enumerate(ids)}
-    records.sort(key=lambda r: (method_order.get(r["method"], len(method_order)), r["method"],
-                                split_order.get(r["split"], len(split_order)), r["split"],
-                                image_order.get((r["split"], r["image_id"]), len(image_order)), r["image_id"]))
-    rewrite_records(target, records)
-    for shard in shards:
-        shard.unlink()
-    _mark_done(out_dir, _complete(records, config, expected))
-    return target
-
-
-def _mark_done(out_dir: Path, complete: bool) -> None:
+def mark_done(out_dir: Path, complete: bool) -> None:
     """The ``done`` marker says every (split, image, method) has a current record; it goes when one
     is missing again (a method recomputed after its identity changed, a new method added)."""
     if complete:
@@ -699,36 +442,3 @@ def _mark_done(out_dir: Path, complete: bool) -> None:
         (out_dir / "done").unlink(missing_ok=True)
 
 
-def parse_methods(spec: str | None, preset: str | None = None) -> list[str]:
-    """``"a,b,gmic*,gradcam@gmic"`` → method names (wildcards expanded, ``explainer@classifier``
-    names checked part by part); ``None`` or empty → :func:`default_methods` of ``preset``.
-
-    Raises:
-        UnknownNameError: a name or pattern that matches nothing, listing the known names.
-    """
-    from . import split_method_name
-
-    if not spec or not spec.strip():
-        return default_methods(preset)
-    names: list[str] = []
-    for pattern in (p.strip() for p in spec.split(",")):
-        if not pattern:
-            continue
-        base, implied = split_method_name(pattern)
-        if implied:
-            METHODS.list(base)  # both halves must be known methods
-            METHODS.list(implied["classifier"])
-            matches = [pattern]
-        else:
-            matches = list_methods(pattern)
-        names.extend(m for m in matches if m not in names)
-    return names
-
-
-def summarise_statuses(summary: RunSummary) -> str:
-    """One line per method: how many records of each status this invocation wrote."""
-    lines = []
-    for name, counts in summary.statuses.items():
-        parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-        lines.append(f"  {name}: {parts or 'nothing new'}")
-    return "\n".join(lines)

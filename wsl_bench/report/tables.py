@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic_io import atomic_write, write_text_atomic
-from .identity import current_records
-from .manifest import read_json
-from .metrics import (
+from wsl_bench.atomic_io import atomic_write, write_text_atomic
+from wsl_bench.evaluation.identity import current_records
+from wsl_bench.evaluation.manifest import read_json
+from wsl_bench.evaluation.metrics import (
     auc,
     bootstrap_ci,
     bootstrap_pxap_ci,
@@ -45,8 +45,8 @@ from .metrics import (
     pxap_from_histograms,
     selected_threshold,
 )
-from .records import decode_counts, read_records
-from .saliency import CLASSES
+from wsl_bench.evaluation.records import decode_counts, read_records
+from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -396,8 +396,7 @@ def to_html(results: pd.DataFrame, markdown: str, figures: list[str], notes: lis
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write the tables and figures of the run in ``run_dir`` to ``out_dir`` (default ``run_dir/report``)."""
-    from . import report_figures
-
+    from wsl_bench.report import figures as report_figures
     data = RunData.load(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)

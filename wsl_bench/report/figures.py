@@ -16,26 +16,20 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # reports are drawn on servers without a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .atomic_io import save_figure_atomic  # noqa: E402
-from .figure_maps import stored_figure_images  # noqa: E402
-from .metrics import dice_per_image_at_threshold  # noqa: E402
-from .records import decode_counts  # noqa: E402
-from .saliency import CLASSES  # noqa: E402
+from wsl_bench.atomic_io import save_figure_atomic
+from wsl_bench.evaluation.figure_maps import stored_figure_images
+from wsl_bench.evaluation.metrics import dice_per_image_at_threshold
+from wsl_bench.evaluation.records import decode_counts
+from wsl_bench.plotting import CLASS_COLOURS, plt
+from wsl_bench.saliency import CLASSES
 
 if TYPE_CHECKING:
-    from .report import RunData
+    from wsl_bench.report.tables import RunData
 
 log = logging.getLogger(__name__)
-
-CLASS_COLOURS = {"benign": "#2ca02c", "malignant": "#d62728"}
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> None:
@@ -249,36 +243,6 @@ def qualitative_grid(data: RunData, out: Path, max_images: int = 4) -> bool:
                  "green benign, red malignant)", fontsize=9)
     _save(fig, out, "qualitative")
     return True
-
-
-def plot_training_curves(history: list[dict[str, float]], path: str | Path, title: str = "training") -> None:
-    """Loss and validation AUC per epoch of one training run (one PNG)."""
-    epochs = [row["epoch"] for row in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for key, style in (("train_loss", "-o"), ("val_loss", "--s")):
-        values = [row.get(key, np.nan) for row in history]
-        if np.isfinite(values).any():
-            left.plot(epochs, values, style, label=key.replace("_", " "))
-    left.set_xlabel("epoch")
-    left.set_ylabel("loss")
-    left.legend()
-    left.grid(alpha=0.3)
-    for cls in CLASSES:
-        values = [row.get(f"val_auc_{cls}", np.nan) for row in history]
-        if np.isfinite(values).any():
-            right.plot(epochs, values, "-o", color=CLASS_COLOURS[cls], label=f"val AUC {cls}")
-    right.set_xlabel("epoch")
-    right.set_ylabel("AUC")
-    right.set_ylim(0, 1)
-    if right.get_legend_handles_labels()[0]:
-        right.legend()
-    right.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        save_figure_atomic(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
 
 
 def draw_all(data: RunData, results: pd.DataFrame, out: Path) -> list[str]:

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import SPLITS, DatasetError, MammogramDataset, SampleError
-from .saliency import CLASSES
+from wsl_bench.data import SPLITS, DatasetError, MammogramDataset, SampleError
+from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _worker_init(name: str, src: str, image_size: tuple[int, int], options: dict
 
 
 def _dataset(split: str) -> MammogramDataset:
-    from . import create_dataset
+    from wsl_bench.registry import create_dataset
 
     cache = _WORKER["datasets"]
     if split not in cache:
@@ -239,8 +239,9 @@ def prepare_dataset(
     """
     from tqdm.auto import tqdm
 
-    from . import __version__, create_dataset
-    from .datasets.folder import FolderWriter
+    from wsl_bench._version import __version__
+    from wsl_bench.datasets.folder import FolderWriter
+    from wsl_bench.registry import create_dataset
 
     started = time.perf_counter()
     src, out = Path(src), Path(out)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import SampleError
+from wsl_bench.data import SampleError
 
 INSTALL_HINT = 'pip install "wsl-bench[dicom]"'
 

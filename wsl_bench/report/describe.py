@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .presets import PRESETS, get_preset
+from wsl_bench.presets import PRESETS, get_preset
 
 GEOMETRY_METHODS: tuple[str, ...] = ("glam", "gmic", "cam")
 """The methods whose networks take derived strides (``methods/geometry.py``)."""
@@ -62,7 +62,7 @@ class GeometryRow:
 
 def median_lesion_diameter_fraction() -> float:
     """Median equivalent-circle diameter ``2·sqrt(area/π)`` of the synthetic lesions over the image height."""
-    from . import create_dataset
+    from wsl_bench.registry import create_dataset
 
     ref = LESION_REFERENCE
     dataset = create_dataset(
@@ -78,7 +78,7 @@ def median_lesion_diameter_fraction() -> float:
 
 def _build(method: str, image_size: tuple[int, int], options: dict[str, Any]) -> Any:
     """The method as a preset builds it (weights initialised on the CPU; measured on the meta device)."""
-    from . import create_method
+    from wsl_bench.registry import create_method
 
     return create_method(method, image_size=image_size, **options)
 
@@ -110,7 +110,7 @@ def _gflops(method: Any, image_size: tuple[int, int]) -> float:
 
 def geometry_row(preset: str, method_name: str, lesion_fraction: float) -> GeometryRow:
     """Measure ``method_name`` as preset ``preset`` builds it."""
-    from .methods import geometry
+    from wsl_bench.methods import geometry
 
     p = get_preset(preset)
     size = tuple(p.image_size)
@@ -122,7 +122,7 @@ def geometry_row(preset: str, method_name: str, lesion_fraction: float) -> Geome
     cells = _map_shapes(method, size)
     patch = window = local_cell = None
     if method_name in ("glam", "gmic"):
-        from .methods import backbones as bb
+        from wsl_bench.methods import backbones as bb
 
         patch = method.config.patch_size[0]
         window = bb.window_in_map(method.config.patch_size, cells[0], size)

@@ -1,18 +1,19 @@
 """The weakly-supervised trainer shared by every trainable method.
 
 Only image-level labels reach the loss: masks are never read during training. Validation reads them
-to report Dice and PxAP per epoch (computed by :mod:`wsl_bench.scoring` and :mod:`wsl_bench.metrics`,
-the harness's own definitions) and, when asked, to pick the best checkpoint by one of them. One
-trainer for all methods keeps the comparison fair: same optimiser, same data order, same budget.
+to report Dice and PxAP per epoch (computed by :mod:`wsl_bench.evaluation.scoring` and
+:mod:`wsl_bench.evaluation.metrics`, the harness's own definitions) and, when asked, to pick the
+best checkpoint by one of them. One trainer for all methods keeps the comparison fair: same
+optimiser, same data order, same budget.
 
 Stages. A method may declare a sequence of :class:`TrainingStage` (``training_stages()``), each a
 loss, a subset of the network to train and a share of the epoch budget: GLAM trains its global
 module, then its local module on the windows the frozen global module chooses, then optionally
-both. One :class:`Trainer` runs one stage into its own folder; ``wsl_bench.trained.train_stages``
+both. One :class:`Trainer` runs one stage into its own folder; ``wsl_bench.training.cache.train_stages``
 runs them in order, each starting from the previous stage's best checkpoint.
 
 Reproducibility and resumption. The data order of epoch ``e`` is drawn from ``(seed, e)``; every
-training image's augmentation from ``(seed, e, position)`` (:mod:`wsl_bench.augment`); a checkpoint
+training image's augmentation from ``(seed, e, position)`` (:mod:`wsl_bench.training.augment`); a checkpoint
 stores the network, the optimiser, epoch, step in epoch, the losses of the epoch so far and torch's
 RNG states. A run killed at any moment and resumed from its last checkpoint therefore ends with the
 same weights as an uninterrupted run (on CPU). Checkpoints are written atomically (temporary file,
@@ -23,7 +24,7 @@ under bfloat16 autocast. bfloat16 keeps
 float32's exponent range, so no gradient scaler is needed (fp16 would need one); the methods compute
 their heads, pooling and losses in float32 (see their ``training_loss``).
 
-Data parallelism (``torchrun``, see :mod:`wsl_bench.distributed`). Every rank computes the same
+Data parallelism (``torchrun``, see :mod:`wsl_bench.training.distributed`). Every rank computes the same
 epoch order; each global batch is split over the ranks (``numpy.array_split``), each rank's loss (a
 mean over its images) is weighted by ``n_rank · world / n_global`` so that DistributedDataParallel's
 gradient average equals the gradient of the global batch mean, and BatchNorm statistics are
@@ -45,23 +46,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic_io import atomic_write, save_figure_atomic
-from .augment import Augmentation
-from .checkpoint_io import atomic_torch_save, load_checkpoint_file
-from .data import MammogramDataset
-from .distributed import SINGLE_PROCESS, DistContext, synchronise_batchnorm
-from .manifest import file_sha256
-from .metrics import auc, pxap_from_histograms
-from .records import decode_counts
-from .saliency import CLASSES, TrainableMethod
-from .scoring import score_image
-from .training_data import (  # noqa: F401  (re-exported: the trainer's data API)
+from wsl_bench.atomic_io import atomic_write, save_figure_atomic
+from wsl_bench.data import MammogramDataset
+from wsl_bench.evaluation.metrics import auc, pxap_from_histograms
+from wsl_bench.evaluation.records import decode_counts
+from wsl_bench.evaluation.scoring import score_image
+from wsl_bench.saliency import CLASSES, CRITERION_NAMES, TrainableMethod, TrainingStage  # noqa: F401 (re-export)
+from wsl_bench.training.augment import Augmentation
+from wsl_bench.training.data import (  # noqa: F401  (re-exported: the trainer's data API)
     FirstImages,
     LabelledImages,
     ValidationImages,
     balanced_order,
     epoch_order,
 )
+from wsl_bench.training.distributed import SINGLE_PROCESS, DistContext, synchronise_batchnorm
+from wsl_bench.weights import atomic_torch_save, file_sha256, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ CRITERIA: dict[str, tuple[str, int]] = {
     "mean_pxap": ("val_mean_pxap", 1),
 }
 """Best-checkpoint criteria: the validation column and its sign (+1: larger is better)."""
+assert tuple(CRITERIA) == CRITERION_NAMES  # the contract (wsl_bench.saliency) names the same ones
 
 
 @dataclass(frozen=True)
@@ -128,47 +129,6 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.lr <= 0 or self.checkpoint_every_steps < 0 or self.val_bins < 2:
             raise ValueError("lr must be positive, checkpoint_every_steps non-negative and val_bins at least 2")
-
-
-@dataclass(frozen=True)
-class TrainingStage:
-    """One stage of a method's training recipe.
-
-    Attributes:
-        name: the stage's folder is ``stage-<name>`` (a one-stage recipe trains in the folder itself).
-        loss: passed to the method's ``training_loss(..., stage=loss)``; ``None`` passes nothing.
-        trainable: names of the network's submodules this stage trains (``network.get_submodule``);
-            the rest is frozen and kept in eval mode (its BatchNorm statistics do not move). Empty:
-            the whole network.
-        epochs_fraction: the stage trains ``max(1, round(fraction · TrainConfig.epochs))`` epochs.
-        lr_factor: the stage's learning rate is ``factor · TrainConfig.lr``.
-        criterion: best-checkpoint criterion of this stage (``None``: ``TrainConfig.best_criterion``),
-            e.g. ``"loss"`` where the image-level scores do not depend on what the stage trains.
-    """
-
-    name: str = "main"
-    loss: str | None = None
-    trainable: tuple[str, ...] = ()
-    epochs_fraction: float = 1.0
-    lr_factor: float = 1.0
-    criterion: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "trainable", tuple(self.trainable))
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"a stage name must be letters, digits, '-' or '_', got {self.name!r}")
-        if self.epochs_fraction <= 0 or self.lr_factor <= 0:
-            raise ValueError(f"stage {self.name!r}: epochs_fraction and lr_factor must be positive")
-        if self.criterion is not None and self.criterion not in CRITERIA:
-            raise ValueError(f"stage {self.name!r}: criterion must be one of {tuple(CRITERIA)}")
-
-    def epochs(self, config: TrainConfig) -> int:
-        return max(1, round(config.epochs * self.epochs_fraction))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["trainable"] = list(self.trainable)
-        return d
 
 
 def training_stages(method: TrainableMethod) -> tuple[TrainingStage, ...]:
@@ -596,8 +556,8 @@ class Trainer:
 
         Dice (at τ = 0.5, mean over the images holding a lesion of the class) and PxAP (pixel
         histograms pooled over the same images) are computed exactly as the harness scores a run:
-        :func:`wsl_bench.scoring.score_image` on the method's ``predict`` output, then
-        :func:`wsl_bench.metrics.pxap_from_histograms`.
+        :func:`wsl_bench.evaluation.scoring.score_image` on the method's ``predict`` output, then
+        :func:`wsl_bench.evaluation.metrics.pxap_from_histograms`.
         """
         device = self.method.device
         scores, labels, losses, sizes = [], [], [], []
@@ -687,7 +647,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "t
     """Loss, validation AUC and validation Dice/PxAP per epoch (one PNG, three panels)."""
     from matplotlib.ticker import MaxNLocator
 
-    from .report_figures import CLASS_COLOURS, plt  # pyplot with the headless backend the report selects
+    from wsl_bench.plotting import CLASS_COLOURS, plt  # lazily: pyplot is slow to import
 
     epochs = [row["epoch"] for row in history]
 

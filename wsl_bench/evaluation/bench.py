@@ -256,7 +256,7 @@ def run_bench(
     Returns:
         One :meth:`BenchResult.to_dict` per method, in the order given.
     """
-    from . import create_method
+    from wsl_bench.registry import create_method
 
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -346,7 +346,7 @@ def _accepted_options(method: Any) -> set[str]:
 
 
 def _model_gflop(name: str, options: dict[str, Any], image: torch.Tensor) -> float:
-    from . import create_method
+    from wsl_bench.registry import create_method
 
     method = create_method(name, **options)
     return count_gflop(lambda: method.predict(image))

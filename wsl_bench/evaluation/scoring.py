@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import Sample
-from .metrics import dice_counts, pixel_histograms
-from .records import encode_counts
-from .saliency import CLASSES
+from wsl_bench.data import Sample
+from wsl_bench.evaluation.metrics import dice_counts, pixel_histograms
+from wsl_bench.evaluation.records import encode_counts
+from wsl_bench.saliency import CLASSES
 
 FIXED_TAU = 0.5
 
@@ -31,7 +31,7 @@ class MapError(ValueError):
 
 @dataclass
 class ScoredImage:
-    """The per-image fields of a record (see ``wsl_bench.harness`` for the full record)."""
+    """The per-image fields of a record (see ``wsl_bench.evaluation.harness`` for the full record)."""
 
     fields: dict[str, Any]
     normalised_maps: torch.Tensor  # C×H×W in [0, 1], for figures

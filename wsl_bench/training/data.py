@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import Augmentation, sample_rng
-from .data import DatasetError, MammogramDataset, Sample, SampleError
-from .saliency import CLASSES
+from wsl_bench.data import DatasetError, MammogramDataset, Sample, SampleError
+from wsl_bench.saliency import CLASSES
+from wsl_bench.training.augment import Augmentation, sample_rng
 
 log = logging.getLogger(__name__)
 

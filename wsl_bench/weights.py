@@ -8,14 +8,14 @@ Two kinds of file load into a method's network:
   networks in :mod:`wsl_bench.methods` name their submodules after the published keys, so the key
   mapping (:func:`map_published_keys`) is the identity except for a ``module.`` prefix that
   ``DataParallel`` adds. Every key must be used and every shape must match.
-* **Own** checkpoints, the format the trainer writes (``wsl_bench.training``):
+* **Own** checkpoints, the format the trainer writes (``wsl_bench.training.trainer``):
   ``{"format": "wsl_bench.checkpoint/1", "method", "config", "state_dict", "meta": {"training_data",
   "seed", "metrics", ...}}``. :func:`save_checkpoint` writes one from a :class:`CheckpointMetadata`
   record atomically (temporary file, then ``os.replace``: a crash never leaves a half-written
   file); loading one into another method family or configuration is refused.
 
 Every file is read with ``torch.load(..., weights_only=True)`` (through
-:func:`wsl_bench.checkpoint_io.load_checkpoint_file`) or ``numpy.load(allow_pickle=False)``: no
+:func:`load_checkpoint_file`) or ``numpy.load(allow_pickle=False)``: no
 arbitrary pickle is ever executed.
 
 Published-weight variants (``glam.sep``, ``gmic.m1`` …) find their file through ``weights=`` or
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint_io import atomic_torch_save, load_checkpoint_file
+from wsl_bench.atomic_io import atomic_write
 
 FORMAT = "wsl_bench.checkpoint/1"
 """The ``format`` tag of the project's checkpoints (shared with the trainer)."""
@@ -103,6 +103,30 @@ class CheckpointMetadata:
 # --------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``
+    (:func:`wsl_bench.atomic_io.atomic_write`: fsync-ed, the temporary file removed on error)."""
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: the file is not a readable checkpoint or holds objects that are not plain
+            tensors and containers (an unsafe pickle), naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load as a safe checkpoint (weights_only=True): {exc}") from exc
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (recorded in run manifests)."""
     digest = hashlib.sha256()

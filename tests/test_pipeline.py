@@ -1,0 +1,46 @@
+"""The orchestrator owns "create with merged options, then train or reuse": every command asks it."""
+
+from __future__ import annotations
+
+import json
+
+import torch.distributed as dist
+
+from wsl_bench import cli, pipeline
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.training.distributed import DistContext
+
+
+def test_run_train_and_a_sharded_run_ask_one_owner_for_the_same_training_identity(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
+    asked: list[tuple[str, str, str]] = []
+    real = pipeline.training_job
+    caller = {"now": ""}
+
+    def spy(method, config, **overrides):
+        job = real(method, config, **overrides)
+        asked.append((caller["now"], method.name, job.key))
+        return job
+
+    monkeypatch.setattr(pipeline, "training_job", spy)
+    config = RunConfig(methods=("cam", "gradcam"), dataset="toy", preset="tiny")
+
+    caller["now"] = "run"
+    pipeline.run(config, tmp_path / "run", progress=False, write_report=False)
+    caller["now"] = "train"
+    assert cli.main(["train", "--method", "cam", "--dataset", "toy", "--preset", "tiny",
+                     "--out", str(tmp_path / "train"), "--no-progress"]) == 0
+    caller["now"] = "sharded"
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        pipeline.run_sharded(config, tmp_path / "sharded", DistContext(0, 1, 0, "gloo"), progress=False)
+    finally:
+        dist.destroy_process_group()
+
+    keys = {(who, name): key for who, name, key in asked}
+    assert {who for who, _, _ in asked} == {"run", "train", "sharded"}
+    # cam and the explainer of cam (gradcam) share one checkpoint; every path computes the same key
+    assert len(set(keys.values())) == 1, keys
+    assert json.loads((tmp_path / "train" / "key.json").read_text())["key"] == keys[("run", "cam")]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["checkpoints"]["cam"]["cache_key"] == keys[("run", "cam")]

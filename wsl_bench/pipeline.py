@@ -1,0 +1,609 @@
+"""The orchestrator: build a method, make sure it is trained, evaluate it, shard and merge, report.
+
+Every command goes through here (``wsl-bench run``, ``train``, a ``torchrun`` run, the library
+API), so a method is created with one set of merged options (:func:`method_options`), its trained
+weights are found by one key (:func:`training_job`), and what a run folder holds is decided in one
+place (:func:`run`). The layers below do one job each and know nothing of the others:
+``wsl_bench.training`` trains a method it is given, ``wsl_bench.evaluation`` scores a ready method,
+``wsl_bench.report`` rebuilds tables and figures from records.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from wsl_bench.data import MammogramDataset
+from wsl_bench.evaluation.figure_maps import figure_maps_present
+from wsl_bench.evaluation.harness import (
+    RunConfig,
+    RunSummary,
+    SampleCache,
+    choose_figure_ids,
+    compact_records,
+    evaluate_method,
+    make_record,
+    mark_done,
+    open_manifest,
+    open_validation,
+    records_complete,
+)
+from wsl_bench.evaluation.identity import changed_fields, current_records, identity_hash, method_identity
+from wsl_bench.evaluation.manifest import config_hash, read_json, write_json_atomic
+from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
+from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
+from wsl_bench.methods.explainers import PosthocExplainer
+from wsl_bench.paths import cache_root
+from wsl_bench.presets import get_preset
+from wsl_bench.registry import (
+    DATASETS,
+    METHODS,
+    create_dataset,
+    create_method,
+    list_methods,
+    load_builtins,
+    split_method_name,
+)
+from wsl_bench.report.tables import build_report
+from wsl_bench.saliency import SaliencyMethod, TrainableMethod, TrainingStage
+from wsl_bench.training.cache import (
+    checkpoint_key_data,
+    load_method_weights,
+    stage_checkpoint,
+    stage_folder,
+    train_config_for,
+    train_stages,
+    training_seconds,
+)
+from wsl_bench.training.distributed import SINGLE_PROCESS, DistContext
+from wsl_bench.training.trainer import FirstImages, TrainConfig, TrainResult, training_stages
+from wsl_bench.weights import file_sha256
+
+log = logging.getLogger(__name__)
+
+
+def default_methods(preset: str | None = None) -> list[str]:
+    """Every registered method that runs without user-supplied files (published-weight variants
+    such as ``gmic.m1`` need the user's weights and are left out of the default benchmark), less
+    those the preset leaves out of its default run for time (``Preset.skip_by_default``)."""
+    skipped = set(get_preset(preset).skip_by_default) if preset else set()
+    return [name for name in list_methods("*") if not METHODS.get(name).requires_weights and name not in skipped]
+
+
+def parse_methods(spec: str | None, preset: str | None = None) -> list[str]:
+    """``"a,b,gmic*,gradcam@gmic"`` → method names (wildcards expanded, ``explainer@classifier``
+    names checked part by part); ``None`` or empty → :func:`default_methods` of ``preset``.
+
+    Raises:
+        UnknownNameError: a name or pattern that matches nothing, listing the known names.
+    """
+
+    if not spec or not spec.strip():
+        return default_methods(preset)
+    names: list[str] = []
+    for pattern in (p.strip() for p in spec.split(",")):
+        if not pattern:
+            continue
+        base, implied = split_method_name(pattern)
+        if implied:
+            METHODS.list(base)  # both halves must be known methods
+            METHODS.list(implied["classifier"])
+            matches = [pattern]
+        else:
+            matches = list_methods(pattern)
+        names.extend(m for m in matches if m not in names)
+    return names
+
+
+def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDataset:
+    """The configured dataset at the preset's size, for ``split`` (default: the evaluated split)."""
+    load_builtins()  # the registry lookup below comes before create_dataset, which would load them
+    preset = get_preset(config.preset)
+    split = split or config.split
+    options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
+    return create_dataset(config.dataset, root=config.data_root, split=split, image_size=config.size(), **options)
+
+
+def method_options(config: RunConfig, name: str) -> dict[str, Any]:
+    """The options ``name`` is created with, later ones winning: for a post-hoc explainer the
+    preset's options of the classifier it explains (so ``gradcam@gmic`` trains, and shares, the very
+    checkpoint ``gmic`` gets), the preset's options of the method (``Preset.method_options``, by
+    registered name and then by full name), then the user's own (``--option``, ``--classifier``)."""
+    preset = get_preset(config.preset).method_options
+    user = config.options_for(name)
+    base, implied = split_method_name(name)
+    inherited: dict[str, Any] = {}
+    explainer = METHODS.get(base) if base in METHODS else None
+    if isinstance(explainer, type) and issubclass(explainer, PosthocExplainer):
+        classifier = user.get("classifier", implied.get("classifier", explainer.default_classifier))
+        inherited = preset.get(classifier, {})
+    return {**inherited, **preset.get(base, {}), **preset.get(name, {}), **user}
+
+
+def create_run_method(name: str, config: RunConfig) -> SaliencyMethod:
+    """The method ``name`` as ``config``'s run creates it (options merged by :func:`method_options`),
+    untrained."""
+    options = method_options(config, name)
+    return create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
+
+
+class TrainingConfigError(ValueError):
+    """A training configuration that cannot be built (a bad override: a usage error)."""
+
+
+@dataclass
+class TrainingJob:
+    """Everything that decides one method's trained weights in a run, decided in one place
+    (:func:`training_job`) for every command that trains or reuses them: ``run``, ``train`` and a
+    ``torchrun`` run ask for the same job, and so for the same key.
+
+    Attributes:
+        method: the method as the run creates it (an explainer, say).
+        trainee: what the trainer fits: ``method`` itself, or the classifier an explainer explains.
+        train_config: the preset's budget, the method's recipe, then any overrides (``wsl-bench train``).
+        stages: the trainee's training stages.
+        train_set, val_set: the run's training and validation splits.
+        key: the checkpoint cache key (a hash of ``key_data``).
+        key_data: what decides the weights: method and configuration, data, training configuration,
+            stages, code and, for a method that starts from another's weights, that method's key.
+        donor: the job of the method whose weights ``trainee`` starts from (``global_init``), if any.
+    """
+
+    method: SaliencyMethod
+    trainee: TrainableMethod
+    train_config: TrainConfig
+    stages: tuple[TrainingStage, ...]
+    train_set: MammogramDataset
+    val_set: MammogramDataset
+    key: str
+    key_data: dict[str, Any]
+    donor: TrainingJob | SaliencyMethod | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The cache folder of the trained weights."""
+        return cache_root() / "checkpoints" / self.key_data["method"] / self.key
+
+
+def training_job(method: SaliencyMethod, config: RunConfig, **overrides: Any) -> TrainingJob:
+    """The :class:`TrainingJob` of ``method`` in ``config``'s run, computed without training anything
+    (a ``global_init`` donor's job is computed the same way, recursively). ``overrides`` replace
+    fields of the training configuration (``wsl-bench train``'s flags; they change the key).
+
+    Raises:
+        ValueError: the method has nothing to train, or its ``global_init`` names no trained method.
+    """
+    if not method.trainable:
+        raise ValueError(f"method {method.name!r} has nothing to train")
+    trainee = method.training_method()  # a post-hoc explainer trains the classifier it explains
+    try:
+        train_config = train_config_for(trainee, config.preset, config.seed, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise TrainingConfigError(f"{method.name}: {exc}") from None
+    train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
+    key_data = checkpoint_key_data(method, train_config, train_set, val_set)
+    donor = _donor(trainee, config)
+    donor_job: TrainingJob | SaliencyMethod | None = None
+    if donor is not None:
+        # the donor's weights decide these weights too: key by what decides the donor's (its cache key),
+        # not by its file, whose checksum also covers run-dependent metadata such as epoch times
+        if donor.weights_loaded:
+            donor_job = donor
+            key_data["initialised_from"] = {"method": donor.name, "weights": donor.checksums()}
+        else:
+            donor_job = training_job(donor, config)
+            key_data["initialised_from"] = {"method": donor.name, "cache_key": donor_job.key}
+    return TrainingJob(method, trainee, train_config, training_stages(trainee), train_set, val_set,
+                       config_hash(key_data), key_data, donor_job)
+
+
+def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | None:
+    """The method ``trainee.global_init`` names, created (untrained) with the run's options of it."""
+    donor_name = getattr(trainee, "global_init", None)
+    if not donor_name:
+        return None
+    if donor_name == trainee.name:
+        raise ValueError(f"{trainee.name}: global_init cannot name the method itself")
+    donor = create_run_method(donor_name, config)
+    if not isinstance(donor, TrainableMethod):
+        raise ValueError(f"{trainee.name}: global_init={donor_name!r} is not a trained method")
+    return donor
+
+
+def ensure_trained(
+    method: TrainableMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> dict[str, Any]:
+    """Train ``method`` on the run's dataset (train/val splits) into the cache, or load the cached
+    result (:func:`training_job` names the folder).
+
+    Under ``torchrun`` every rank calls this with the same ``context``: they train together
+    (DistributedDataParallel) into the one cache folder, which must then be on a filesystem every
+    rank sees; only rank 0 writes there.
+
+    Returns:
+        checkpoint facts for the manifest: path, sha256, cache key, training metrics.
+    """
+    job = training_job(method, config)
+    folder = job.folder
+    last_stage = stage_folder(folder, job.stages, job.stages[-1])
+    initialised_from = None
+    context.barrier()  # every rank sees the same cache state before deciding to train
+    if stage_checkpoint(last_stage) is None:
+        log.info("training %s (cache %s)", method.name, folder)
+        initialised_from = initialise_from_donor(job, config, progress=progress, context=context)
+        if context.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "key.json", job.key_data)
+        context.barrier()
+        started = time.perf_counter()
+        train_stages(job.trainee, job.train_config, folder, job.train_set, job.val_set, resume=True,
+                     context=context, progress=progress)
+        if context.is_main:  # wall time of this (last, possibly resumed) training, kept with the checkpoint
+            write_json_atomic(folder / "timing.json", {"training_seconds": round(time.perf_counter() - started, 1)})
+    elif job.donor is not None:
+        initialised_from = _donor_facts(job, config, progress, context)
+    # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
+    # the final one stands in when validation gave no usable criterion.
+    chosen = stage_checkpoint(last_stage)
+    meta = load_method_weights(method, chosen)
+    return {
+        "path": str(chosen),
+        "sha256": file_sha256(chosen),
+        "cache_key": job.key,
+        "stages": [s.name for s in job.stages],
+        "epochs_completed": meta.get("epochs_completed"),
+        "train_metrics": meta.get("metrics"),
+        "training_seconds": training_seconds(folder),
+        **({"initialised_from": initialised_from} if initialised_from else {}),
+    }
+
+
+def initialise_from_donor(
+    job: TrainingJob, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> dict[str, Any] | None:
+    """Start ``job.trainee``'s global backbone from the trained weights of the method its
+    ``global_init`` names (trained first, or loaded from the cache, with the run's options of it).
+
+    Returns:
+        :func:`_donor_facts`, or ``None`` when the trainee starts from random weights.
+    """
+    if job.donor is None:
+        return None
+    facts = _donor_facts(job, config, progress, context)
+    donor = job.donor.method if isinstance(job.donor, TrainingJob) else job.donor
+    job.trainee.initialise_global_backbone(donor)
+    return facts
+
+
+def _donor_facts(job: TrainingJob, config: RunConfig, progress: bool, context: DistContext) -> dict[str, Any]:
+    """``{"method", "cache_key", "sha256"}`` of the donor's checkpoint (trained if needed; its weights
+    are then loaded into the donor method), or ``{"method", "weights"}`` for a user's weights file."""
+    if not isinstance(job.donor, TrainingJob):
+        return {"method": job.donor.name, "weights": job.donor.checksums()}
+    facts = ensure_trained(job.donor.method, config, progress=progress, context=context)
+    return {"method": job.donor.method.name, "cache_key": facts["cache_key"], "sha256": facts["sha256"]}
+
+
+def train(
+    name: str,
+    config: RunConfig,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    only_stage: str | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+    context: DistContext = SINGLE_PROCESS,
+) -> TrainResult:
+    """``wsl-bench train``: train method ``name`` of ``config``'s run into ``out`` (not the cache),
+    with its :func:`training_job` (``overrides`` change the training configuration and the key,
+    which is kept in ``out/key.json``). ``max_images`` keeps the first images of each split.
+
+    Raises:
+        ValueError: the method has nothing to train, or a bad override.
+    """
+    job = training_job(create_run_method(name, config), config, **(overrides or {}))
+    train_set, val_set = job.train_set, job.val_set
+    if max_images is not None:
+        train_set, val_set = FirstImages(train_set, max_images), FirstImages(val_set, max_images)
+    initialise_from_donor(job, config, progress=progress, context=context)
+    if context.is_main:
+        write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
+    return train_stages(job.trainee, job.train_config, out, train_set, val_set, resume=resume,
+                        only_stage=only_stage, context=context, progress=progress)
+
+
+def prepare_method(
+    method: SaliencyMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> dict[str, Any]:
+    """Train ``method`` (or load its cached checkpoint) when it is trainable; its checkpoint facts."""
+    checkpoint: dict[str, Any] = dict(method.checksums())
+    if method.trainable and not method.weights_loaded:
+        checkpoint.update(ensure_trained(method, config, progress=progress, context=context))
+    return checkpoint
+
+
+def build_method(
+    name: str, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+) -> tuple[SaliencyMethod, dict[str, Any]]:
+    """Instantiate a method; train it (or load its cached checkpoint) when it is trainable.
+
+    Returns:
+        the method ready for ``predict`` and its checkpoint facts for the manifest.
+    """
+    method = create_run_method(name, config)
+    return method, prepare_method(method, config, progress=progress, context=context)
+
+
+def run_identity(
+    method: SaliencyMethod, name: str, config: RunConfig, data: dict[str, Any], dataset_module: str
+) -> dict[str, Any]:
+    """``method``'s identity in this run (``wsl_bench.evaluation.identity``), computed before it is trained."""
+    training = training_job(method, config).key if method.trainable and not method.weights_loaded else None
+    return method_identity(method, method_options(config, name), training, data, dataset_module)
+
+
+def run(
+    config: RunConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    retry_failed: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    write_report: bool = True,
+    lock: bool = True,
+) -> RunSummary:
+    """Evaluate ``config.methods`` on the dataset and write the run folder (and its report).
+
+    Each method is scored on the evaluated split, then on the validation split
+    (:func:`open_validation`; its images keep no figure maps). Summary counts cover both.
+
+    Resuming keeps a record only while it is still right: its method's run identity
+    (``wsl_bench.evaluation.identity``: options, weights, checkpoint key, code, data) is unchanged, and its
+    status is ``ok`` (or ``failed``/``oom`` without ``retry_failed``; a ``skipped`` record is always
+    retried, since its cause, such as a missing weights file, may be gone). A figure image whose maps
+    are missing or unreadable is recomputed.
+
+    Args:
+        config: what to run.
+        out_dir: the run folder; an existing one with the same configuration is resumed.
+        progress: tqdm progress bars.
+        retry_failed: recompute records whose status is "failed" or "oom" instead of keeping them.
+        shard: ``(rank, world_size)``: evaluate every ``world_size``-th image of each split starting
+            at ``rank`` (distributed evaluation; each rank writes ``records.rank<r>.jsonl``).
+        write_report: build ``report/`` at the end (rank 0 does it after merging in distributed runs).
+        lock: hold the run folder's lock (:class:`~wsl_bench.evaluation.run_lock.RunFolderLock`) while running;
+            a sharded run takes it once, outside, on rank 0.
+
+    Raises:
+        RunFolderLocked: another live run holds ``out_dir``.
+        RunConfigMismatch: ``out_dir`` holds a run with other run-wide settings.
+    """
+    out_dir = Path(out_dir)
+    if lock:
+        with RunFolderLock(out_dir):
+            return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False)
+    rank, world = shard
+    # the dataset opens before the manifest is written: a wrong --data-root leaves no folder behind
+    dataset = open_dataset(config)
+    all_ids = dataset.ids()
+    samples = SampleCache(dataset)
+    validation = open_validation(config, lambda split: open_dataset(config, split))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = open_manifest(config, out_dir)
+    manifest["validation"] = validation.manifest_entry()
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    if not validation.scored:
+        log.warning("headline Dice (validation τ) will be missing: %s", validation.reason)
+    expected = {config.split: all_ids}
+    data = {config.split: dataset.describe()}
+    if validation.scored:
+        assert validation.samples is not None
+        expected[validation.split] = validation.ids
+        data[validation.split] = validation.samples.dataset.describe()
+    # split → (this shard's ids, loaded samples, ids whose maps the qualitative figure keeps)
+    work: dict[str, tuple[list[str], SampleCache, set[str]]] = {
+        config.split: (all_ids[rank::world], samples,
+                       choose_figure_ids(all_ids, samples, config.figure_images) & set(all_ids[rank::world])),
+    }
+    if validation.scored:
+        assert validation.samples is not None
+        work[validation.split] = (validation.ids[rank::world], validation.samples, set())
+
+    records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+    existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
+    final_statuses = {"ok"} if retry_failed else {"ok", "failed", "oom"}
+    summary = RunSummary(out_dir)
+
+    with RecordWriter(records_path) as writer:
+        for name in config.methods:
+            try:
+                method = create_run_method(name, config)
+                identity_data = run_identity(method, name, config, data, type(dataset).__module__)
+            except (FileNotFoundError, NotImplementedError) as exc:
+                # A method that cannot be built here (weights the user has not supplied, a missing
+                # optional dependency) is skipped with its reason; the others still run, and a later
+                # run retries it.
+                log.warning("skipping %s: %s", name, exc)
+                for split, (ids, _, _) in work.items():
+                    for sample_id in ids:
+                        writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}",
+                                                 split=split))
+                summary.statuses[name] = {"skipped": sum(len(ids) for ids, _, _ in work.values())}
+                # no identity: the skipped records stand for the method until a run can build it
+                manifest["methods"][name] = {"identity": None, "skipped": f"{type(exc).__name__}: {exc}"}
+                write_json_atomic(out_dir / "manifest.json", manifest)
+                continue
+            identity = identity_hash(identity_data)
+            previous = manifest["methods"].get(name) or {}
+            if previous and previous.get("identity") != identity:
+                changed = changed_fields(previous.get("identity_data"), identity_data)
+                log.warning("%s: %s changed since its records were made; recomputing them", name,
+                            ", ".join(changed))
+                shutil.rmtree(out_dir / "maps" / name, ignore_errors=True)
+            done = {(r["split"], r["image_id"]) for r in existing
+                    if r["method"] == name and r.get("identity") == identity and r["status"] in final_statuses}
+            todo = {split: [i for i in ids if (split, i) not in done
+                            or (i in figure_ids and not figure_maps_present(out_dir, name, i))]
+                    for split, (ids, _, figure_ids) in work.items()}
+            summary.reused += sum(len(ids) - len(todo[split]) for split, (ids, _, _) in work.items())
+            manifest["methods"][name] = {**previous, "identity": identity, "identity_data": identity_data}
+            write_json_atomic(out_dir / "manifest.json", manifest)
+            if not any(todo.values()):
+                continue
+            checkpoint = prepare_method(method, config, progress=progress)
+            manifest["methods"][name] = {
+                "params": method.num_parameters(),
+                "map_range": method.map_range,
+                "description": METHODS.describe(split_method_name(name)[0]),
+                "options": {k: str(v) for k, v in config.options_for(name).items()},
+                "identity": identity,
+                "identity_data": identity_data,
+            }
+            if checkpoint:
+                manifest["checkpoints"][name] = checkpoint
+            write_json_atomic(out_dir / "manifest.json", manifest)
+            counts = {"ok": 0, "failed": 0, "oom": 0}
+            for split, (_, split_samples, figure_ids) in work.items():
+                if todo[split]:
+                    split_counts = evaluate_method(method, todo[split], split_samples, writer, config, out_dir,
+                                                   figure_ids, progress, split=split, identity=identity)
+                    counts = {k: counts[k] + split_counts[k] for k in counts}
+            summary.statuses[name] = counts
+            summary.computed += sum(counts.values())
+            summary.failed += counts["failed"] + counts["oom"]
+            del method
+            if config.device == "cuda":
+                torch.cuda.empty_cache()
+
+    if world == 1:
+        dropped = compact_records(out_dir, manifest)
+        if dropped:
+            log.info("compacted %s: %d stale or superseded records dropped", out_dir / "records.jsonl", dropped)
+    records = current_records(read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split),
+                              manifest)
+    mark_done(out_dir, records_complete(records, config, expected))
+    if write_report and rank == 0:
+
+        build_report(out_dir, out_dir / "report")
+    return summary
+
+
+def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
+    """Fold the per-rank ``records.rank<r>.jsonl`` of a distributed run into ``records.jsonl``.
+
+    Called by rank 0 once every rank has finished (after a barrier). Records are written in the order
+    a single-process run writes them (method by method in ``config.methods`` order, the evaluated
+    split and then the validation split, images in split order; any earlier ``records.jsonl`` content
+    is kept, the last record per (split, image, method) wins), to a temporary file renamed over
+    ``records.jsonl``; the rank files are removed afterwards. Writes the ``done`` marker when every
+    (split, image, method) has a record. Whether the validation split was scored is read from the
+    ``validation`` entry :func:`run` wrote to ``manifest.json``.
+
+    Returns:
+        the path of ``records.jsonl``.
+    """
+    out_dir = Path(out_dir)
+    target = out_dir / "records.jsonl"
+    shards = sorted(out_dir.glob("records.rank*.jsonl"))
+    records = current_records(read_records([target, *shards], default_split=config.split),
+                              read_json(out_dir / "manifest.json"))
+    expected = {config.split: open_dataset(config).ids()}
+    validation = read_json(out_dir / "manifest.json").get("validation") or {}
+    if validation.get("split") and validation.get("reason") is None:
+        expected[validation["split"]] = open_dataset(config, validation["split"]).ids()
+    method_order = {m: i for i, m in enumerate(config.methods)}
+    split_order = {s: i for i, s in enumerate(expected)}
+    image_order = {(s, i): n for s, ids in expected.items() for n, i in enumerate(ids)}
+    records.sort(key=lambda r: (method_order.get(r["method"], len(method_order)), r["method"],
+                                split_order.get(r["split"], len(split_order)), r["split"],
+                                image_order.get((r["split"], r["image_id"]), len(image_order)), r["image_id"]))
+    rewrite_records(target, records)
+    for shard in shards:
+        shard.unlink()
+    mark_done(out_dir, records_complete(records, config, expected))
+    return target
+
+
+def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, progress: bool = True,
+                retry_failed: bool = False) -> Any:
+    """``wsl-bench run`` under torchrun: train together, evaluate a shard each, rank 0 merges and reports.
+
+    1. Every trainable method is trained (or its cached checkpoint found) by all ranks together, with
+       DistributedDataParallel (:func:`ensure_trained`); the cache folder must be
+       on a filesystem every rank sees.
+    2. Each rank evaluates every ``world_size``-th image of the split (:func:`run`'s ``shard``)
+       into its own ``records.rank<r>.jsonl``.
+    3. After a barrier rank 0 merges the records into ``records.jsonl``
+       (:func:`merge_shard_records`) and writes the report.
+
+    Args:
+        config: the run's :class:`wsl_bench.evaluation.harness.RunConfig`.
+
+    Returns:
+        a :class:`wsl_bench.evaluation.harness.RunSummary` whose counts are summed over all ranks.
+    """
+
+    # rank 0 holds the run folder for the whole sharded run; every rank learns whether it could
+    lock = RunFolderLock(out_dir) if context.is_main else None
+    refusal = [None]
+    if lock is not None:
+        try:
+            lock.acquire()
+        except RunFolderLocked as exc:
+            refusal = [str(exc)]
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise RunFolderLocked(refusal[0])
+    try:
+        return _run_sharded_locked(config, out_dir, context, progress, retry_failed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistContext, progress: bool,
+                        retry_failed: bool) -> RunSummary:
+    for name in config.methods:
+        try:
+            method = create_run_method(name, config)  # as a single process creates it: the same key
+        except (FileNotFoundError, NotImplementedError):
+            continue  # run() records this method as skipped, with the reason
+        prepare_method(method, config, progress=progress and context.is_main, context=context)
+        del method
+    summary = run(config, out_dir, progress=progress and context.is_main, retry_failed=retry_failed,
+                  shard=(context.rank, context.world_size), write_report=False, lock=False)
+    context.barrier()  # every shard's records are on disk
+    if context.is_main:
+        merge_shard_records(config, out_dir)
+        build_report(out_dir, Path(out_dir) / "report")
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, (summary.computed, summary.reused, summary.failed, summary.statuses))
+    total = RunSummary(Path(out_dir))
+    for computed, reused, failed, statuses in gathered:
+        total.computed += computed
+        total.reused += reused
+        total.failed += failed
+        for method_name, counts in statuses.items():
+            merged = total.statuses.setdefault(method_name, {})
+            for status, count in counts.items():
+                merged[status] = merged.get(status, 0) + count
+    context.barrier()  # nobody leaves before the report is written
+    return total
+
+
+def summarise_statuses(summary: RunSummary) -> str:
+    """One line per method: how many records of each status this invocation wrote."""
+    lines = []
+    for name, counts in summary.statuses.items():
+        parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        lines.append(f"  {name}: {parts or 'nothing new'}")
+    return "\n".join(lines)
+
+
