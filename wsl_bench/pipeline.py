@@ -206,7 +206,7 @@ def training_job(method: SaliencyMethod, config: RunConfig, **overrides: Any) ->
 
 def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | None:
     """The method ``trainee.global_init`` names, created (untrained) with the run's options of it."""
-    donor_name = getattr(trainee, "global_init", None)
+    donor_name = trainee.global_init
     if not donor_name:
         return None
     if donor_name == trainee.name:

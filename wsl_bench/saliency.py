@@ -11,15 +11,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CLASSES: tuple[str, ...] = ("benign", "malignant")
 """The class order of every ``maps``/``scores`` channel, label and mask in the suite."""
 
 MapRange = Literal["probability", "unbounded"]
-MAP_RANGES: tuple[str, ...] = ("probability", "unbounded")
+"""The value range of a method's maps: ``"probability"`` (already in [0, 1], scored as they are) or
+``"unbounded"`` (min–max normalised per image and class by the harness)."""
+MAP_RANGES: tuple[str, ...] = get_args(MapRange)
+"""The values of :data:`MapRange`, for runtime checks."""
 
 
 _RANGE_TOLERANCE = 1e-4
@@ -136,6 +142,16 @@ class TrainingStage:
         return d
 
 
+class ImageAugmentation(Protocol):
+    """A training-time augmentation: ``augment(image 1×H×W, rng) -> 1×H×W``, randomness from ``rng`` only.
+
+    The same protocol as ``wsl_bench.training.augment.Augmentation`` (``CropJitter``, ``VerticalFlip``),
+    declared here because the contract must not import the training layer.
+    """
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor: ...
+
+
 class SaliencyMethod(ABC):
     """Base class of every method: turns images into saliency maps and image-level scores.
 
@@ -147,6 +163,7 @@ class SaliencyMethod(ABC):
         description: one line for ``wsl-bench list``.
         map_range: the range of the maps it returns (see :class:`SaliencyOutput`).
         trainable: whether ``wsl-bench run`` must train (or load) it before evaluation.
+        requires_weights: whether it needs user-supplied weights (then the default benchmark leaves it out).
     """
 
     name: ClassVar[str] = ""
@@ -213,9 +230,23 @@ class TrainableMethod(SaliencyMethod):
     Subclasses build their network in ``__init__`` (deterministically from ``seed``), return it from
     :meth:`network`, and define the weakly-supervised loss in :meth:`training_loss`. The shared
     trainer does everything else (optimiser, epochs, checkpoints, validation).
+
+    Every hook the trainer and the pipeline call is declared here with its default, so a subclass
+    overrides only what its recipe changes: :attr:`train_overrides`, :meth:`training_stages`,
+    :meth:`training_augmentation`, :attr:`global_init` with :meth:`initialise_global_backbone`,
+    :meth:`config_dict`, :meth:`training_identity`, :meth:`training_method`, :meth:`classifier`.
     """
 
     trainable: ClassVar[bool] = True
+
+    train_overrides: ClassVar[dict[str, Any]] = {}
+    """``TrainConfig`` fields of the method's recipe (e.g. ``{"lr": 1e-3}``), applied over the
+    preset's budget and under explicit command-line options; may be a property."""
+
+    global_init: str | None = None
+    """Registered name of a trainable method whose trained weights this one starts from (trained
+    first, or loaded from the cache, then passed to :meth:`initialise_global_backbone`); ``None``:
+    start from the network built in ``__init__``. May be a property."""
 
     @abstractmethod
     def network(self) -> torch.nn.Module:
@@ -233,6 +264,9 @@ class TrainableMethod(SaliencyMethod):
             pos_weight: optional ``C`` weights of positive examples in every binary cross-entropy
                 term (``torch.nn.functional.binary_cross_entropy_with_logits`` semantics), set by the
                 trainer to counter class imbalance.
+
+        A method whose :meth:`training_stages` give a stage a ``loss`` also accepts the keyword
+        ``stage`` (that ``loss`` string).
         """
 
     def classifier(self) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -247,6 +281,37 @@ class TrainableMethod(SaliencyMethod):
     def config_dict(self) -> dict[str, Any]:
         """Everything that determines the architecture, stored in checkpoints and cache keys."""
         return {"image_size": list(self.image_size)}
+
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The training recipe, in order; each stage is resumable on its own.
+
+        Default: one stage training the whole network with ``training_loss(images, labels,
+        pos_weight)`` for ``TrainConfig.epochs`` epochs. A stage's ``loss`` is passed as
+        ``training_loss(..., stage=loss)``; its ``trainable`` names submodules of :meth:`network`.
+        Stage names must be unique.
+        """
+        return (TrainingStage(),)
+
+    def training_augmentation(self) -> ImageAugmentation | None:
+        """The training-time augmentation applied to each ``1×H×W`` training image, or ``None``.
+
+        Default: none. Return an object with the ``wsl_bench.training.augment.Augmentation``
+        protocol (``CropJitter``, ``VerticalFlip``): ``augment(image 1×H×W, rng) -> 1×H×W``, its
+        randomness drawn from ``rng`` only (the trainer seeds it per epoch and image).
+        """
+        return None
+
+    def initialise_global_backbone(self, donor: TrainableMethod) -> None:
+        """Start this method's network from ``donor``'s trained weights (called before training when
+        :attr:`global_init` names ``donor``; ``donor`` has its trained weights loaded).
+
+        Raises:
+            NotImplementedError: the default; a method that sets ``global_init`` must override it.
+        """
+        raise NotImplementedError(
+            f"method {self.name!r} sets global_init={self.global_init!r} but does not implement "
+            "initialise_global_backbone(donor) to copy the donor's weights"
+        )
 
     def training_identity(self) -> dict[str, Any]:
         """What identifies the trained weights: the method and its architecture.

@@ -368,11 +368,11 @@ class PosthocExplainer(TrainableMethod):
 
     @property
     def train_overrides(self) -> dict[str, Any]:
-        return dict(getattr(self.inner, "train_overrides", {}))
+        return dict(self.inner.train_overrides)
 
     @property
     def weights_loaded(self) -> bool:
-        return bool(getattr(self.inner, "weights_loaded", False))
+        return self.inner.weights_loaded
 
     def checksums(self) -> dict[str, str]:
         return self.inner.checksums()

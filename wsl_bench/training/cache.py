@@ -54,7 +54,7 @@ def train_config_for(method: TrainableMethod, preset_name: str, seed: int, **ove
         "best_criterion": preset.best_criterion,
         "cpu_amp": preset.cpu_amp,
     }
-    fields.update(getattr(method, "train_overrides", {}))
+    fields.update(method.train_overrides)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**fields)
 

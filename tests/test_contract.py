@@ -1,0 +1,121 @@
+"""The method contract (issue 13): ``TrainableMethod`` declares every hook the trainer and the
+pipeline call, nothing discovers them with ``getattr``, and the complete example of
+``methods/README.md`` passes the conformance checks and trains through ``wsl_bench.pipeline.run``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.pipeline import run
+from wsl_bench.registry import METHODS
+from wsl_bench.saliency import SaliencyMethod, TrainableMethod
+from wsl_bench.testing import check_method
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "methods" / "README.md"
+
+HOOKS = ("training_stages", "training_augmentation", "train_overrides", "global_init", "initialise_global_backbone")
+"""Hooks of a trainable method that the trainer or the pipeline call."""
+
+ATTRIBUTES = ("name", "description", "map_range", "trainable", "requires_weights", "weights_loaded")
+"""Attributes of every method that the harness, the pipeline or the trainer read."""
+
+EXAMPLE_NAME = "contract-example"
+
+
+def _example_source(kind: str) -> str:
+    match = re.search(rf"<!-- example: {kind} -->\s*```python\n(.*?)```", README.read_text(), re.S)
+    assert match, f"methods/README.md has no ```python block after <!-- example: {kind} -->"
+    return match.group(1)
+
+
+def _example_class(kind: str = "trainable", base: type[SaliencyMethod] = TrainableMethod) -> type:
+    namespace: dict = {"__name__": f"contract_example_{kind}"}
+    exec(compile(_example_source(kind), str(README), "exec"), namespace)
+    defined = [v for v in namespace.values()
+               if isinstance(v, type) and issubclass(v, base) and v.__module__ == namespace["__name__"]]
+    assert len(defined) == 1, f"the {kind} example should define one {base.__name__}, found {defined}"
+    return defined[0]
+
+
+@pytest.fixture
+def example_method():
+    cls = _example_class()
+    METHODS.register(EXAMPLE_NAME, cls)
+    try:
+        yield cls
+    finally:
+        METHODS.unregister(EXAMPLE_NAME)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_trainable_method_declares_every_hook(hook):
+    assert hasattr(TrainableMethod, hook), f"TrainableMethod does not declare {hook}"
+
+
+@pytest.mark.parametrize("attribute", ATTRIBUTES)
+def test_saliency_method_declares_every_attribute(attribute):
+    assert hasattr(SaliencyMethod, attribute), f"SaliencyMethod does not declare {attribute}"
+
+
+def test_hook_defaults():
+    class Minimal(TrainableMethod):
+        def network(self):
+            return None
+
+        def training_loss(self, images, labels, pos_weight=None):
+            return None
+
+        def predict(self, images):
+            return None
+
+    method = Minimal()
+    (stage,) = method.training_stages()
+    assert stage.name == "main" and stage.trainable == () and stage.epochs_fraction == 1.0
+    assert method.training_augmentation() is None
+    assert method.train_overrides == {} and method.global_init is None
+    with pytest.raises(NotImplementedError, match="initialise_global_backbone"):
+        method.initialise_global_backbone(method)
+
+
+def test_no_getattr_discovery_of_hooks():
+    pattern = re.compile(r"getattr\([^)]*[\"'](" + "|".join(HOOKS) + r")[\"']")
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in sorted((ROOT / "wsl_bench").rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if pattern.search(line)]
+    assert not found, "hooks declared on the base classes are called directly, not discovered:\n" + "\n".join(found)
+
+
+def test_readme_example_conforms(example_method):
+    check_method(EXAMPLE_NAME)
+
+
+def test_readme_inference_example_conforms():
+    cls = _example_class("inference", SaliencyMethod)
+    assert not cls.trainable
+    check_method(cls)
+
+
+def test_readme_example_trains_one_epoch_through_the_pipeline(toy_dataset, example_method, tmp_path, monkeypatch):
+    monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
+
+    class OneEpoch(example_method):
+        train_overrides = {**example_method.train_overrides, "epochs": 1}
+
+    METHODS.unregister(EXAMPLE_NAME)
+    METHODS.register(EXAMPLE_NAME, OneEpoch)
+    config = RunConfig(methods=(EXAMPLE_NAME,), dataset="toy", preset="tiny")
+    summary = run(config, tmp_path / "run", progress=False, write_report=False)
+
+    statuses = summary.statuses[EXAMPLE_NAME]
+    assert statuses["ok"] > 0 and not statuses.get("failed") and not statuses.get("oom"), statuses
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    checkpoint = manifest["checkpoints"][EXAMPLE_NAME]
+    assert checkpoint["epochs_completed"] == 1
+    assert Path(checkpoint["path"]).is_relative_to(tmp_path / "cache")
