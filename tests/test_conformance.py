@@ -35,20 +35,41 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", default_methods())
-def test_method_conforms(name):
+VARIANT_SIZE = (96, 64)
+"""Published-weight variants (``glam.sep``, ``gmic.m1`` ...) run small: their families run at full size."""
+
+
+def random_published_weights(name: str, image_size: tuple[int, int], folder) -> str:
+    """A published-format weights file (flat state dict) of randomly initialised weights for the
+    published-weight variant ``name``: its network, built from its own configuration, saved as is."""
+    cls = METHODS.get(name)
+    config, _ = cls.split_options(dict(cls.config_defaults), image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        network = cls.network_class(config)
+    path = folder / f"random-{cls.published_file}"
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", wsl_bench.list_methods("*"))
+def test_method_conforms(name, tmp_path):
+    """Every registered method; a published-weight variant on a file of random weights in its format."""
+    cls = METHODS.get(name)
+    assert cls.description, f"{name} has no one-line description"
     if _is_explainer(name):
         check_method(name, image_size=EXPLAINER_SIZE, config=EXPLAINER_OPTIONS["config"],
                      **EXPLAINER_OPTIONS.get(name, {}))
+    elif cls.requires_weights:  # its architecture is checked at full conformance size under the family's name
+        weights = random_published_weights(name, VARIANT_SIZE, tmp_path)
+        check_method(name, image_size=VARIANT_SIZE, weights=weights)
     else:
         check_method(name, image_size=CONFORMANCE_IMAGE_SIZE)
 
 
-def test_every_registered_method_is_checked_or_needs_user_weights():
-    for name in wsl_bench.list_methods():
-        cls = METHODS.get(name)
-        assert name in default_methods() or cls.requires_weights, name
-        assert cls.description, f"{name} has no one-line description"
+def test_every_registered_method_is_in_the_default_run_or_needs_user_weights():
+    for name in wsl_bench.list_methods("*"):
+        assert name in default_methods() or METHODS.get(name).requires_weights, name
 
 
 @pytest.mark.parametrize("name", ["glam.joint", "gmic.m1"])
@@ -58,5 +79,97 @@ def test_published_weight_variants_say_where_to_get_the_file(name, monkeypatch, 
         wsl_bench.create_method(name, image_size=CONFORMANCE_IMAGE_SIZE)
 
 
-def test_synthetic_dataset_conforms():
-    check_dataset(wsl_bench.create_dataset("synthetic", split="val", image_size=CONFORMANCE_IMAGE_SIZE, n=6))
+# -- datasets: every registered one, on the in-format files the dataset tests write ---------------
+DATASET_SIZE = (96, 64)
+
+
+def _first_split_with_samples(name, root, **options):
+    from wsl_bench.data import SPLITS, DatasetError
+
+    for split in SPLITS:
+        try:
+            dataset = wsl_bench.create_dataset(name, root=str(root), split=split, image_size=DATASET_SIZE, **options)
+            if dataset.ids():
+                return dataset
+        except DatasetError:
+            continue
+    raise AssertionError(f"the {name} test files hold no samples in any split")
+
+
+def _synthetic(root):
+    return wsl_bench.create_dataset("synthetic", split="val", image_size=DATASET_SIZE, n=6)
+
+
+def _folder(root):
+    import numpy as np
+
+    from wsl_bench.datasets.folder import FolderWriter
+
+    rng = np.random.default_rng(0)
+    blob = np.zeros((40, 30), dtype=bool)
+    blob[5:12, 4:9] = True
+    writer = FolderWriter(root)
+    writer.write("lesion", "test", rng.integers(0, 4096, (40, 30), dtype=np.uint16),
+                 {"benign": blob, "malignant": np.zeros((40, 30), bool)}, {"benign": 1, "malignant": 0})
+    writer.write("clear", "test", rng.integers(0, 4096, (40, 30), dtype=np.uint16),
+                 {"benign": np.zeros((40, 30), bool), "malignant": None}, {"benign": 0, "malignant": 0})
+    writer.write("unannotated", "test", rng.integers(0, 4096, (40, 30), dtype=np.uint16),
+                 {"benign": None, "malignant": None}, {"benign": 0, "malignant": 1})
+    return _first_split_with_samples("folder", root)
+
+
+def _nyu(root):
+    from fixtures_real import make_nyu
+
+    make_nyu(root, frame=DATASET_SIZE)
+    return wsl_bench.create_dataset("nyu", root=str(root), frame=DATASET_SIZE, image_size=DATASET_SIZE)
+
+
+def _cbis(root):
+    pytest.importorskip("pydicom")
+    from fixtures_real import CbisCase, CbisWriter
+
+    writer = CbisWriter(root)
+    for case in (
+        CbisCase("mass", "test", "P_00001", "LEFT", "CC", "MALIGNANT", lesion=(0.35, 0.3, 0.07)),
+        CbisCase("calc", "test", "P_00001", "LEFT", "CC", "BENIGN_WITHOUT_CALLBACK", lesion=(0.7, 0.3, 0.05)),
+        CbisCase("mass", "test", "P_00002", "RIGHT", "MLO", "BENIGN"),
+    ):
+        writer.add(case)
+    writer.finish()
+    return _first_split_with_samples("cbis-ddsm", root)
+
+
+def _inbreast(root):
+    pytest.importorskip("pydicom")
+    from test_dataset_inbreast import make_inbreast
+
+    make_inbreast(root)
+    return _first_split_with_samples("inbreast", root)
+
+
+def _vindr(root):
+    pytest.importorskip("pydicom")
+    from test_dataset_vindr import make_vindr
+
+    make_vindr(root)
+    return _first_split_with_samples("vindr", root)
+
+
+DATASET_BUILDERS = {
+    "synthetic": _synthetic,
+    "folder": _folder,
+    "nyu": _nyu,
+    "cbis-ddsm": _cbis,
+    "inbreast": _inbreast,
+    "vindr": _vindr,
+}
+
+
+@pytest.mark.parametrize("name", wsl_bench.list_datasets("*"))
+def test_dataset_conforms(name, tmp_path):
+    """Every registered dataset, opened on files in its own format (a new built-in needs a builder here)."""
+    assert name in DATASET_BUILDERS, f"dataset {name!r} has no conformance files: add a builder to DATASET_BUILDERS"
+    dataset = DATASET_BUILDERS[name](tmp_path)
+    assert dataset.ids(), f"{name}: no samples to check"
+    check_dataset(dataset)

@@ -14,6 +14,10 @@ Two kinds of file load into a method's network:
   record atomically (temporary file, then ``os.replace``: a crash never leaves a half-written
   file); loading one into another method family or configuration is refused.
 
+This module is the only place that reads a weights file and decides whether it fits a network:
+:func:`load_weights` serves published-weight methods (``weights=``), the trainer (a stage starting
+from the previous stage's checkpoint) and the training cache alike, with one compatibility rule.
+
 Every file is read with ``torch.load(..., weights_only=True)`` (through
 :func:`load_checkpoint_file`) or ``numpy.load(allow_pickle=False)``: no
 arbitrary pickle is ever executed.
@@ -75,13 +79,12 @@ class CheckpointMetadata:
 
     def to_checkpoint(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """The checkpoint dictionary in the trainer's layout."""
-        meta = {**self.extra, "training_data": self.training_data, "seed": self.seed, "metrics": dict(self.metrics)}
         return {
             "format": FORMAT,
             "method": self.method,
             "config": dict(self.config),
             "state_dict": dict(state_dict),
-            "meta": meta,
+            "meta": self.meta_record(),
         }
 
     @classmethod
@@ -98,6 +101,11 @@ class CheckpointMetadata:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: incomplete wsl-bench checkpoint record ({exc})") from None
+
+    def meta_record(self) -> dict[str, Any]:
+        """The checkpoint's ``meta`` dictionary as the trainer wrote it (``training_data``, ``seed``,
+        ``metrics`` and the ``extra`` entries such as ``epochs_completed``)."""
+        return {**self.extra, "training_data": self.training_data, "seed": self.seed, "metrics": dict(self.metrics)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,8 +296,8 @@ def check_compatible(metadata: CheckpointMetadata, method: str, config: Mapping[
     """
     if method_family(metadata.method) != method_family(method):
         raise CheckpointError(f"{where}: checkpoint of method {metadata.method!r} cannot be loaded into {method!r}")
-    ours = json.loads(json.dumps(dict(config)))  # tuples → lists, as stored
-    theirs = dict(metadata.config)
+    ours = json.loads(json.dumps(dict(config)))  # tuples → lists (torch.save may have kept tuples)
+    theirs = json.loads(json.dumps(dict(metadata.config)))
     ours.pop("training", None)
     theirs.pop("training", None)
     differing = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -338,25 +346,66 @@ def resolve_weights(
     )
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike, method: str, config: Mapping[str, Any]) -> dict[str, str]:
-    """Load any supported weights file into ``module``.
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What :func:`load_weights` loaded.
 
-    Published files and ``.npz`` go through :func:`map_published_keys`; own checkpoints are first
-    checked with :func:`check_compatible`.
+    Attributes:
+        path: the file.
+        sha256: its hex SHA-256 (:func:`file_sha256`).
+        kind: ``"published"`` (published state dict or ``.npz``) or ``"wsl-bench"`` (own checkpoint).
+        metadata: the own checkpoint's record; ``None`` for published files.
+    """
+
+    path: Path
+    sha256: str
+    kind: str
+    metadata: CheckpointMetadata | None = None
+
+    def info(self) -> dict[str, str]:
+        """``{"weights": path, "sha256": digest, "kind": kind}`` for manifests (a method's ``checksums()``)."""
+        return {"weights": str(self.path), "sha256": self.sha256, "kind": self.kind}
+
+
+def load_weights(
+    module: nn.Module,
+    path: str | os.PathLike,
+    method: str,
+    config: Mapping[str, Any],
+    own_only: bool = False,
+) -> LoadedWeights:
+    """Load any supported weights file into ``module``: the one checkpoint loader of wsl-bench.
+
+    Published methods (``weights=``), the trainer (a stage starting from the previous stage's
+    checkpoint) and the training cache all load through here, so one compatibility rule holds:
+
+    * an own checkpoint (``wsl_bench.checkpoint/1``) must come from the same method family with
+      the same configuration (:func:`check_compatible`; the ``"training"`` entry is not compared);
+    * a published state dict or ``.npz`` goes through :func:`map_published_keys`;
+    * either way every key must be used and every shape must match (:func:`check_state_dict`).
+
+    Args:
+        module: the network to load into (dtype and device are kept).
+        path: the file.
+        method: the registered name of the method the network belongs to (``gmic.m2`` ...).
+        config: that method's configuration (``config_dict()`` / ``training_identity()["config"]``).
+        own_only: refuse published files (the trainer and the cache read only their own checkpoints).
 
     Returns:
-        ``{"weights": path, "sha256": digest, "kind": "published" | "wsl-bench"}`` for manifests.
+        :class:`LoadedWeights` (``.info()`` for manifests, ``.metadata`` for own checkpoints).
 
     Raises:
-        CheckpointError: unreadable, incompatible or mismatching weights.
+        CheckpointError: unreadable, incompatible or mismatching weights; the message names the file.
     """
     path = Path(path)
     state, metadata = read_weights_file(path)
     if metadata is None:
+        if own_only:
+            raise CheckpointError(f"{path}: not a wsl-bench checkpoint (format {FORMAT!r} expected)")
         state = map_published_keys(state)
         kind = "published"
     else:
         check_compatible(metadata, method, config, str(path))
         kind = "wsl-bench"
     load_state_dict_strict(module, state, str(path))
-    return {"weights": str(path), "sha256": file_sha256(path), "kind": kind}
+    return LoadedWeights(path=path, sha256=file_sha256(path), kind=kind, metadata=metadata)

@@ -58,9 +58,9 @@ def load_method_weights(method: Any, weights: str | None) -> dict[str, str]:
     )
     if path is None:
         return {}
-    info = checkpoints.load_weights(method.network(), path, method.name, method.config_dict())
+    loaded = checkpoints.load_weights(method.network(), path, method.name, method.config_dict())
     method.network().to(method.device)
-    return info
+    return loaded.info()
 
 
 class EngineCache:

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from wsl_bench import weights as weights_io
 from wsl_bench.atomic_io import atomic_write, save_figure_atomic
 from wsl_bench.data import MammogramDataset
 from wsl_bench.evaluation.metrics import auc, pxap_from_histograms
@@ -66,7 +67,7 @@ from wsl_bench.weights import atomic_torch_save, file_sha256, load_checkpoint_fi
 log = logging.getLogger(__name__)
 
 TRAINER_STATE_FORMAT = "wsl_bench.trainer_state/2"
-METHOD_CHECKPOINT_FORMAT = "wsl_bench.checkpoint/1"
+METHOD_CHECKPOINT_FORMAT = weights_io.FORMAT  # the one checkpoint format (wsl_bench.weights)
 BALANCE_MODES: tuple[str, ...] = ("none", "pos_weight", "sampler")
 CRITERIA: dict[str, tuple[str, int]] = {
     "mean_auc": ("val_mean_auc", 1),
@@ -132,9 +133,9 @@ class TrainConfig:
 
 
 def training_stages(method: TrainableMethod) -> tuple[TrainingStage, ...]:
-    """The method's declared stages (``training_stages()``), or one stage training everything."""
-    declared = getattr(method, "training_stages", None)
-    stages = tuple(declared()) if callable(declared) else ()
+    """The method's stages (``TrainableMethod.training_stages()``, by default one stage training
+    everything), checked for unique names."""
+    stages = tuple(method.training_stages())
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"{method.name}: stage names must be unique, got {names}")
@@ -142,9 +143,8 @@ def training_stages(method: TrainableMethod) -> tuple[TrainingStage, ...]:
 
 
 def training_augmentation(method: TrainableMethod) -> Augmentation | None:
-    """The method's training-time augmentation (``training_augmentation()``), if it declares one."""
-    declared = getattr(method, "training_augmentation", None)
-    return declared() if callable(declared) else None
+    """The method's training-time augmentation (``TrainableMethod.training_augmentation()``), or ``None``."""
+    return method.training_augmentation()
 
 
 @dataclass
@@ -192,22 +192,20 @@ def _trainable_parameters(network: nn.Module, names: tuple[str, ...], stage: str
 
 
 def load_network_weights(method: TrainableMethod, path: Path) -> dict[str, Any]:
-    """Load a project-format checkpoint (``wsl_bench.checkpoint/1``) into ``method.network()``.
+    """Load a project-format checkpoint (``wsl_bench.checkpoint/1``) into ``method.network()``
+    through :func:`wsl_bench.weights.load_weights` (the one loader and compatibility rule).
+
+    Returns:
+        the checkpoint's ``meta`` record (``metrics``, ``epochs_completed`` ...).
 
     Raises:
-        ValueError: not such a checkpoint, or one of another method or configuration.
+        wsl_bench.weights.CheckpointError (a ValueError): not such a checkpoint, or one of another
+            method family or configuration; the message names the file.
     """
-    checkpoint = load_checkpoint_file(path, map_location=method.device)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != METHOD_CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a wsl-bench checkpoint")
     identity = method.training_identity()
-    if {"method": checkpoint.get("method"), "config": checkpoint.get("config")} != identity:
-        raise ValueError(
-            f"{path}: checkpoint of {checkpoint.get('method')!r} with config {checkpoint.get('config')} does not fit "
-            f"{identity['method']!r} with config {identity['config']}"
-        )
-    method.network().load_state_dict(checkpoint["state_dict"])
-    return checkpoint.get("meta", {})
+    loaded = weights_io.load_weights(method.network(), path, identity["method"], identity["config"], own_only=True)
+    assert loaded.metadata is not None  # own_only
+    return loaded.metadata.meta_record()
 
 
 def describe_differences(stored: Any, current: Any, prefix: str = "") -> str:
