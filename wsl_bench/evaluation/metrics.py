@@ -513,6 +513,21 @@ def pxap(saliency: Any, mask: Any, bins: int = DEFAULT_BINS) -> float:
     return pxap_from_histograms(*pixel_histograms(saliency, mask, bins))
 
 
+def _scores_and_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Length-N float64 scores and bool labels, checked (the AUC function and accumulator share it).
+
+    Raises:
+        ValueError: length mismatch, non-finite scores, labels other than 0/1.
+    """
+    s = np.asarray(_to_numpy(scores), dtype=np.float64).ravel()
+    y = _as_bool_mask(np.asarray(_to_numpy(labels)).ravel())
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return s, y
+
+
 def auc(scores: Any, labels: Any) -> float:
     """Area under the ROC curve via the Mann–Whitney U statistic (ties count one half).
 
@@ -526,12 +541,7 @@ def auc(scores: Any, labels: Any) -> float:
     Raises:
         ValueError: length mismatch, non-finite scores, labels other than 0/1.
     """
-    s = np.asarray(_to_numpy(scores), dtype=np.float64).ravel()
-    y = _as_bool_mask(np.asarray(_to_numpy(labels)).ravel())
-    if s.shape != y.shape:
-        raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or infinite values")
+    s, y = _scores_and_labels(scores, labels)
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -713,12 +723,7 @@ class AUCMetric(_Metric):
 
     def update(self, scores: Any, labels: Any) -> None:
         """Add length-N scores and 0/1 labels (or scalars)."""
-        s = np.asarray(_to_numpy(scores), dtype=np.float64).ravel()
-        y = _as_bool_mask(np.asarray(_to_numpy(labels)).ravel())
-        if s.shape != y.shape:
-            raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
-        if not np.isfinite(s).all():
-            raise ValueError("scores contain NaN or infinite values")
+        s, y = _scores_and_labels(scores, labels)
         self._scores.append(s)
         self._labels.append(y)
 

@@ -12,6 +12,8 @@ patches, no host round trip. The only Python loop is over the K sequential windo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +223,35 @@ def scaled_patch_size(published_side: int, image_size: tuple[int, int]) -> tuple
     """
     side = max(1, int(round(published_side * image_size[0] / PUBLISHED_IMAGE_SIZE[0])))
     return side, side
+
+
+class ScaledNetworkConfig:
+    """What GLAM's and GMIC's configurations share: a frozen dataclass with ``image_size``,
+    ``patch_side`` and ``geometry`` fields, whose strides and patch side follow the image size.
+
+    Subclasses set ``PUBLISHED_PATCH_SIDE`` (the patch side at 2944×1920).
+    """
+
+    PUBLISHED_PATCH_SIDE: ClassVar[int]
+    image_size: tuple[int, int]
+    patch_side: int | None
+    geometry: str
+
+    @property
+    def stride_reductions(self) -> int:
+        """Factors of two taken out of the published strides at this size (:func:`.geometry.stride_reductions`)."""
+        return geometry.stride_reductions(self.image_size, self.geometry)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """``(ph, pw)`` of the local module's input: ``patch_side`` or the published side scaled."""
+        if self.patch_side is not None:
+            return self.patch_side, self.patch_side
+        return scaled_patch_size(self.PUBLISHED_PATCH_SIDE, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (tuples as lists): stored in checkpoints and cache keys."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def window_in_map(patch: tuple[int, int], map_size: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:

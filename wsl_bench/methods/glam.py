@@ -12,7 +12,7 @@ the published-weight variants ``glam.sep`` and ``glam.joint``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -32,7 +32,7 @@ GLAM_REPOSITORY = "https://github.com/nyukat/GLAM"
 # Configuration
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GlamConfig:
+class GlamConfig(bb.ScaledNetworkConfig):
     """Everything that fixes what GLAM computes (stored in checkpoints; a mismatch refuses a load).
 
     Attributes:
@@ -50,6 +50,8 @@ class GlamConfig:
         local_width: channel multiplier of the local module (1 published: 64 … 512 channels).
         local_blocks: basic blocks per stage of the local module (``(3, 4, 6, 3)`` published).
     """
+
+    PUBLISHED_PATCH_SIDE: ClassVar[int] = 512
 
     image_size: tuple[int, int] = bb.PUBLISHED_IMAGE_SIZE
     patch_side: int | None = None
@@ -77,24 +79,6 @@ class GlamConfig:
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"GLAM {name} must be in (0, 1], got {getattr(self, name)}")
 
-    @property
-    def stride_reductions(self) -> int:
-        """Factors of two taken out of the published strides at this size (:func:`.geometry.stride_reductions`)."""
-        return geometry.stride_reductions(self.image_size, self.geometry)
-
-    @property
-    def patch_size(self) -> tuple[int, int]:
-        """``(ph, pw)`` of the local module's input."""
-        if self.patch_side is not None:
-            return self.patch_side, self.patch_side
-        return bb.scaled_patch_size(512, self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size)
-        d["global_weights"] = list(self.global_weights)
-        d["local_blocks"] = list(self.local_blocks)
-        return d
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ Registered methods: ``gmic`` (trainable) and the published-weight variants ``gmi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ PUBLISHED_GMIC_MODELS: dict[str, tuple[float, float, float]] = {
 
 
 @dataclass(frozen=True)
-class GmicConfig:
+class GmicConfig(bb.ScaledNetworkConfig):
     """Everything that fixes what GMIC computes (stored in checkpoints; a mismatch refuses a load).
 
     Attributes:
@@ -51,6 +51,8 @@ class GmicConfig:
         width: channel multiplier of the global network (1 published: 16 … 256 channels).
         local_width: channel multiplier of the patch ResNet-18 (1 published: 64 … 512 channels).
     """
+
+    PUBLISHED_PATCH_SIDE: ClassVar[int] = 256
 
     image_size: tuple[int, int] = bb.PUBLISHED_IMAGE_SIZE
     patch_side: int | None = None
@@ -72,21 +74,6 @@ class GmicConfig:
         if not 0 < self.percent_t <= 1:
             raise ValueError(f"GMIC percent_t must be in (0, 1], got {self.percent_t}")
 
-    @property
-    def stride_reductions(self) -> int:
-        """Factors of two taken out of the published strides at this size (:func:`.geometry.stride_reductions`)."""
-        return geometry.stride_reductions(self.image_size, self.geometry)
-
-    @property
-    def patch_size(self) -> tuple[int, int]:
-        if self.patch_side is not None:
-            return self.patch_side, self.patch_side
-        return bb.scaled_patch_size(256, self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size)
-        return d
 
 
 @dataclass(frozen=True)
