@@ -12,6 +12,11 @@ module, then its local module on the windows the frozen global module chooses, t
 both. One :class:`Trainer` runs one stage into its own folder; ``wsl_bench.training.cache.train_stages``
 runs them in order, each starting from the previous stage's best checkpoint.
 
+Policies. What happens after each epoch besides the loop is a list of small callbacks
+(:mod:`wsl_bench.training.policies`): :class:`~wsl_bench.training.policies.BestCheckpoint` writes
+``best.pt``, :class:`~wsl_bench.training.policies.TrainingLog` writes ``log.csv`` and ``curves.png``;
+more can be passed to :class:`Trainer` (``callbacks``).
+
 Reproducibility and resumption. The data order of epoch ``e`` is drawn from ``(seed, e)``; every
 training image's augmentation from ``(seed, e, position)`` (:mod:`wsl_bench.training.augment`); a checkpoint
 stores the network, the optimiser, epoch, step in epoch, the losses of the epoch so far and torch's
@@ -33,10 +38,10 @@ synchronised. Only rank 0 validates and writes checkpoints, logs and figures.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +52,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wsl_bench import weights as weights_io
-from wsl_bench.atomic_io import atomic_write, save_figure_atomic
 from wsl_bench.data import MammogramDataset
-from wsl_bench.evaluation.metrics import auc, pxap_from_histograms
+from wsl_bench.evaluation.metrics import AUCMetric, PxAPMetric
 from wsl_bench.evaluation.records import decode_counts
 from wsl_bench.evaluation.scoring import score_image
 from wsl_bench.saliency import CLASSES, CRITERION_NAMES, TrainableMethod, TrainingStage  # noqa: F401 (re-export)
@@ -62,6 +66,14 @@ from wsl_bench.training.data import (  # noqa: F401  (re-exported: the trainer's
     epoch_order,
 )
 from wsl_bench.training.distributed import SINGLE_PROCESS, DistContext, synchronise_batchnorm
+from wsl_bench.training.policies import (  # noqa: F401  (CRITERIA, plot_curves: re-exported)
+    CRITERIA,
+    BestCheckpoint,
+    EpochCallback,
+    StatefulCallback,
+    TrainingLog,
+    plot_curves,
+)
 from wsl_bench.weights import atomic_torch_save, file_sha256, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -69,14 +81,6 @@ log = logging.getLogger(__name__)
 TRAINER_STATE_FORMAT = "wsl_bench.trainer_state/2"
 METHOD_CHECKPOINT_FORMAT = weights_io.FORMAT  # the one checkpoint format (wsl_bench.weights)
 BALANCE_MODES: tuple[str, ...] = ("none", "pos_weight", "sampler")
-CRITERIA: dict[str, tuple[str, int]] = {
-    "mean_auc": ("val_mean_auc", 1),
-    "loss": ("val_loss", -1),
-    "mean_dice": ("val_mean_dice", 1),
-    "mean_pxap": ("val_mean_pxap", 1),
-}
-"""Best-checkpoint criteria: the validation column and its sign (+1: larger is better)."""
-assert tuple(CRITERIA) == CRITERION_NAMES  # the contract (wsl_bench.saliency) names the same ones
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,10 @@ class Trainer:
         init_from: a project checkpoint (the previous stage's) loaded before a fresh start; its
             checksum is recorded, and resuming refuses a ``last.pt`` started from another file.
         context: the distributed context (default: one process).
+        callbacks: more :class:`~wsl_bench.training.policies.EpochCallback` objects, called after the
+            trainer's own (:attr:`best_checkpoint`, then :attr:`training_log`) at the end of every epoch
+            on rank 0; those with ``state_dict``/``load_state_dict`` are saved in ``last.pt`` and
+            restored on resume.
     """
 
     def __init__(
@@ -277,6 +285,7 @@ class Trainer:
         stage: TrainingStage | None = None,
         init_from: str | Path | None = None,
         context: DistContext = SINGLE_PROCESS,
+        callbacks: Sequence[EpochCallback] = (),
     ) -> None:
         self.method = method
         self.config = config
@@ -305,10 +314,18 @@ class Trainer:
         self.global_step = 0
         self.epoch_losses: list[float] = []
         self.epoch_seconds = 0.0
-        self.best_value: float | None = None
         self.history: list[dict[str, Any]] = []
         self.init_sha256: str | None = None
+        self.train_set: MammogramDataset | None = None  # the training split of the current fit()
         self._skip_warned = False
+        self.best_checkpoint = BestCheckpoint(self.criterion, self.out_dir / "best.pt")
+        self.training_log = TrainingLog(self.out_dir, title=f"training {method.name}, stage {self.stage.name}")
+        self.callbacks: list[EpochCallback] = [self.best_checkpoint, self.training_log, *callbacks]
+
+    @property
+    def best_value(self) -> float | None:
+        """The best criterion value so far, times its sign (see :class:`BestCheckpoint`)."""
+        return self.best_checkpoint.best_value
 
     # -- checkpointing ---------------------------------------------------------------------------
     @property
@@ -329,7 +346,7 @@ class Trainer:
             "global_step": self.global_step,
             "epoch_losses": list(self.epoch_losses),
             "epoch_seconds": self.epoch_seconds,
-            "best_value": self.best_value,
+            **{k: v for cb in self.callbacks if isinstance(cb, StatefulCallback) for k, v in cb.state_dict().items()},
             "history": self.history,
             "rng": _rng_state(),
         }
@@ -371,7 +388,10 @@ class Trainer:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step, self.best_value = state["global_step"], state["best_value"]
+        self.global_step = state["global_step"]
+        for callback in self.callbacks:
+            if isinstance(callback, StatefulCallback):
+                callback.load_state_dict(state)
         self.epoch_losses, self.epoch_seconds = list(state["epoch_losses"]), float(state["epoch_seconds"])
         self.history = list(state["history"])
         _set_rng_state(state["rng"])
@@ -382,6 +402,7 @@ class Trainer:
     ) -> TrainResult:
         """Train this stage for its epochs (continuing from ``last.pt`` when ``resume`` and it exists)."""
         context, device = self.context, self.method.device
+        self.train_set = train_set
         train = LabelledImages(train_set, self.config.max_cached_images)
         val = ValidationImages(val_set) if val_set is not None else None
         if context.is_main:
@@ -542,11 +563,9 @@ class Trainer:
         self.step_in_epoch = 0
         self.epoch_losses, self.epoch_seconds = [], 0.0
         if self.context.is_main:
-            if self._is_best(row):
-                self.best_value = self._criterion(row)
-                atomic_torch_save(self.method_checkpoint(train.dataset, row), self.out_dir / "best.pt")
+            for callback in self.callbacks:  # best.pt, log.csv and curves.png, then anything added
+                callback.on_epoch_end(self, row)
             self.save_state()
-            self._write_log()
 
     @torch.no_grad()
     def validate(self, val: ValidationImages, pos_weight: torch.Tensor | None) -> dict[str, float]:
@@ -554,13 +573,16 @@ class Trainer:
 
         Dice (at τ = 0.5, mean over the images holding a lesion of the class) and PxAP (pixel
         histograms pooled over the same images) are computed exactly as the harness scores a run:
-        :func:`wsl_bench.evaluation.scoring.score_image` on the method's ``predict`` output, then
-        :func:`wsl_bench.evaluation.metrics.pxap_from_histograms`.
+        :func:`wsl_bench.evaluation.scoring.score_image` on the method's ``predict`` output, its
+        histograms pooled by :class:`wsl_bench.evaluation.metrics.PxAPMetric`; AUC by
+        :class:`~wsl_bench.evaluation.metrics.AUCMetric`. Dice is the mean of ``score_image``'s values
+        (:class:`~wsl_bench.evaluation.metrics.DiceMetric` thresholds raw maps, not the harness's histograms).
         """
         device = self.method.device
-        scores, labels, losses, sizes = [], [], [], []
+        losses, sizes = [], []
+        aucs = {c: AUCMetric() for c in CLASSES}
+        pxaps = {c: PxAPMetric(self.config.val_bins) for c in CLASSES}
         dice: dict[str, list[float]] = {c: [] for c in CLASSES}
-        hist: dict[str, list[np.ndarray]] = {c: [np.zeros(self.config.val_bins, np.int64)] * 2 for c in CLASSES}
         for start in range(0, len(val.ids), self.config.batch_size):
             samples = val.samples(val.ids[start : start + self.config.batch_size])
             if not samples:
@@ -571,41 +593,28 @@ class Trainer:
             losses.append(float(loss))
             sizes.append(len(samples))
             output = self.method.predict(images).detach_to("cpu")
-            scores.append(output.scores.float())
-            labels.append(target.cpu())
+            batch_scores, batch_labels = output.scores.float(), target.cpu()
+            for c, name in enumerate(CLASSES):
+                aucs[name].update(batch_scores[:, c], batch_labels[:, c])
             for i, sample in enumerate(samples):
                 scored = score_image(output.maps[i], output.map_range, sample, self.config.val_bins).fields
                 for name in CLASSES:
                     if scored["has_lesion"][name]:  # both metrics score the images holding a lesion of the class
                         dice[name].append(scored["dice"][name])
-                        pos, neg = (decode_counts(scored["hist"][name][k]) for k in ("pos", "neg"))
-                        hist[name] = [hist[name][0] + pos, hist[name][1] + neg]
-        if not scores:
+                        pxaps[name].update_histograms(*(decode_counts(scored["hist"][name][k]) for k in ("pos", "neg")))
+        if not sizes:
             return {}
-        score_matrix, label_matrix = torch.cat(scores).numpy(), torch.cat(labels).numpy()
         row: dict[str, float] = {"val_loss": float(np.average(losses, weights=sizes))}
-        for c, name in enumerate(CLASSES):
-            row[f"val_auc_{name}"] = auc(score_matrix[:, c], label_matrix[:, c])
+        for name in CLASSES:
+            row[f"val_auc_{name}"] = aucs[name].compute()
         for name in CLASSES:
             row[f"val_dice_{name}"] = float(np.mean(dice[name])) if dice[name] else float("nan")
-            pos, neg = hist[name]
-            row[f"val_pxap_{name}"] = pxap_from_histograms(pos, neg) if pos.sum() > 0 else float("nan")
+            row[f"val_pxap_{name}"] = pxaps[name].compute()  # NaN without a lesion pixel
         for metric in ("auc", "dice", "pxap"):
             values = [row[f"val_{metric}_{name}"] for name in CLASSES]
             finite = [v for v in values if np.isfinite(v)]
             row[f"val_mean_{metric}"] = float(np.mean(finite)) if finite else float("nan")
         return row
-
-    def _criterion(self, row: dict[str, Any]) -> float | None:
-        key, sign = CRITERIA[self.criterion]
-        value = row.get(key)
-        if value is None or not np.isfinite(value):
-            return None
-        return sign * float(value)  # larger is better internally
-
-    def _is_best(self, row: dict[str, Any]) -> bool:
-        value = self._criterion(row)
-        return value is not None and (self.best_value is None or value > self.best_value)
 
     def method_checkpoint(self, train_set: MammogramDataset, metrics: dict[str, Any]) -> dict[str, Any]:
         """The project's checkpoint format: weights plus the record of how they were made."""
@@ -624,55 +633,3 @@ class Trainer:
                 "epochs_completed": self.epoch,
             },
         }
-
-    def _write_log(self) -> None:
-        """``log.csv`` with one row per epoch (rewritten whole: it is tiny) and ``curves.png``."""
-        if not self.history:
-            return
-        keys = list(dict.fromkeys(k for row in self.history for k in row))
-        with atomic_write(self.out_dir / "log.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
-        try:
-            plot_curves(self.history, self.out_dir / "curves.png",
-                        title=f"training {self.method.name}, stage {self.stage.name}")
-        except Exception as exc:  # a figure must never stop training
-            log.warning("could not draw the training curves: %s", exc)
-
-
-def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "training") -> None:
-    """Loss, validation AUC and validation Dice/PxAP per epoch (one PNG, three panels)."""
-    from matplotlib.ticker import MaxNLocator
-
-    from wsl_bench.plotting import CLASS_COLOURS, plt  # lazily: pyplot is slow to import
-
-    epochs = [row["epoch"] for row in history]
-
-    def series(key: str) -> list[float]:
-        return [float(row.get(key, np.nan)) for row in history]
-
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key, style in (("train_loss", "-o"), ("val_loss", "--s")):
-        if np.isfinite(series(key)).any():
-            left.plot(epochs, series(key), style, label=key.replace("_", " "))
-    left.set(xlabel="epoch", ylabel="loss", title="loss")
-    for cls in CLASSES:
-        if np.isfinite(series(f"val_auc_{cls}")).any():
-            middle.plot(epochs, series(f"val_auc_{cls}"), "-o", color=CLASS_COLOURS[cls], label=f"AUC {cls}")
-        for metric, style in (("dice", "-o"), ("pxap", "--s")):
-            if np.isfinite(series(f"val_{metric}_{cls}")).any():
-                right.plot(epochs, series(f"val_{metric}_{cls}"), style, color=CLASS_COLOURS[cls],
-                           label=f"{'Dice' if metric == 'dice' else 'PxAP'} {cls}")
-    middle.set(xlabel="epoch", ylabel="AUC", ylim=(0, 1), title="validation AUC")
-    right.set(xlabel="epoch", ylabel="Dice (τ = 0.5) / PxAP", title="validation localisation")
-    right.set_ylim(bottom=0)
-    for axis in (left, middle, right):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
