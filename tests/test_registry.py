@@ -58,6 +58,63 @@ def test_builtins_are_registered():
     assert "synthetic" in wsl_bench.list_datasets()
 
 
+def test_weight_variants_are_rows_of_a_table_not_generated_classes():
+    from wsl_bench.methods.glam import GLAM_VARIANTS, GlamMethod
+    from wsl_bench.methods.gmic import GMIC_VARIANTS, PUBLISHED_GMIC_MODELS, GmicMethod
+    from wsl_bench.methods.published import VariantFactory
+    from wsl_bench.pipeline import default_methods
+
+    tables = {"glam": (GlamMethod, GLAM_VARIANTS), "gmic": (GmicMethod, GMIC_VARIANTS)}
+    variant_names = {f"{family}.{v.tag}" for family, (_, table) in tables.items() for v in table}
+    assert {"glam.sep", "glam.joint", *(f"gmic.m{i}" for i in range(1, 6))} == variant_names
+    assert set(wsl_bench.list_methods(["glam.*", "gmic.*"])) == variant_names
+    for family, (base, table) in tables.items():
+        for variant in table:
+            name = f"{family}.{variant.tag}"
+            factory = wsl_bench.METHODS.get(name)
+            assert isinstance(factory, VariantFactory) and not isinstance(factory, type), name
+            assert factory.base is base and factory.variant is variant
+            assert factory.requires_weights and factory.published_file == variant.published_file
+            assert wsl_bench.METHODS.describe(name) == variant.description
+            assert factory.trainable == base.trainable
+            assert name not in default_methods()
+    # no registered name is a class made for a variant of either family
+    for name in wsl_bench.list_methods():
+        obj = wsl_bench.METHODS.get(name)
+        families = (GlamMethod, GmicMethod)
+        assert obj in families or not (isinstance(obj, type) and issubclass(obj, families)), name
+    m3 = next(v for v in GMIC_VARIANTS if v.tag == "m3")
+    beta, top_t, lr = PUBLISHED_GMIC_MODELS["m3"]
+    assert m3.published_file == "sample_model_3.p"
+    assert dict(m3.options) == {"percent_t": top_t, "beta": beta, "learning_rate": lr}
+    assert wsl_bench.METHODS.get("gmic.m3").config_defaults == dict(m3.options)
+
+
+def test_variant_instance_is_its_base_class_named_with_the_tag(tmp_path):
+    from wsl_bench.methods.gmic import GmicConfig, GmicMethod, GmicNetwork
+
+    size = (96, 64)
+    path = tmp_path / "sample_model_3.p"
+    factory = wsl_bench.METHODS.get("gmic.m3")
+    config, _ = factory.split_options(dict(factory.config_defaults), size)
+    assert isinstance(config, GmicConfig)
+    torch = pytest.importorskip("torch")
+    torch.save(GmicNetwork(config).state_dict(), path)
+    for method in (
+        wsl_bench.create_method("gmic.m3", image_size=size, weights=str(path)),
+        factory(image_size=size, weights=str(path)),
+    ):
+        assert type(method) is GmicMethod
+        assert method.name == "gmic.m3" and method.published_file == "sample_model_3.p"
+        assert method.requires_weights and method.config.percent_t == 0.03
+    # options given when creating it override the variant's row
+    method = factory(image_size=size, weights=str(path), learning_rate=1e-3)
+    assert method.training_config.learning_rate == 1e-3 and method.config.percent_t == 0.03
+    # the family itself keeps its own defaults and needs no file
+    plain = GmicMethod(image_size=size)
+    assert plain.name == "gmic" and plain.published_file is None and not plain.requires_weights
+
+
 def test_plugin_found_through_a_real_entry_point(tmp_path):
     """Install a throw-away distribution with entry points in a temporary site folder and find it
     by name in a fresh interpreter, exactly as a third-party plugin would be found."""

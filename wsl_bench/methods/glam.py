@@ -21,7 +21,7 @@ from torch import nn
 
 from wsl_bench.methods import backbones as bb
 from wsl_bench.methods import geometry, inference
-from wsl_bench.methods.published import PublishedModelMethod
+from wsl_bench.methods.published import PublishedModelMethod, WeightVariant, register_variant
 from wsl_bench.registry import METHODS
 from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainingStage
 
@@ -413,6 +413,7 @@ class GlamMethod(PublishedModelMethod):
     name: ClassVar[str] = "glam"
     description: ClassVar[str] = "GLAM (Liu et al. 2021): global-local activation maps, fused at full resolution"
     map_range: ClassVar[str] = "probability"
+    published_source: ClassVar[str | None] = GLAM_REPOSITORY
 
     network_class: ClassVar[type[nn.Module]] = GlamNetwork
     config_class: ClassVar[type] = GlamConfig
@@ -568,40 +569,23 @@ def _global_outputs_float32(config: GlamConfig, net: GlamNetwork, images: torch.
         )
 
 
-def _variant(name: str, published_file: str, training: str, **defaults: Any) -> type[GlamMethod]:
-    doc = (
-        f"GLAM with the published ``{published_file}`` weights ({training}). The file is not distributed\n"
-        f"with wsl-bench: pass ``weights=PATH`` or put it in ``$WSL_BENCH_WEIGHTS_DIR``; obtain it\n"
-        f"from {GLAM_REPOSITORY}."
-    )
-    cls = type(
-        f"Glam{name.split('.')[-1].title()}Method",
-        (GlamMethod,),
-        {
-            "__doc__": doc,
-            "__module__": __name__,
-            "name": name,
-            "description": f"GLAM, published weights {published_file} ({training})",
-            "published_file": published_file,
-            "requires_weights": True,
-            "published_source": GLAM_REPOSITORY,
-            "config_defaults": defaults,
-        },
-    )
-    return METHODS.register(name)(cls)
+GLAM_VARIANTS: tuple[WeightVariant, ...] = (
+    WeightVariant("sep", "model_sep.ckpt", "GLAM, published weights model_sep.ckpt (modules trained separately)"),
+    WeightVariant("joint", "model_joint.ckpt", "GLAM, published weights model_joint.ckpt (modules fine-tuned jointly)"),
+)
+"""The published GLAM weights, registered as ``glam.<tag>`` (the published configuration is the default one)."""
 
-
-GlamSepMethod = _variant("glam.sep", "model_sep.ckpt", "modules trained separately")
-GlamJointMethod = _variant("glam.joint", "model_joint.ckpt", "modules fine-tuned jointly")
+for _variant in GLAM_VARIANTS:
+    register_variant(GlamMethod, _variant)
+del _variant
 
 __all__ = [
     "GLAM_RECIPE",
     "GLAM_STAGES",
+    "GLAM_VARIANTS",
     "GlamConfig",
-    "GlamJointMethod",
     "GlamMethod",
     "GlamNetwork",
     "GlamOutputs",
-    "GlamSepMethod",
     "GlamTrainingConfig",
 ]

@@ -19,7 +19,7 @@ from torch import nn
 
 from wsl_bench.methods import backbones as bb
 from wsl_bench.methods import geometry, inference
-from wsl_bench.methods.published import PublishedModelMethod
+from wsl_bench.methods.published import PublishedModelMethod, WeightVariant, register_variant
 from wsl_bench.registry import METHODS
 from wsl_bench.saliency import CLASSES, SaliencyOutput
 
@@ -248,6 +248,7 @@ class GmicMethod(PublishedModelMethod):
     """
 
     name: ClassVar[str] = "gmic"
+    published_source: ClassVar[str | None] = GMIC_REPOSITORY
     description: ClassVar[str] = "GMIC (Shen et al. 2021): globally-aware multiple instance classifier"
     map_range: ClassVar[str] = "probability"
 
@@ -340,32 +341,19 @@ class GmicClassifier(nn.Module):
         return torch.logit(self.network.run_global(images)[2], eps=1e-6)
 
 
-def _variant(tag: str) -> type[GmicMethod]:
-    beta, percent_t, lr = PUBLISHED_GMIC_MODELS[tag]
-    index = tag[1:]
-    published_file = f"sample_model_{index}.p"
-    name = f"gmic.{tag}"
-    cls = type(
-        f"Gmic{tag.upper()}Method",
-        (GmicMethod,),
-        {
-            "__doc__": (
-                f"GMIC with the published ``{published_file}`` weights (top-t {percent_t}). The file is not\n"
-                f"distributed with wsl-bench: pass ``weights=PATH`` or put it in ``$WSL_BENCH_WEIGHTS_DIR``;\n"
-                f"obtain it from {GMIC_REPOSITORY}."
-            ),
-            "__module__": __name__,
-            "name": name,
-            "description": f"GMIC, published weights {published_file} (top-t {percent_t})",
-            "published_file": published_file,
-            "requires_weights": True,
-            "published_source": GMIC_REPOSITORY,
-            "config_defaults": {"percent_t": percent_t, "beta": beta, "learning_rate": lr},
-        },
+GMIC_VARIANTS: tuple[WeightVariant, ...] = tuple(
+    WeightVariant(
+        tag,
+        f"sample_model_{tag[1:]}.p",
+        f"GMIC, published weights sample_model_{tag[1:]}.p (top-t {percent_t})",
+        {"percent_t": percent_t, "beta": beta, "learning_rate": lr},
     )
-    return METHODS.register(name)(cls)
+    for tag, (beta, percent_t, lr) in PUBLISHED_GMIC_MODELS.items()
+)
+"""The five published GMIC models, registered as ``gmic.m1`` … ``gmic.m5`` with their file and configuration."""
 
-
-GMIC_VARIANTS: dict[str, type[GmicMethod]] = {f"gmic.{tag}": _variant(tag) for tag in PUBLISHED_GMIC_MODELS}
+for _variant in GMIC_VARIANTS:
+    register_variant(GmicMethod, _variant)
+del _variant
 
 __all__ = ["GMIC_VARIANTS", "PUBLISHED_GMIC_MODELS", "GmicConfig", "GmicMethod", "GmicNetwork", "GmicOutputs"]

@@ -8,15 +8,40 @@ recipe's learning rate and crop-window jitter to the shared trainer.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from wsl_bench.methods import inference
+from wsl_bench.registry import METHODS
 from wsl_bench.saliency import TrainableMethod
 from wsl_bench.training.augment import CropJitter
+
+
+@dataclass(frozen=True)
+class WeightVariant:
+    """One published-weight variant of a model: a row of its table, registered as ``name.tag``.
+
+    Args:
+        tag: the part after the dot (``"sep"``, ``"m3"``).
+        published_file: the file name of the published weights (looked up in ``$WSL_BENCH_WEIGHTS_DIR``).
+        description: the one-line description ``wsl-bench list`` shows.
+        options: constructor options the variant fixes (its published configuration); options given
+            when creating the method override them.
+        requires_weights: whether it needs user-supplied weights (then the default benchmark leaves it out).
+    """
+
+    tag: str
+    published_file: str
+    description: str
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    requires_weights: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))  # its own copy (read, never changed)
 
 
 class PublishedModelMethod(TrainableMethod):
@@ -32,11 +57,14 @@ class PublishedModelMethod(TrainableMethod):
         image_size: ``(H, W)``; ``None`` = the published 2944×1920.
         weights: a published checkpoint or one saved by this project (see
             :func:`wsl_bench.weights.resolve_weights`).
+        variant: a published-weight variant of this model (see :func:`register_variant`): sets the
+            instance's ``name`` (``model.tag``), ``published_file`` and default options.
         **hyperparameters: fields of the two configs, plus ``precision`` (``"fp32"``/``"bf16"``,
             inference only) and ``fast`` (default True: folded, fused inference path).
     """
 
     published_file: ClassVar[str | None] = None
+    published_source: ClassVar[str | None] = None
     config_defaults: ClassVar[dict[str, Any]] = {}
     network_class: ClassVar[type[nn.Module]]
     config_class: ClassVar[type]
@@ -49,10 +77,18 @@ class PublishedModelMethod(TrainableMethod):
         seed: int = 0,
         image_size: tuple[int, int] | None = None,
         weights: str | None = None,
+        *,
+        variant: WeightVariant | None = None,
         **hyperparameters: Any,
     ) -> None:
         super().__init__(device=device, seed=seed, image_size=image_size)
-        options = {**self.config_defaults, **hyperparameters}
+        self.variant = variant
+        if variant is not None:  # a published-weight variant: its name, file and configuration
+            self.name = f"{type(self).name}.{variant.tag}"
+            self.description = variant.description
+            self.published_file = variant.published_file
+            self.requires_weights = variant.requires_weights
+        options = {**self.config_defaults, **(variant.options if variant else {}), **hyperparameters}
         self.precision = inference.check_precision(options.pop("precision", "fp32"))
         self.fast = bool(options.pop("fast", True))
         self.config, self.training_config = self.split_options(options, self.image_size)
@@ -142,3 +178,46 @@ class PublishedModelMethod(TrainableMethod):
         if self.training_config.crop_jitter <= 0:
             return None
         return CropJitter.scaled(self.training_config.crop_jitter, self.image_size)
+
+
+class VariantFactory:
+    """What the registry holds for ``name.tag``: builds the base model with the variant's row.
+
+    Not a class: calling it returns an instance of :attr:`base`; attributes it does not set itself
+    (``trainable``, ``map_range``, ``split_options``, ``network_class`` ...) are the base class's.
+    """
+
+    def __init__(self, base: type[PublishedModelMethod], variant: WeightVariant) -> None:
+        self.base = base
+        self.variant = variant
+        self.name = f"{base.name}.{variant.tag}"
+        self.description = variant.description
+        self.published_file = variant.published_file
+        self.requires_weights = variant.requires_weights
+        self.__doc__ = (
+            f"{variant.description}. The file is not distributed with wsl-bench: pass ``weights=PATH`` or put it\n"
+            f"in ``$WSL_BENCH_WEIGHTS_DIR``; obtain it from {base.published_source}."
+        )
+
+    @property
+    def config_defaults(self) -> dict[str, Any]:
+        """The options the base class defaults to, overridden by the variant's."""
+        return {**self.base.config_defaults, **self.variant.options}
+
+    def __call__(self, *args: Any, **options: Any) -> PublishedModelMethod:
+        return self.base(*args, variant=self.variant, **options)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: {self.base.__name__} with {self.variant!r}>"
+
+
+def register_variant(base: type[PublishedModelMethod], variant: WeightVariant) -> VariantFactory:
+    """Register ``base.name + "." + variant.tag`` as a :class:`VariantFactory` and return it."""
+    factory = VariantFactory(base, variant)
+    METHODS.register(factory.name, factory)
+    return factory
