@@ -139,3 +139,21 @@ def savez_atomic(path: str | os.PathLike, compressed: bool = True, **arrays: Any
     """
     with atomic_write(path, "wb") as handle:
         (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+
+
+TEMPORARY_PATTERN = ".*.tmp"
+"""The names of this module's temporary files (``.<name>.<random>.tmp``), and of other hidden
+``.tmp`` files the suite writes before a rename (``records.rewrite_records``)."""
+
+
+def remove_leftover_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed writer left under ``folder`` (a SIGKILL between the
+    temporary file's creation and its rename leaves one behind; nothing else can clean it up).
+    Call it only while no other process writes there (a run holds its folder's lock). Returns the
+    number of files removed."""
+    removed = 0
+    for path in Path(folder).rglob(TEMPORARY_PATTERN):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

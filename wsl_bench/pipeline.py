@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from wsl_bench.atomic_io import remove_leftover_temporaries
 from wsl_bench.data import MammogramDataset
 from wsl_bench.evaluation.figure_maps import figure_maps_present
 from wsl_bench.evaluation.harness import (
@@ -388,6 +389,7 @@ def run(
     out_dir = Path(out_dir)
     if lock:
         with RunFolderLock(out_dir):
+            remove_leftover_temporaries(out_dir)  # a killed earlier run's half-written files
             return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False)
     rank, world = shard
     # the dataset opens before the manifest is written: a wrong --data-root leaves no folder behind
@@ -556,6 +558,7 @@ def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, pr
     if lock is not None:
         try:
             lock.acquire()
+            remove_leftover_temporaries(out_dir)
         except RunFolderLocked as exc:
             refusal = [str(exc)]
     dist.broadcast_object_list(refusal, src=0)
