@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -289,17 +288,16 @@ def test_one_run_per_folder_and_a_dead_holder_is_taken_over(toy_dataset, tmp_pat
         pass
 
 
-def test_lock_is_reentrant_across_sequential_runs_but_not_concurrent(tmp_path):
+def test_a_released_lock_can_be_taken_again_but_a_held_one_cannot(tmp_path):
     first = RunFolderLock(tmp_path)
     first.acquire()
     second = RunFolderLock(tmp_path)
     with pytest.raises(RunFolderLocked, match=str(os.getpid())):
         second.acquire()
     first.release()
-    started = time.perf_counter()
-    second.acquire()
+    second.acquire()  # no wait, no error once the holder has released it
+    assert (tmp_path / ".lock").read_text().startswith('{"pid": ' + str(os.getpid()))
     second.release()
-    assert time.perf_counter() - started < 5
 
 
 def test_a_resumed_run_removes_the_temporary_files_a_kill_left(toy_dataset, tmp_path):
