@@ -1,6 +1,7 @@
 """The method contract (issue 13): ``TrainableMethod`` declares every hook the trainer and the
-pipeline call, nothing discovers them with ``getattr``, and the complete example of
-``methods/README.md`` passes the conformance checks and trains through ``wsl_bench.pipeline.run``."""
+pipeline call, nothing discovers them with ``getattr``, and the complete examples of
+``methods/README.md`` pass the conformance checks, the trainable one trains through
+``wsl_bench.pipeline.run`` and the post-hoc explainer runs there on a classifier the run trains."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from wsl_bench.evaluation.harness import RunConfig
+from wsl_bench.methods.explainers import PosthocExplainer
 from wsl_bench.pipeline import run
 from wsl_bench.registry import METHODS
 from wsl_bench.saliency import SaliencyMethod, TrainableMethod
@@ -26,6 +28,7 @@ ATTRIBUTES = ("name", "description", "map_range", "trainable", "requires_weights
 """Attributes of every method that the harness, the pipeline or the trainer read."""
 
 EXAMPLE_NAME = "contract-example"
+EXPLAINER_NAME = "contract-explainer"
 
 
 def _example_source(kind: str) -> str:
@@ -34,9 +37,14 @@ def _example_source(kind: str) -> str:
     return match.group(1)
 
 
-def _example_class(kind: str = "trainable", base: type[SaliencyMethod] = TrainableMethod) -> type:
+def _example_namespace(kind: str) -> dict:
     namespace: dict = {"__name__": f"contract_example_{kind}"}
     exec(compile(_example_source(kind), str(README), "exec"), namespace)
+    return namespace
+
+
+def _example_class(kind: str = "trainable", base: type[SaliencyMethod] = TrainableMethod) -> type:
+    namespace = _example_namespace(kind)
     defined = [v for v in namespace.values()
                if isinstance(v, type) and issubclass(v, base) and v.__module__ == namespace["__name__"]]
     assert len(defined) == 1, f"the {kind} example should define one {base.__name__}, found {defined}"
@@ -119,3 +127,29 @@ def test_readme_example_trains_one_epoch_through_the_pipeline(toy_dataset, examp
     checkpoint = manifest["checkpoints"][EXAMPLE_NAME]
     assert checkpoint["epochs_completed"] == 1
     assert Path(checkpoint["path"]).is_relative_to(tmp_path / "cache")
+
+
+def test_readme_explainer_example_conforms_on_its_own_classifier():
+    namespace = _example_namespace("explainer")
+    cls = _example_class("explainer", PosthocExplainer)
+    assert not cls.trainable and namespace["output"].maps.shape == (2, 2, 64, 48)
+    check_method(lambda **options: cls(namespace["tiny_classifier"](), **options), image_size=(64, 48))
+
+
+def test_readme_explainer_example_runs_through_the_pipeline_on_a_trained_classifier(toy_dataset, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(toy_dataset, "counts", {"train": 8, "val": 4, "test": 2})
+    METHODS.register(EXPLAINER_NAME, _example_class("explainer", PosthocExplainer))
+    try:
+        config = RunConfig(methods=("cam", EXPLAINER_NAME), dataset="toy", preset="tiny")
+        summary = run(config, tmp_path / "run", progress=False, write_report=False)
+    finally:
+        METHODS.unregister(EXPLAINER_NAME)
+    statuses = summary.statuses[EXPLAINER_NAME]
+    assert statuses["ok"] > 0 and not statuses.get("failed") and not statuses.get("oom"), statuses
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    # the explainer runs on the cam classifier the run trained for cam: one checkpoint, one key
+    assert manifest["checkpoints"][EXPLAINER_NAME] == manifest["checkpoints"]["cam"]
+    identity = manifest["methods"][EXPLAINER_NAME]["identity_data"]
+    assert identity["training"] == manifest["checkpoints"]["cam"]["cache_key"]

@@ -25,7 +25,8 @@ from wsl_bench.methods.explainers import (
     fit_chunk,
 )
 from wsl_bench.pipeline import run
-from wsl_bench.registry import UnknownNameError
+from wsl_bench.registry import UnknownNameError, create_method_with_classifier
+from wsl_bench.saliency import ExplainedClassifier
 from wsl_bench.testing import check_method, conformance_images
 
 GRADCAM_FAMILY = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "ablationcam",
@@ -51,8 +52,13 @@ def one_thread():
 
 
 def make(name: str, **options) -> PosthocExplainer:
+    return make_with_classifier(name, **options)[0]
+
+
+def make_with_classifier(name: str, **options) -> tuple[PosthocExplainer, wsl_bench.TrainableMethod]:
+    """The explainer and the classifier method the front door created for it."""
     options = {"image_size": SIZE, "config": TINY, **FAST_OPTIONS.get(name, {}), **options}
-    return wsl_bench.create_method(name, **options)
+    return create_method_with_classifier(name, **options)
 
 
 def randomise_statistics(model: torch.nn.Module, seed: int = 1) -> None:
@@ -96,12 +102,13 @@ def test_every_explainer_is_registered_with_a_description():
 
 
 def test_classifier_option_and_at_spelling_choose_the_classifier():
-    by_name = make("gradcam@cam")
-    by_option = make("gradcam", classifier="cam")
+    by_name, inner = make_with_classifier("gradcam@cam")
+    by_option, other = make_with_classifier("gradcam", classifier="cam")
     assert by_name.name == "gradcam@cam" and by_name.classifier_name == by_option.classifier_name == "cam"
-    assert by_name.training_identity() == by_option.training_identity() == by_name.inner.training_identity()
-    assert by_name.training_identity()["method"] == "cam"
-    assert by_name.training_method() is by_name.inner
+    assert inner.training_identity() == other.training_identity() == wsl_bench.create_method(
+        "cam", image_size=SIZE, config=TINY).training_identity()
+    assert inner.training_identity()["method"] == "cam"
+    assert by_name.model is inner.classifier()[0] and by_name.target_layer is inner.classifier()[1]
     with pytest.raises(UnknownNameError, match="no-such-classifier"):
         make("gradcam", classifier="no-such-classifier")
     with pytest.raises(ValueError, match="not a trainable method"):
@@ -116,6 +123,32 @@ def test_target_layer_option_by_name_and_bad_name():
     assert earlier.maps.shape[-2:] == (SIZE[0] // 2, SIZE[1] // 2)  # stage 4 runs before the last stride
     with pytest.raises(ValueError, match="not a submodule.*layer_list"):
         make("gradcam", target_layer="backbone.layer_list.9")
+
+
+def test_an_explainer_is_built_from_a_classifier_it_holds_not_a_method_it_trains():
+    cam = wsl_bench.create_method("cam", image_size=SIZE, config=TINY)
+    classifier = ExplainedClassifier.of(cam)
+    assert classifier.module is cam.classifier()[0] and classifier.name == "cam" and classifier.checksums == {}
+    explainer = wsl_bench.create_method("gradcam", classifier=classifier, image_size=SIZE)
+    assert isinstance(explainer, wsl_bench.SaliencyMethod) and not isinstance(explainer, wsl_bench.TrainableMethod)
+    assert not explainer.trainable and explainer.model is classifier.module
+    assert explainer.modules() == {"classifier": classifier.module}
+    assert explainer.num_parameters() == cam.num_parameters()
+    # weights loaded into the classifier's method later are the ones explained (the run trains it after building)
+    images = conformance_images(1, SIZE)
+    before = explainer.predict(images).maps
+    randomise_statistics(cam.classifier()[0])
+    assert not torch.allclose(explainer.predict(images).maps, before)
+    with pytest.raises(TypeError, match="ExplainedClassifier"):
+        type(explainer)(classifier="cam", image_size=SIZE)
+
+
+def test_options_divide_between_the_explainer_and_its_classifier_method():
+    explainer, classifier = make_with_classifier("integrated_gradients", n_steps=3, memory_budget_mb=64)
+    assert explainer.n_steps == 3 and explainer.memory_budget_mb == 64
+    assert classifier.config_dict() == wsl_bench.create_method("cam", image_size=SIZE, config=TINY).config_dict()
+    with pytest.raises(TypeError, match="no_such_option"):
+        make("gradcam", no_such_option=1)  # neither the explainer's nor the classifier's
 
 
 # -- the contract -------------------------------------------------------------------------------------------
@@ -174,7 +207,7 @@ def test_cam_equals_gradcam_times_map_area():
     h, w = cam_maps.shape[-2:]
     for name in ("gradcam", "hirescam", "xgradcam"):
         explainer = make(name)
-        explainer.network().load_state_dict(cam.network().state_dict())
+        explainer.model.load_state_dict(cam.network().state_dict())
         out = explainer.predict(images)
         assert out.maps.shape == cam_maps.shape
         assert relative_error(out.maps * (h * w), cam_maps) < 1e-5, name
@@ -213,7 +246,7 @@ def test_captum_layergradcam_agrees_with_pytorch_grad_cam():
     # and the two registered explainers agree on the raw maps
     a, b = make("captum_gradcam"), make("gradcam")
     for explainer in (a, b):
-        explainer.network().load_state_dict(model.state_dict())
+        explainer.model.load_state_dict(model.state_dict())
     maps_a, maps_b = a.predict(images).maps, b.predict(images).maps
     assert relative_error(maps_a, maps_b) < 1e-5
 

@@ -44,3 +44,26 @@ def test_run_train_and_a_sharded_run_ask_one_owner_for_the_same_training_identit
     assert json.loads((tmp_path / "train" / "key.json").read_text())["key"] == keys[("run", "cam")]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["checkpoints"]["cam"]["cache_key"] == keys[("run", "cam")]
+
+
+def test_an_explainer_runs_on_its_classifier_method_and_its_identity_follows_that_training(toy_dataset):
+    """The orchestrator creates the classifier method an explainer explains with the run's options of
+    it, keys its training as the classifier's own run does, and builds the explainer on its classifier."""
+    from wsl_bench.evaluation.identity import method_code_files
+
+    config = RunConfig(methods=("cam", "gradcam"), dataset="toy", preset="tiny")
+    data = {"test": {"toy": 1}}
+    explainer, cam = pipeline.create_run_method("gradcam", config), pipeline.create_run_method("cam", config)
+    assert cam.trainee is cam.method and explainer.trainee.name == "cam"
+    assert not explainer.method.trainable and explainer.method.model is explainer.trainee.classifier()[0]
+    identity = pipeline.run_identity(explainer, config, data, "toy")
+    assert identity["training"] == pipeline.training_job(cam.trainee, config).key
+    files = {p.name for p in method_code_files(explainer.method, related=(explainer.trainee,))}
+    assert {"gradcam.py", "explainers.py", "cam.py"} <= files  # the classifier's code counts as the explainer's
+    # an option of the classifier given to the explainer retrains the classifier: the explainer's identity follows
+    wider = RunConfig(methods=("gradcam",), dataset="toy", preset="tiny",
+                      method_options=(("gradcam", (("width", 0.125), ("memory_budget_mb", 64))),))
+    other = pipeline.create_run_method("gradcam", wider)
+    assert other.method.memory_budget_mb == 64 and other.trainee.config.width == 0.125
+    changed = pipeline.run_identity(other, wider, data, "toy")
+    assert changed["training"] != identity["training"] and changed["options"] != identity["options"]

@@ -8,7 +8,7 @@ import torch
 
 import wsl_bench
 from wsl_bench.evaluation.harness import RunConfig
-from wsl_bench.pipeline import default_methods, method_options, parse_methods
+from wsl_bench.pipeline import create_run_method, default_methods, method_options, parse_methods
 from wsl_bench.presets import PRESETS, get_preset
 from wsl_bench.training.augment import VerticalFlip
 from wsl_bench.training.cache import train_config_for
@@ -79,6 +79,6 @@ def test_an_explainer_inherits_the_preset_options_of_the_classifier_it_explains(
 
 def test_an_explainer_and_its_classifier_share_one_checkpoint_identity():
     config = RunConfig(methods=("gmic", "gradcam@gmic"), preset="cpu", image_size=(96, 64))
-    made = {name: wsl_bench.create_method(name, image_size=config.size(), **method_options(config, name))
-            for name in config.methods}
+    # what each trains: gmic itself, and the gmic classifier method the explainer is built from
+    made = {name: create_run_method(name, config).trainee for name in config.methods}
     assert made["gradcam@gmic"].training_identity() == made["gmic"].training_identity()

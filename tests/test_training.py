@@ -23,6 +23,7 @@ from wsl_bench.methods.glam import GlamMethod
 from wsl_bench.methods.gmic import PUBLISHED_GMIC_MODELS, GmicMethod
 from wsl_bench.pipeline import open_dataset, run
 from wsl_bench.presets import get_preset
+from wsl_bench.registry import create_method_with_classifier
 from wsl_bench.training import cache as trained
 from wsl_bench.training.augment import CropJitter, sample_rng
 from wsl_bench.training.cache import train_config_for, train_stages
@@ -391,7 +392,7 @@ def test_run_trains_the_glam_stages_into_the_cache(toy_dataset, tmp_path, isolat
 def test_training_code_files_cover_the_model_its_layers_and_the_trainer():
     glam_files = {p.name for p in trained.training_code_files(wsl_bench.create_method("glam", image_size=(96, 64)))}
     assert {"glam.py", "backbones.py", "published.py", "trainer.py", "augment.py"} <= glam_files
-    explainer = wsl_bench.create_method("gradcam@gmic", image_size=(96, 64))
+    _, explainer = create_method_with_classifier("gradcam@gmic", image_size=(96, 64))  # what the explainer trains
     assert "gmic.py" in {p.name for p in trained.training_code_files(explainer)}  # the classifier's code
     assert "gradcam.py" not in {p.name for p in trained.training_code_files(explainer)}
 

@@ -22,13 +22,14 @@ from wsl_bench.registry import (
     load_builtins,
     split_method_name,
 )
-from wsl_bench.saliency import CLASSES, SaliencyMethod, SaliencyOutput, TrainableMethod
+from wsl_bench.saliency import CLASSES, ExplainedClassifier, SaliencyMethod, SaliencyOutput, TrainableMethod
 
 __all__ = [
     "__version__",
     "CLASSES",
     "DATASETS",
     "METHODS",
+    "ExplainedClassifier",
     "MammogramDataset",
     "SaliencyMethod",
     "SaliencyOutput",

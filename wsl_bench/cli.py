@@ -295,7 +295,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     get_preset(args.preset)  # an unknown preset is a usage error before anything is built
     load_builtins()
-    if not getattr(METHODS.get(split_method_name(args.method)[0]), "trainable", False):
+    factory = METHODS.get(split_method_name(args.method)[0])
+    # a post-hoc explainer trains the classifier method it explains
+    if not (getattr(factory, "trainable", False) or getattr(factory, "default_classifier", None)):
         raise UsageError(f"method {args.method!r} has nothing to train")
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed, image_size=args.image_size,

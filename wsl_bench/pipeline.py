@@ -40,14 +40,14 @@ from wsl_bench.evaluation.identity import changed_fields, current_records, ident
 from wsl_bench.evaluation.manifest import config_hash, read_json, write_json_atomic
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
 from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
-from wsl_bench.methods.explainers import PosthocExplainer
 from wsl_bench.paths import cache_root
 from wsl_bench.presets import get_preset
 from wsl_bench.registry import (
     DATASETS,
     METHODS,
     create_dataset,
-    create_method,
+    create_method_with_classifier,
+    explained_classifier_name,
     list_methods,
     load_builtins,
     split_method_name,
@@ -116,23 +116,51 @@ def method_options(config: RunConfig, name: str) -> dict[str, Any]:
     """The options ``name`` is created with, later ones winning: for a post-hoc explainer the
     preset's options of the classifier it explains (so ``gradcam@gmic`` trains, and shares, the very
     checkpoint ``gmic`` gets), the preset's options of the method (``Preset.method_options``, by
-    registered name and then by full name), then the user's own (``--option``, ``--classifier``)."""
+    registered name and then by full name), then the user's own (``--option``, ``--classifier``).
+    An explainer's options hold its classifier method's too: creating it divides them
+    (``wsl_bench.registry.create_method_with_classifier``)."""
     preset = get_preset(config.preset).method_options
     user = config.options_for(name)
-    base, implied = split_method_name(name)
-    inherited: dict[str, Any] = {}
-    explainer = METHODS.get(base) if base in METHODS else None
-    if isinstance(explainer, type) and issubclass(explainer, PosthocExplainer):
-        classifier = user.get("classifier", implied.get("classifier", explainer.default_classifier))
-        inherited = preset.get(classifier, {})
+    base, _ = split_method_name(name)
+    classifier = explained_classifier_name(name, user) if base in METHODS else None
+    inherited = preset.get(classifier, {}) if classifier is not None else {}
     return {**inherited, **preset.get(base, {}), **preset.get(name, {}), **user}
 
 
-def create_run_method(name: str, config: RunConfig) -> SaliencyMethod:
+@dataclass
+class RunMethod:
+    """A method as a run creates it (:func:`create_run_method`), untrained.
+
+    Attributes:
+        name: its name in the run (``"gradcam@gmic"``).
+        method: what the run evaluates.
+        trainee: the trainable method whose weights ``method`` runs on, trained or loaded from the
+            cache under its own :func:`training_job` (the key a run of it alone gets): ``method``
+            itself, or for a post-hoc explainer the classifier method it explains (whose network the
+            explainer holds, so training or loading it updates the explainer); ``None``: nothing to train.
+    """
+
+    name: str
+    method: SaliencyMethod
+    trainee: TrainableMethod | None
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether its weights come from training (or the cache), not from a user's weights file."""
+        return self.trainee is not None and not self.trainee.weights_loaded
+
+
+def create_run_method(name: str, config: RunConfig) -> RunMethod:
     """The method ``name`` as ``config``'s run creates it (options merged by :func:`method_options`),
-    untrained."""
+    untrained. A post-hoc explainer's classifier (its ``classifier`` option, ``name@classifier``, or
+    its ``default_classifier``) is created by name with the explainer's share of those options, which
+    hold the preset's options of that classifier (so ``cam`` and ``gradcam`` train one ``cam``)."""
     options = method_options(config, name)
-    return create_method(name, device=config.device, seed=config.seed, image_size=config.size(), **options)
+    method, classifier = create_method_with_classifier(
+        name, device=config.device, seed=config.seed, image_size=config.size(), **options)
+    if classifier is not None:
+        return RunMethod(name, method, classifier)
+    return RunMethod(name, method, method if isinstance(method, TrainableMethod) else None)
 
 
 class TrainingConfigError(ValueError):
@@ -146,19 +174,17 @@ class TrainingJob:
     ``torchrun`` run ask for the same job, and so for the same key.
 
     Attributes:
-        method: the method as the run creates it (an explainer, say).
-        trainee: what the trainer fits: ``method`` itself, or the classifier an explainer explains.
+        method: the method the trainer fits (a run method's :attr:`RunMethod.trainee`).
         train_config: the preset's budget, the method's recipe, then any overrides (``wsl-bench train``).
-        stages: the trainee's training stages.
+        stages: the method's training stages.
         train_set, val_set: the run's training and validation splits.
         key: the checkpoint cache key (a hash of ``key_data``).
         key_data: what decides the weights: method and configuration, data, training configuration,
             stages, code and, for a method that starts from another's weights, that method's key.
-        donor: the job of the method whose weights ``trainee`` starts from (``global_init``), if any.
+        donor: the job of the method whose weights ``method`` starts from (``global_init``), if any.
     """
 
-    method: SaliencyMethod
-    trainee: TrainableMethod
+    method: TrainableMethod
     train_config: TrainConfig
     stages: tuple[TrainingStage, ...]
     train_set: MammogramDataset
@@ -173,24 +199,24 @@ class TrainingJob:
         return cache_root() / "checkpoints" / self.key_data["method"] / self.key
 
 
-def training_job(method: SaliencyMethod, config: RunConfig, **overrides: Any) -> TrainingJob:
-    """The :class:`TrainingJob` of ``method`` in ``config``'s run, computed without training anything
-    (a ``global_init`` donor's job is computed the same way, recursively). ``overrides`` replace
-    fields of the training configuration (``wsl-bench train``'s flags; they change the key).
+def training_job(method: TrainableMethod, config: RunConfig, **overrides: Any) -> TrainingJob:
+    """The :class:`TrainingJob` of ``method`` (a run method's trainee) in ``config``'s run, computed
+    without training anything (a ``global_init`` donor's job is computed the same way, recursively).
+    ``overrides`` replace fields of the training configuration (``wsl-bench train``'s flags; they
+    change the key).
 
     Raises:
         ValueError: the method has nothing to train, or its ``global_init`` names no trained method.
     """
-    if not method.trainable:
+    if not isinstance(method, TrainableMethod):
         raise ValueError(f"method {method.name!r} has nothing to train")
-    trainee = method.training_method()  # a post-hoc explainer trains the classifier it explains
     try:
-        train_config = train_config_for(trainee, config.preset, config.seed, **overrides)
+        train_config = train_config_for(method, config.preset, config.seed, **overrides)
     except (TypeError, ValueError) as exc:
         raise TrainingConfigError(f"{method.name}: {exc}") from None
     train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
     key_data = checkpoint_key_data(method, train_config, train_set, val_set)
-    donor = _donor(trainee, config)
+    donor = _donor(method, config)
     donor_job: TrainingJob | SaliencyMethod | None = None
     if donor is not None:
         # the donor's weights decide these weights too: key by what decides the donor's (its cache key),
@@ -201,7 +227,7 @@ def training_job(method: SaliencyMethod, config: RunConfig, **overrides: Any) ->
         else:
             donor_job = training_job(donor, config)
             key_data["initialised_from"] = {"method": donor.name, "cache_key": donor_job.key}
-    return TrainingJob(method, trainee, train_config, training_stages(trainee), train_set, val_set,
+    return TrainingJob(method, train_config, training_stages(method), train_set, val_set,
                        config_hash(key_data), key_data, donor_job)
 
 
@@ -212,7 +238,7 @@ def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | Non
         return None
     if donor_name == trainee.name:
         raise ValueError(f"{trainee.name}: global_init cannot name the method itself")
-    donor = create_run_method(donor_name, config)
+    donor = create_run_method(donor_name, config).method
     if not isinstance(donor, TrainableMethod):
         raise ValueError(f"{trainee.name}: global_init={donor_name!r} is not a trained method")
     return donor
@@ -244,7 +270,7 @@ def ensure_trained(
             write_json_atomic(folder / "key.json", job.key_data)
         context.barrier()
         started = time.perf_counter()
-        train_stages(job.trainee, job.train_config, folder, job.train_set, job.val_set, resume=True,
+        train_stages(job.method, job.train_config, folder, job.train_set, job.val_set, resume=True,
                      context=context, progress=progress)
         if context.is_main:  # wall time of this (last, possibly resumed) training, kept with the checkpoint
             write_json_atomic(folder / "timing.json", {"training_seconds": round(time.perf_counter() - started, 1)})
@@ -269,7 +295,7 @@ def ensure_trained(
 def initialise_from_donor(
     job: TrainingJob, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
 ) -> dict[str, Any] | None:
-    """Start ``job.trainee``'s global backbone from the trained weights of the method its
+    """Start ``job.method``'s global backbone from the trained weights of the method its
     ``global_init`` names (trained first, or loaded from the cache, with the run's options of it).
 
     Returns:
@@ -279,7 +305,7 @@ def initialise_from_donor(
         return None
     facts = _donor_facts(job, config, progress, context)
     donor = job.donor.method if isinstance(job.donor, TrainingJob) else job.donor
-    job.trainee.initialise_global_backbone(donor)
+    job.method.initialise_global_backbone(donor)
     return facts
 
 
@@ -305,29 +331,35 @@ def train(
 ) -> TrainResult:
     """``wsl-bench train``: train method ``name`` of ``config``'s run into ``out`` (not the cache),
     with its :func:`training_job` (``overrides`` change the training configuration and the key,
-    which is kept in ``out/key.json``). ``max_images`` keeps the first images of each split.
+    which is kept in ``out/key.json``); for a post-hoc explainer, the classifier method it explains.
+    ``max_images`` keeps the first images of each split.
 
     Raises:
         ValueError: the method has nothing to train, or a bad override.
     """
-    job = training_job(create_run_method(name, config), config, **(overrides or {}))
+    run_method = create_run_method(name, config)
+    if run_method.trainee is None:
+        raise ValueError(f"method {name!r} has nothing to train")
+    job = training_job(run_method.trainee, config, **(overrides or {}))
     train_set, val_set = job.train_set, job.val_set
     if max_images is not None:
         train_set, val_set = FirstImages(train_set, max_images), FirstImages(val_set, max_images)
     initialise_from_donor(job, config, progress=progress, context=context)
     if context.is_main:
         write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
-    return train_stages(job.trainee, job.train_config, out, train_set, val_set, resume=resume,
+    return train_stages(job.method, job.train_config, out, train_set, val_set, resume=resume,
                         only_stage=only_stage, context=context, progress=progress)
 
 
 def prepare_method(
-    method: SaliencyMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
+    run_method: RunMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
 ) -> dict[str, Any]:
-    """Train ``method`` (or load its cached checkpoint) when it is trainable; its checkpoint facts."""
-    checkpoint: dict[str, Any] = dict(method.checksums())
-    if method.trainable and not method.weights_loaded:
-        checkpoint.update(ensure_trained(method, config, progress=progress, context=context))
+    """Train ``run_method``'s trainee (or load its cached checkpoint) unless its weights came from a
+    file; the checkpoint facts of the weights the method runs on (for the manifest)."""
+    checkpoint: dict[str, Any] = dict(run_method.method.checksums())
+    if run_method.needs_training:
+        assert run_method.trainee is not None
+        checkpoint.update(ensure_trained(run_method.trainee, config, progress=progress, context=context))
     return checkpoint
 
 
@@ -339,16 +371,18 @@ def build_method(
     Returns:
         the method ready for ``predict`` and its checkpoint facts for the manifest.
     """
-    method = create_run_method(name, config)
-    return method, prepare_method(method, config, progress=progress, context=context)
+    run_method = create_run_method(name, config)
+    return run_method.method, prepare_method(run_method, config, progress=progress, context=context)
 
 
-def run_identity(
-    method: SaliencyMethod, name: str, config: RunConfig, data: dict[str, Any], dataset_module: str
-) -> dict[str, Any]:
-    """``method``'s identity in this run (``wsl_bench.evaluation.identity``), computed before it is trained."""
-    training = training_job(method, config).key if method.trainable and not method.weights_loaded else None
-    return method_identity(method, method_options(config, name), training, data, dataset_module)
+def run_identity(run_method: RunMethod, config: RunConfig, data: dict[str, Any], dataset_module: str) -> dict[str, Any]:
+    """The method's identity in this run (``wsl_bench.evaluation.identity``), computed before it is
+    trained: its training key is its trainee's (an explainer's changes with its classifier's), and
+    the trainee's code counts as its own."""
+    training = training_job(run_method.trainee, config).key if run_method.needs_training else None
+    related = (run_method.trainee,) if run_method.trainee is not None else ()
+    return method_identity(run_method.method, method_options(config, run_method.name), training, data,
+                           dataset_module, related)
 
 
 def run(
@@ -426,8 +460,8 @@ def run(
     with RecordWriter(records_path) as writer:
         for name in config.methods:
             try:
-                method = create_run_method(name, config)
-                identity_data = run_identity(method, name, config, data, type(dataset).__module__)
+                run_method = create_run_method(name, config)
+                identity_data = run_identity(run_method, config, data, type(dataset).__module__)
             except (FileNotFoundError, NotImplementedError) as exc:
                 # A method that cannot be built here (weights the user has not supplied, a missing
                 # optional dependency) is skipped with its reason; the others still run, and a later
@@ -459,7 +493,8 @@ def run(
             write_json_atomic(out_dir / "manifest.json", manifest)
             if not any(todo.values()):
                 continue
-            checkpoint = prepare_method(method, config, progress=progress)
+            checkpoint = prepare_method(run_method, config, progress=progress)
+            method = run_method.method
             manifest["methods"][name] = {
                 "params": method.num_parameters(),
                 "map_range": method.map_range,
@@ -480,7 +515,7 @@ def run(
             summary.statuses[name] = counts
             summary.computed += sum(counts.values())
             summary.failed += counts["failed"] + counts["oom"]
-            del method
+            del method, run_method
             if config.device == "cuda":
                 torch.cuda.empty_cache()
 
@@ -575,11 +610,11 @@ def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistCon
                         retry_failed: bool) -> RunSummary:
     for name in config.methods:
         try:
-            method = create_run_method(name, config)  # as a single process creates it: the same key
+            run_method = create_run_method(name, config)  # as a single process creates it: the same key
         except (FileNotFoundError, NotImplementedError):
             continue  # run() records this method as skipped, with the reason
-        prepare_method(method, config, progress=progress and context.is_main, context=context)
-        del method
+        prepare_method(run_method, config, progress=progress and context.is_main, context=context)
+        del run_method
     summary = run(config, out_dir, progress=progress and context.is_main, retry_failed=retry_failed,
                   shard=(context.rank, context.world_size), write_report=False, lock=False)
     context.barrier()  # every shard's records are on disk

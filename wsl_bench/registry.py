@@ -14,10 +14,13 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
+
+from wsl_bench.saliency import ExplainedClassifier
 
 _NAME = re.compile(r"[A-Za-z0-9_+\-.@]{1,100}")
 """What a registered name may hold (it becomes a folder name of a run, and wildcards match it)."""
@@ -168,27 +171,93 @@ def load_builtins() -> None:
 
 def split_method_name(name: str) -> tuple[str, dict[str, Any]]:
     """``"gradcam@gmic"`` → ``("gradcam", {"classifier": "gmic"})``: the ``explainer@classifier``
-    spelling of a post-hoc explainer applied to a chosen classifier; other names pass through."""
+    shorthand for a post-hoc explainer's ``classifier`` option (command lines and run method names);
+    other names pass through."""
     if "@" in name:
         base, classifier = name.split("@", 1)
         return base, {"classifier": classifier}
     return name, {}
 
 
+COMMON_OPTIONS = ("device", "seed", "image_size")
+"""Options every method takes; a post-hoc explainer and the classifier method it explains both get them."""
+
+
+def constructor_options(factory: Callable[..., Any]) -> frozenset[str]:
+    """The keyword options ``factory`` names: its constructor's parameters, and those of the
+    constructors above it for as long as each passes ``**kwargs`` on (``super().__init__(**kwargs)``)."""
+    names: set[str] = set()
+    if isinstance(factory, type):
+        callables = [vars(cls)["__init__"] for cls in factory.__mro__ if "__init__" in vars(cls)]
+    else:
+        callables = [factory]
+    for function in callables:
+        parameters = inspect.signature(function).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return frozenset(names)
+
+
+def explained_classifier_name(name: str, options: Mapping[str, Any]) -> str | None:
+    """The method whose classifier the post-hoc explainer ``name`` explains with ``options``: the
+    ``classifier`` option, else the ``explainer@classifier`` spelling, else the explainer's
+    ``default_classifier``; ``None`` when ``name`` is not an explainer (its factory sets no
+    ``default_classifier``)."""
+    load_builtins()
+    base, implied = split_method_name(name)
+    default = getattr(METHODS.get(base), "default_classifier", None)
+    if default is None:
+        return None
+    chosen = {**implied, **options}.get("classifier") or default
+    return chosen.name if isinstance(chosen, ExplainedClassifier) else str(chosen)
+
+
+def create_method_with_classifier(name: str, **options: Any) -> tuple[Any, Any | None]:
+    """Instantiate the method registered as ``name`` and, for a post-hoc explainer, the method whose
+    classifier it explains.
+
+    A post-hoc explainer (a factory with a ``default_classifier``) takes ``classifier``, an
+    :class:`~wsl_bench.saliency.ExplainedClassifier`. Given one, it is passed on as it is; given a
+    registered name (:func:`explained_classifier_name`), that method is created first, with the
+    :data:`COMMON_OPTIONS` and every option the explainer's constructors do not name (``config``,
+    ``weights``, ...), and its ``classifier()`` is handed to the explainer with the options they do
+    name (``target_layer``, ``memory_budget_mb``, ``n_steps``, ...).
+
+    Returns:
+        ``(method, classifier method)``: the classifier method is ``None`` unless one was created here.
+
+    Raises:
+        UnknownNameError: listing the known method names.
+        ValueError: the classifier's method is not a trainable method (it has no classifier).
+    """
+    classifier_name = explained_classifier_name(name, options)
+    base, implied = split_method_name(name)
+    factory = METHODS.get(base)
+    options = {**implied, **options}
+    classifier_method = None
+    if classifier_name is not None and not isinstance(options.get("classifier"), ExplainedClassifier):
+        own = constructor_options(factory)
+        classifier_method = create_method(
+            classifier_name, **{k: v for k, v in options.items() if k not in own or k in COMMON_OPTIONS})
+        options = {k: v for k, v in options.items() if k in own}
+        options["classifier"] = ExplainedClassifier.of(classifier_method)
+    method = factory(**options)
+    method.name = name
+    return method, classifier_method
+
+
 def create_method(name: str, **options: Any) -> Any:
     """Instantiate the method registered as ``name`` with ``options`` (device, seed, image_size, ...).
 
-    ``explainer@classifier`` names (``gradcam@gmic``) set the explainer's ``classifier`` option.
-    The instance's ``name`` is the full name asked for (records and reports use it).
+    A post-hoc explainer's classifier may be named (``create_method("gradcam", classifier="gmic")``
+    or ``"gradcam@gmic"``): see :func:`create_method_with_classifier`. The instance's ``name`` is the
+    full name asked for (records and reports use it).
 
     Raises:
         UnknownNameError: listing the known method names.
     """
-    load_builtins()
-    base, implied = split_method_name(name)
-    method = METHODS.get(base)(**{**implied, **options})
-    method.name = name
-    return method
+    return create_method_with_classifier(name, **options)[0]
 
 
 def create_dataset(name: str, **options: Any) -> Any:

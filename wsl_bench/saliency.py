@@ -164,6 +164,7 @@ class SaliencyMethod(ABC):
         map_range: the range of the maps it returns (see :class:`SaliencyOutput`).
         trainable: whether ``wsl-bench run`` must train (or load) it before evaluation.
         requires_weights: whether it needs user-supplied weights (then the default benchmark leaves it out).
+        default_classifier: ``None``, except for post-hoc explainers (see :class:`ExplainedClassifier`).
     """
 
     name: ClassVar[str] = ""
@@ -173,6 +174,12 @@ class SaliencyMethod(ABC):
     requires_weights: ClassVar[bool] = False
     """True for variants that only make sense with user-supplied weights (published checkpoints);
     the default benchmark leaves them out."""
+    default_classifier: ClassVar[str | None] = None
+    """Set only by post-hoc explainers, methods that explain the classifier of another method: the
+    registered name of the method whose classifier they explain when none is named (``classifier``
+    option, ``explainer@classifier``). Their constructor takes ``classifier``, an
+    :class:`ExplainedClassifier`; the front doors (``wsl_bench.registry.create_method``, the pipeline)
+    create that method by name and hand its classifier over."""
 
     def __init__(
         self, device: str | torch.device = "cpu", seed: int = 0, image_size: tuple[int, int] | None = None
@@ -234,7 +241,7 @@ class TrainableMethod(SaliencyMethod):
     Every hook the trainer and the pipeline call is declared here with its default, so a subclass
     overrides only what its recipe changes: :attr:`train_overrides`, :meth:`training_stages`,
     :meth:`training_augmentation`, :attr:`global_init` with :meth:`initialise_global_backbone`,
-    :meth:`config_dict`, :meth:`training_identity`, :meth:`training_method`, :meth:`classifier`.
+    :meth:`config_dict`, :meth:`training_identity`, :meth:`classifier`.
     """
 
     trainable: ClassVar[bool] = True
@@ -270,11 +277,14 @@ class TrainableMethod(SaliencyMethod):
         """
 
     def classifier(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The image classifier inside the method, for post-hoc explainers.
+        """The image classifier inside the method, for post-hoc explainers
+        (:meth:`ExplainedClassifier.of` wraps it).
 
         Returns:
             ``(module, target_layer)``: ``module(images N×1×H×W) -> N×C`` class logits (before any
-            sigmoid) and the layer Grad-CAM-style explainers use by default.
+            sigmoid) and the layer Grad-CAM-style explainers use by default. ``module`` shares its
+            parameters with :meth:`network` (a view, not a copy), so training the method or loading
+            its checkpoint changes the classifier an explainer holds.
         """
         raise NotImplementedError(f"method {self.name!r} exposes no classifier for post-hoc explainers")
 
@@ -314,18 +324,41 @@ class TrainableMethod(SaliencyMethod):
         )
 
     def training_identity(self) -> dict[str, Any]:
-        """What identifies the trained weights: the method and its architecture.
-
-        Methods that explain another method's network (post-hoc explainers) return that network's
-        identity, so they share its cached checkpoint instead of training a copy.
-        """
+        """What identifies the trained weights: the method and its architecture (checkpoint metadata)."""
         return {"method": self.name, "config": self.config_dict()}
-
-    def training_method(self) -> TrainableMethod:
-        """The method the trainer fits and validates: itself, or for a post-hoc explainer the
-        classifier method it explains (validation then uses the classifier's own scores and never
-        runs the explainer)."""
-        return self
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"network": self.network()}
+
+
+@dataclass(frozen=True)
+class ExplainedClassifier:
+    """The classifier a post-hoc explainer explains: what its constructor receives as ``classifier``.
+
+    Attributes:
+        module: ``module(images N×1×H×W) -> N×C`` class logits before any sigmoid, images
+            standardised as for :meth:`SaliencyMethod.predict`, ``C = len(CLASSES)``.
+        default_layer: a submodule of ``module`` (its output ``N×K×h×w``): the layer Grad-CAM-style
+            explainers use unless given another.
+        name: registered name of the method the classifier belongs to (``"cam"``), for messages.
+        checksums: identifiers of the weights files loaded into ``module`` (``SaliencyMethod.checksums``
+            of that method: empty when the suite trains the weights), recorded as the explainer's own.
+    """
+
+    module: torch.nn.Module
+    default_layer: torch.nn.Module
+    name: str = ""
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, method: SaliencyMethod) -> ExplainedClassifier:
+        """The classifier ``method`` exposes through :meth:`TrainableMethod.classifier`.
+
+        Raises:
+            ValueError: ``method`` is not a trainable method (a baseline, another explainer).
+            NotImplementedError: ``method`` exposes no classifier (a run skips the explainer).
+        """
+        if not isinstance(method, TrainableMethod):
+            raise ValueError(f"classifier {method.name!r} is not a trainable method with a classifier to explain")
+        module, layer = method.classifier()
+        return cls(module, layer, method.name, dict(method.checksums()))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +41,20 @@ IDENTITY_FIELDS = ("options", "weights", "training", "code", "data")
 _SCORING_MODULES = ("wsl_bench.evaluation.scoring", "wsl_bench.saliency", "wsl_bench.evaluation.metrics")
 
 
-def method_code_files(method: SaliencyMethod, extra_modules: tuple[str, ...] = ()) -> list[Path]:
-    """Source files whose code decides ``method``'s maps and records (see the module docstring)."""
-    objects: list[Any] = [method]
-    inner = getattr(method, "inner", None)  # a post-hoc explainer's classifier method
-    if isinstance(inner, SaliencyMethod):
-        objects.append(inner)
+def method_code_files(
+    method: SaliencyMethod, extra_modules: tuple[str, ...] = (), related: Sequence[SaliencyMethod] = ()
+) -> list[Path]:
+    """Source files whose code decides ``method``'s maps and records (see the module docstring);
+    ``related``: methods whose code decides them too (the classifier method an explainer explains)."""
+    objects: list[Any] = [method, *related]
     packages = {"wsl_bench"} | {type(o).__module__.split(".")[0] for o in objects}
     modules = set(_SCORING_MODULES) | set(extra_modules)
     for obj in objects:
         modules |= {cls.__module__ for cls in type(obj).__mro__}
-        network = getattr(obj, "network", None)
-        if callable(network):
-            try:
-                modules |= {type(layer).__module__ for layer in network().modules()}
-            except (NotImplementedError, AttributeError):
-                pass  # a method without a network
+        try:  # the layers it runs: a trainable method's network, an explainer's classifier
+            modules |= {type(layer).__module__ for module in obj.modules().values() for layer in module.modules()}
+        except (NotImplementedError, AttributeError):
+            pass  # a method without a network
     files = {Path(sys.modules[name].__file__) for name in modules
              if name.split(".")[0] in packages and getattr(sys.modules.get(name), "__file__", None)}
     return sorted(files)
@@ -75,22 +74,25 @@ def method_identity(
     training: str | None,
     data: dict[str, Any],
     dataset_module: str | None = None,
+    related: Sequence[SaliencyMethod] = (),
 ) -> dict[str, Any]:
     """The identity data of one method in one run (hash it with :func:`identity_hash`).
 
     Args:
         method: the created (not necessarily trained) method.
         options: its merged constructor options.
-        training: its checkpoint cache key, or ``None`` when nothing is trained.
+        training: the checkpoint cache key of the weights it runs on (its own, or for a post-hoc
+            explainer its classifier method's), or ``None`` when nothing is trained.
         data: split → ``describe()`` of every split the run scores.
         dataset_module: the module of the dataset class (its loader code counts as the method's code).
+        related: methods whose code also decides its maps (the classifier method an explainer explains).
     """
     extra = (dataset_module,) if dataset_module else ()
     return {
         "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
         "weights": dict(method.checksums()),
         "training": training,
-        "code": code_fingerprint(method_code_files(method, extra)),
+        "code": code_fingerprint(method_code_files(method, extra, related)),
         "data": config_hash(data),
     }
 

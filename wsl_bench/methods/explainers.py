@@ -1,10 +1,14 @@
 """Shared machinery of the post-hoc explainers (Grad-CAM family, captum attributions).
 
-A post-hoc explainer explains the image-level decision of a classifier that another registered
-method exposes through ``TrainableMethod.classifier()``: ``(module mapping N×1×H×W images to N×C
-class logits, default target layer)``. The explainer is a :class:`~wsl_bench.TrainableMethod` whose
-network *is* the classifier's: its ``training_identity()`` is the classifier's, so the harness
-trains (or loads) the classifier once and every explainer of it reuses the cached checkpoint.
+A post-hoc explainer explains the image-level decision of a classifier it is given: an
+:class:`~wsl_bench.saliency.ExplainedClassifier` (a module mapping N×1×H×W images to N×C class
+logits, its default target layer, the name of the method it comes from and the checksums of its
+weights), usually the one another registered method exposes through ``TrainableMethod.classifier()``.
+The explainer is a plain :class:`~wsl_bench.SaliencyMethod`: it trains nothing and creates nothing.
+Whoever builds it supplies the classifier: ``wsl_bench.create_method("gradcam", classifier="cam")``
+creates the ``cam`` method and hands its classifier over, and a run (``wsl_bench.pipeline``) trains
+that classifier method, or loads its cached checkpoint, under the classifier's own training job, so
+``cam`` and every explainer of it share one training.
 
 Conventions every explainer follows:
 
@@ -37,7 +41,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainableMethod
+from wsl_bench.saliency import CLASSES, ExplainedClassifier, SaliencyMethod, SaliencyOutput
 
 CPU_DEFAULT_BUDGET_BYTES = 4 * 2**30
 """Default memory budget on CPU: 4 GiB, enough for one forward and backward pass of a 2944×1920
@@ -285,19 +289,18 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None, default: nn.M
 
 
 # -- the base class ------------------------------------------------------------------------------------
-class PosthocExplainer(TrainableMethod):
-    """Base class of explainers applied to the classifier of another registered method.
+class PosthocExplainer(SaliencyMethod):
+    """Base class of explainers of an image classifier.
 
     Args:
-        classifier: registered name of the method whose ``classifier()`` is explained (``cam``,
-            ``gmic``, ``glam``, ...; ``None``: ``default_classifier``); ``gradcam@gmic`` sets it
-            through the name.
-        target_layer: layer of layer-based explainers: ``None`` for the classifier's declared
-            default, or a dotted submodule name of the classifier module (``"stages.2"``).
+        classifier: the classifier explained (:class:`~wsl_bench.saliency.ExplainedClassifier`):
+            ``classifier.module`` maps ``N×1×H×W`` standardised images to ``N×C`` logits; it is moved
+            to ``device`` and held, not copied, so weights loaded into it later are the ones explained.
+        target_layer: layer of layer-based explainers: ``None`` for ``classifier.default_layer``, or
+            a dotted submodule name of ``classifier.module`` (``"stages.2"``).
         memory_budget_mb: memory the explainer may use for its internal batches, in MiB;
             ``None``: :func:`default_memory_budget_bytes`.
-        device, seed, image_size: as for every method (passed on to the classifier).
-        **options: further options of the classifier method (its configuration, ``weights``).
+        device, seed, image_size: as for every method.
 
     The constructor runs the classifier once on a zero image of ``image_size`` to measure its
     :class:`ForwardProfile` (outside any timing or FLOP count of ``predict``); other sizes are
@@ -305,82 +308,51 @@ class PosthocExplainer(TrainableMethod):
 
     Subclasses implement :meth:`explain` (one sub-batch of images → raw maps and logits) and may
     override :meth:`bytes_per_image` (memory one image adds to a sub-batch) and
-    ``max_images_per_call``.
+    ``max_images_per_call``; their own options are constructor keywords passed on with ``**kwargs``
+    (the front doors give an explainer the options its constructors name and the classifier's
+    method the rest).
     """
 
     map_range: ClassVar[str] = "unbounded"
     default_classifier: ClassVar[str] = "cam"
-    """The classifier explained when none is named (``--classifier``, ``explainer@classifier``)."""
+    """The method whose classifier is explained when none is named (``--classifier``, ``explainer@classifier``)."""
     max_images_per_call: ClassVar[int | None] = None
     """Cap on images explained together (``1`` for explainers that chunk their own internal work)."""
 
     def __init__(
         self,
-        classifier: str | None = None,
-        target_layer: str | None = None,
+        classifier: ExplainedClassifier,
+        target_layer: str | nn.Module | None = None,
         memory_budget_mb: float | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
         image_size: tuple[int, int] | None = None,
-        **options: Any,
     ) -> None:
         super().__init__(device=device, seed=seed, image_size=image_size)
-        from wsl_bench.registry import create_method
-
+        if not isinstance(classifier, ExplainedClassifier):
+            raise TypeError(
+                f"{type(self).__name__}: classifier must be an ExplainedClassifier (ExplainedClassifier.of(method)), "
+                f"got {type(classifier).__name__}; to name the classifier's method instead, create the explainer "
+                "with wsl_bench.create_method(name, classifier='cam')"
+            )
         if memory_budget_mb is not None and not memory_budget_mb > 0:
             raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb!r}")
-        classifier = self.default_classifier if classifier is None else classifier
-        self.classifier_name = classifier
+        self.explained = classifier
+        self.classifier_name = classifier.name
         self.memory_budget_mb = memory_budget_mb
-        inner = create_method(classifier, device=device, seed=seed, image_size=image_size, **options)
-        if not isinstance(inner, TrainableMethod):
-            raise ValueError(f"classifier {classifier!r} is not a trainable method with a classifier to explain")
-        if isinstance(inner, PosthocExplainer):
-            raise ValueError(f"classifier {classifier!r} is itself an explainer; name a classifier method")
-        self.inner = inner
-        # NotImplementedError here (a method without a classifier) makes the harness skip the run.
-        self.model, default_layer = inner.classifier()
-        self.target_layer = resolve_layer(self.model, target_layer, default_layer)
+        self.model = classifier.module.to(self.device)
+        self.target_layer = resolve_layer(self.model, target_layer, classifier.default_layer)
         self.target_layer_name = next((n for n, m in self.model.named_modules() if m is self.target_layer), "?")
         self._profiles: dict[tuple[int, ...], ForwardProfile] = {}
         # Measured now, outside any timing or FLOP counting of predict, for the size it will see.
         self.forward_profile((1, *self.image_size))
 
-    # -- delegation to the classifier method ---------------------------------------------------------
-    def network(self) -> nn.Module:
-        return self.inner.network()
-
-    def training_loss(
-        self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.inner.training_loss(images, labels, pos_weight=pos_weight)
-
-    def training_method(self) -> TrainableMethod:
-        """The classifier method: the trainer fits and validates it, not this explainer."""
-        return self.inner
-
-    def training_identity(self) -> dict[str, Any]:
-        """The classifier's identity: every explainer of one classifier shares its checkpoint."""
-        return self.inner.training_identity()
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.inner.config_dict()
-
-    @property
-    def train_overrides(self) -> dict[str, Any]:
-        return dict(self.inner.train_overrides)
-
-    @property
-    def weights_loaded(self) -> bool:
-        return self.inner.weights_loaded
+    def modules(self) -> dict[str, nn.Module]:
+        return {"classifier": self.model}
 
     def checksums(self) -> dict[str, str]:
-        return self.inner.checksums()
-
-    def to(self, device: str | torch.device) -> PosthocExplainer:
-        self.inner.to(device)
-        self.device = torch.device(device)
-        return self
+        """The checksums of the classifier's weights files (empty for weights a run trains)."""
+        return dict(self.explained.checksums)
 
     # -- memory ------------------------------------------------------------------------------------------
     def memory_budget_bytes(self) -> int:

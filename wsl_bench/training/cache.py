@@ -140,10 +140,9 @@ def training_code_files(method: TrainableMethod) -> list[Path]:
     """The source files whose code decides what ``method`` learns: the modules of its class
     hierarchy and of every layer of its network that belong to wsl-bench or to the package the
     method comes from (a plugin's own code counts; torch's does not), and the trainer's modules."""
-    trainee = method.training_method()
-    packages = {"wsl_bench", type(trainee).__module__.split(".")[0]}
-    modules = {cls.__module__ for cls in type(trainee).__mro__}
-    modules |= {type(layer).__module__ for layer in trainee.network().modules()}
+    packages = {"wsl_bench", type(method).__module__.split(".")[0]}
+    modules = {cls.__module__ for cls in type(method).__mro__}
+    modules |= {type(layer).__module__ for layer in method.network().modules()}
     modules |= {"wsl_bench.training.trainer", "wsl_bench.training.data", "wsl_bench.training.augment", __name__}
     files = {Path(sys.modules[name].__file__) for name in modules
              if name.split(".")[0] in packages and getattr(sys.modules.get(name), "__file__", None)}
@@ -170,7 +169,7 @@ def checkpoint_key_data(
         "train_data": train_set.describe(),
         "val_data": val_set.describe(),
         "train_config": train_config.__dict__,
-        "stages": [s.to_dict() for s in training_stages(method.training_method())],
+        "stages": [s.to_dict() for s in training_stages(method)],
         "code": training_code_fingerprint(method),
     }
 
