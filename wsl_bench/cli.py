@@ -277,12 +277,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         summary = run(config, out, progress=not args.no_progress, retry_failed=args.retry_failed)
     print(summarise_statuses(summary))
+    for warning in _learning_warnings(out):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"records: {out / 'records.jsonl'}")
     print(f"report:  {out / 'report' / 'results.md'} (tables, figures, index.html in {out / 'report'})")
     if summary.failed:
         print(f"{summary.failed} image(s) failed; their errors are in the records", file=sys.stderr)
         return 1
     return 0
+
+
+def _learning_warnings(out: Path) -> list[str]:
+    """The run's trained methods that did not learn (the report shows the same sentences)."""
+    from wsl_bench.evaluation.manifest import read_json
+    from wsl_bench.report.tables import learning_warnings
+
+    path = out / "manifest.json"
+    return learning_warnings(read_json(path)) if path.exists() else []
 
 
 def cmd_train(args: argparse.Namespace) -> int:

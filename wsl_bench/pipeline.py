@@ -64,6 +64,7 @@ from wsl_bench.training.cache import (
     training_seconds,
 )
 from wsl_bench.training.distributed import SINGLE_PROCESS, DistContext
+from wsl_bench.training.learning_check import learning_problems
 from wsl_bench.training.trainer import FirstImages, TrainConfig, TrainResult, training_stages
 from wsl_bench.weights import file_sha256
 
@@ -280,6 +281,10 @@ def ensure_trained(
     # the final one stands in when validation gave no usable criterion.
     chosen = stage_checkpoint(last_stage)
     meta = load_method_weights(method, chosen)
+    problems = learning_problems(meta.get("metrics"))
+    if problems:
+        log.warning("%s did not learn (its validation metrics are at chance; its maps measure this training, "
+                    "not the method): %s", method.name, "; ".join(problems))
     return {
         "path": str(chosen),
         "sha256": file_sha256(chosen),
@@ -288,6 +293,7 @@ def ensure_trained(
         "epochs_completed": meta.get("epochs_completed"),
         "train_metrics": meta.get("metrics"),
         "training_seconds": training_seconds(folder),
+        "learning_check": problems,
         **({"initialised_from": initialised_from} if initialised_from else {}),
     }
 

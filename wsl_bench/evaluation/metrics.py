@@ -27,6 +27,7 @@ Conventions (the reports state them):
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -551,6 +552,19 @@ def auc(scores: Any, labels: Any) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def auc_chance_p_value(value: float, n_pos: int, n_neg: int) -> float:
+    """One-sided p-value of an AUC of at least ``value`` from scores unrelated to the labels.
+
+    Under that null hypothesis the Mann–Whitney U behind :func:`auc` has mean ``n_pos·n_neg/2`` and
+    variance ``n_pos·n_neg·(n_pos+n_neg+1)/12``; the normal approximation (no tie correction) is
+    used. NaN when ``value`` is not finite or a class has no image.
+    """
+    if not np.isfinite(value) or n_pos < 1 or n_neg < 1:
+        return float("nan")
+    sd = math.sqrt((n_pos + n_neg + 1) / (12.0 * n_pos * n_neg))
+    return 0.5 * math.erfc((value - 0.5) / sd / math.sqrt(2.0))
+
+
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
@@ -713,6 +727,12 @@ class PxAPMetric(_Metric):
         """PxAP of everything added; NaN while no lesion pixel has been seen."""
         return float(_pxap_rows(self.pos.astype(np.float64), self.neg.astype(np.float64)))
 
+    def chance(self) -> float:
+        """The PxAP of a map unrelated to the masks: the fraction of lesion pixels among the pixels
+        added (NaN before any pixel)."""
+        total = int(self.pos.sum() + self.neg.sum())
+        return float(self.pos.sum() / total) if total else float("nan")
+
 
 class AUCMetric(_Metric):
     """ROC AUC of image-level scores. State: the scores and labels seen (one number each per image)."""
@@ -726,6 +746,12 @@ class AUCMetric(_Metric):
         s, y = _scores_and_labels(scores, labels)
         self._scores.append(s)
         self._labels.append(y)
+
+    def counts(self) -> tuple[int, int]:
+        """``(positive, negative)`` images added."""
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, dtype=bool)
+        n_pos = int(np.count_nonzero(labels))
+        return n_pos, int(labels.size) - n_pos
 
     def compute(self) -> float:
         """AUC of everything added; NaN while only one class has been seen."""
@@ -741,6 +767,7 @@ __all__ = [
     "DiceMetric",
     "PxAPMetric",
     "auc",
+    "auc_chance_p_value",
     "bin_indices",
     "bootstrap_ci",
     "bootstrap_pxap_ci",

@@ -71,7 +71,13 @@ class CamClassifier(nn.Module):
         return self.activation(self.backbone.final_bn(self.backbone.stage_outputs(images)[-1]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images).mean(dim=(2, 3)))
+        features = self.features(images)
+        # Pooling and head in float32 even under mixed-precision training: a lesion covers about 0.5 %
+        # of the map, so its share of the pooled features is below bfloat16's resolution (8 mantissa
+        # bits, 0.4 %); pooled in bfloat16 the class signal drowns in rounding and training stalls
+        # depending on how the CPU rounds (measured, see methods/cam.md).
+        with torch.autocast(images.device.type, enabled=False):
+            return self.head(features.float().mean(dim=(2, 3)))
 
     def class_activation_maps(self, features: torch.Tensor) -> torch.Tensor:
         """``N×K×h×w`` features → ``N×C×h×w`` CAMs, ``Σ_k w_ck F_k`` (the bias is a constant shift, left out)."""

@@ -301,6 +301,18 @@ def missing_headline_notes(details: pd.DataFrame) -> list[str]:
     return notes
 
 
+def learning_warnings(manifest: dict[str, Any]) -> list[str]:
+    """One sentence per trained method whose checkpoint failed the learning check
+    (``checkpoints.<method>.learning_check``, :mod:`wsl_bench.training.learning_check`)."""
+    notes = []
+    for method, facts in sorted((manifest.get("checkpoints") or {}).items()):
+        problems = (facts or {}).get("learning_check") or []
+        if problems:
+            notes.append(f"{method} did not learn: {'; '.join(problems)}. Its scores measure this training run, "
+                         "not the method.")
+    return notes
+
+
 def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str, Any]) -> str:
     config = manifest.get("config", {})
     validation = manifest.get("validation") or {}
@@ -316,6 +328,12 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
         + (f" Headline Dice thresholds chosen on split `{val_split}`." if val_split and not validation.get("reason")
            else ""),
         "",
+    ]
+    warnings = learning_warnings(manifest)
+    if warnings:  # before the table: every number of these methods below depends on it
+        lines += ["**Training did not converge** (validation metrics at chance level):", ""]
+        lines += [f"- {note}" for note in warnings] + [""]
+    lines += [
         "| method | class | Dice (val τ) [95% CI] | val τ | Dice@0.5 [95% CI] | oracle Dice (τ) | PxAP [95% CI] "
         "| AUC | n (test, val) | s/img (median, p90) | peak MB | GFLOP | params (M) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -375,7 +393,13 @@ def to_latex(results: pd.DataFrame, details: pd.DataFrame | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(results: pd.DataFrame, markdown: str, figures: list[str], notes: list[str] | None = None) -> str:
+def to_html(
+    results: pd.DataFrame,
+    markdown: str,
+    figures: list[str],
+    notes: list[str] | None = None,
+    warnings: list[str] | None = None,
+) -> str:
     table = results.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–")
     header = html.escape(markdown.split("\n\n")[1]) if "\n\n" in markdown else ""
     parts = [
@@ -384,8 +408,10 @@ def to_html(results: pd.DataFrame, markdown: str, figures: list[str], notes: lis
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>",
         "<h1>wsl-bench report</h1>",
         f"<p>{header}</p>",
-        table,
     ]
+    for warning in warnings or []:
+        parts.append(f"<p><strong>Training did not converge.</strong> {html.escape(warning)}</p>")
+    parts.append(table)
     for note in notes or []:
         parts.append(f"<p><strong>Headline Dice missing.</strong> {html.escape(note)}</p>")
     for name in figures:
@@ -410,5 +436,6 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     write_text_atomic(out / "results.md", markdown)
     write_text_atomic(out / "results.tex", to_latex(results, details))
     figures = report_figures.draw_all(data, results, out)
-    write_text_atomic(out / "index.html", to_html(results, markdown, figures, missing_headline_notes(details)))
+    write_text_atomic(out / "index.html", to_html(results, markdown, figures, missing_headline_notes(details),
+                                                     learning_warnings(data.manifest)))
     return out

@@ -163,6 +163,10 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "t
             if np.isfinite(series(f"val_{metric}_{cls}")).any():
                 right.plot(epochs, series(f"val_{metric}_{cls}"), style, color=CLASS_COLOURS[cls],
                            label=f"{'Dice' if metric == 'dice' else 'PxAP'} {cls}")
+        if np.isfinite(series(f"val_pxap_chance_{cls}")).any():  # what a map unrelated to the lesions scores
+            right.plot(epochs, series(f"val_pxap_chance_{cls}"), ":", color=CLASS_COLOURS[cls], alpha=0.7,
+                       label=f"PxAP chance {cls}")
+    middle.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
     middle.set(xlabel="epoch", ylabel="AUC", ylim=(0, 1), title="validation AUC")
     right.set(xlabel="epoch", ylabel="Dice (τ = 0.5) / PxAP", title="validation localisation")
     right.set_ylim(bottom=0)

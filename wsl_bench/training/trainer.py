@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from wsl_bench import weights as weights_io
 from wsl_bench.data import MammogramDataset
-from wsl_bench.evaluation.metrics import AUCMetric, PxAPMetric
+from wsl_bench.evaluation.metrics import AUCMetric, PxAPMetric, auc_chance_p_value
 from wsl_bench.evaluation.records import decode_counts
 from wsl_bench.evaluation.scoring import score_image
 from wsl_bench.saliency import CLASSES, CRITERION_NAMES, TrainableMethod, TrainingStage  # noqa: F401 (re-export)
@@ -607,6 +607,9 @@ class Trainer:
         row: dict[str, float] = {"val_loss": float(np.average(losses, weights=sizes))}
         for name in CLASSES:
             row[f"val_auc_{name}"] = aucs[name].compute()
+            # what chance scores on this split, kept beside the metrics (training.learning_check)
+            row[f"val_auc_p_{name}"] = auc_chance_p_value(row[f"val_auc_{name}"], *aucs[name].counts())
+            row[f"val_pxap_chance_{name}"] = pxaps[name].chance()
         for name in CLASSES:
             row[f"val_dice_{name}"] = float(np.mean(dice[name])) if dice[name] else float("nan")
             row[f"val_pxap_{name}"] = pxaps[name].compute()  # NaN without a lesion pixel
