@@ -82,3 +82,22 @@ def test_an_explainer_and_its_classifier_share_one_checkpoint_identity():
     # what each trains: gmic itself, and the gmic classifier method the explainer is built from
     made = {name: create_run_method(name, config).trainee for name in config.methods}
     assert made["gradcam@gmic"].training_identity() == made["gmic"].training_identity()
+
+
+def test_preset_settings_are_typed_and_every_option_is_one_the_method_takes():
+    from wsl_bench.presets import MethodSettings, Network, Training
+
+    with pytest.raises(TypeError):
+        Network(width=0.5, widht=0.25)  # a misspelt setting fails where the preset is written
+    assert MethodSettings(network=Network(width=0.5), training=Training(learning_rate=1e-4)).options() == {
+        "width": 0.5, "learning_rate": 1e-4}
+    assert MethodSettings().options() == {}
+    for preset in PRESETS.values():
+        for name, options in preset.method_options.items():
+            # built at a small size: constructors reject options they do not take (TypeError)
+            method = wsl_bench.create_method(name, image_size=(64, 48), **options)
+            assert method.name == name, (preset.name, name)
+        assert preset.to_dict()["method_options"] == preset.method_options
+        assert "methods" not in preset.to_dict()  # the manifest keeps its flat method_options
+    with pytest.raises(TypeError):
+        wsl_bench.create_method("cam", image_size=(64, 48), widht=0.5)

@@ -245,6 +245,10 @@ def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | Non
     return donor
 
 
+_WARNED_NOT_LEARNED: set[str] = set()
+"""Checkpoints whose failed learning check this process has logged."""
+
+
 def ensure_trained(
     method: TrainableMethod, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
 ) -> dict[str, Any]:
@@ -282,8 +286,9 @@ def ensure_trained(
     chosen = stage_checkpoint(last_stage)
     meta = load_method_weights(method, chosen)
     problems = learning_problems(meta.get("metrics"))
-    if problems:
-        log.warning("%s did not learn (its validation metrics are at chance; its maps measure this training, "
+    if problems and str(chosen) not in _WARNED_NOT_LEARNED:  # once per checkpoint, not per explainer of it
+        _WARNED_NOT_LEARNED.add(str(chosen))
+        log.warning("%s did not learn (validation metrics at chance; its maps measure this training run, "
                     "not the method): %s", method.name, "; ".join(problems))
     return {
         "path": str(chosen),

@@ -2,10 +2,74 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from wsl_bench.registry import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Network:
+    """The architecture a preset gives GLAM, GMIC or CAM (constructor options of those methods).
+
+    Attributes:
+        width: channel multiplier of the global ResNet-22 (1: the published widths).
+        local_width: channel multiplier of the local network (GLAM, GMIC).
+        local_blocks: residual blocks per stage of GLAM's local ResNet.
+    """
+
+    width: float
+    local_width: float | None = None
+    local_blocks: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a trainable method trains at a preset (constructor options of GLAM and GMIC).
+
+    Attributes:
+        learning_rate: Adam learning rate of the recipe.
+        global_epochs, local_epochs, joint_epochs: shares of the preset's epochs GLAM's global, local
+            and joint stages train.
+        global_init: trained method whose global network starts this one's (``"cam"``).
+    """
+
+    learning_rate: float | None = None
+    global_epochs: float | None = None
+    local_epochs: float | None = None
+    joint_epochs: float | None = None
+    global_init: str | None = None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Settings of an attribution explainer at a preset.
+
+    Attributes:
+        n_steps: integration steps of integrated gradients.
+    """
+
+    n_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """What a preset sets for one method: typed groups whose field names are the method's
+    constructor options (``tests/test_presets.py`` builds every method with them). Unset fields
+    (``None``) leave the method's default."""
+
+    network: Network | None = None
+    training: Training | None = None
+    attribution: Attribution | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options, flattened: ``{"width": 0.5, "learning_rate": 1e-4, ...}``."""
+        options: dict[str, Any] = {}
+        for group in (self.network, self.training, self.attribution):
+            if group is not None:
+                options.update({k: v for k, v in asdict(group).items() if v is not None})
+        return options
 
 
 @dataclass(frozen=True)
@@ -21,8 +85,9 @@ class Preset:
         description: one line for help texts.
         best_criterion: validation quantity selecting the evaluated checkpoint of every trainable
             method (see ``wsl_bench.training.trainer.CRITERIA``).
-        method_options: per-method hyper-parameters this budget needs (merged under the user's own
-            ``--option`` values), e.g. learning rates for training from scratch on a small split.
+        methods: per-method settings this budget needs (:class:`MethodSettings`, merged under the
+            user's own ``--option`` values), e.g. narrower networks or the learning rate of training
+            from scratch on a small split.
         skip_by_default: methods that ``wsl-bench run`` without ``--methods`` leaves out at this
             size because they cost too much time (they still run when named).
         cpu_amp: train under bfloat16 autocast on CPUs that compute it natively
@@ -38,12 +103,19 @@ class Preset:
     batch_size: int
     description: str
     best_criterion: str = "mean_auc"
-    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: Mapping[str, MethodSettings] = field(default_factory=dict)
     skip_by_default: tuple[str, ...] = ()
     cpu_amp: bool = False
 
+    @property
+    def method_options(self) -> dict[str, dict[str, Any]]:
+        """``{method: constructor options}`` of :attr:`methods` (what the pipeline merges)."""
+        return {name: settings.options() for name, settings in self.methods.items()}
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The preset as the manifest records it: plain values, :attr:`methods` as ``method_options``."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "methods"}
+        return {**values, "method_options": self.method_options}
 
 
 # Below 2944×1920 the networks take the strides derived for the input size (methods/geometry.py): their
@@ -52,26 +124,53 @@ class Preset:
 # which also keeps its receptive field at about half the patch, as published). The cpu preset trains
 # under bfloat16 autocast (TrainConfig.cpu_amp), which makes width 0.5 cost what width 0.25 costs in
 # float32 (CAM at 368x240, 2 cores, batch 16: 50 ms per training image either way; 22 ms at 0.25).
-SMALL_NETWORKS: dict[str, dict[str, Any]] = {
-    "glam": {"width": 0.5, "local_width": 0.25, "local_blocks": (2, 2, 2, 2)},
-    "gmic": {"width": 0.5, "local_width": 0.5},
-    "cam": {"width": 0.5},
+SMALL_NETWORKS: dict[str, Network] = {
+    "glam": Network(width=0.5, local_width=0.25, local_blocks=(2, 2, 2, 2)),
+    "gmic": Network(width=0.5, local_width=0.5),
+    "cam": Network(width=0.5),
 }
-TINY_NETWORKS: dict[str, dict[str, Any]] = {
-    "glam": {"width": 0.25, "local_width": 0.125, "local_blocks": (1, 1, 1, 1)},
-    "gmic": {"width": 0.25, "local_width": 0.25},
-    "cam": {"width": 0.25},
+"""The cpu preset's networks."""
+
+TINY_NETWORKS: dict[str, Network] = {
+    "glam": Network(width=0.25, local_width=0.125, local_blocks=(1, 1, 1, 1)),
+    "gmic": Network(width=0.25, local_width=0.25),
+    "cam": Network(width=0.25),
 }
 """The tiny preset's networks: a quarter of the widths (float32 training, seconds per test) and one
 block per local stage (at a 45-pixel patch the published depth would see 1.6 patches)."""
 
+# CAM trains from scratch at 1e-3 (its ResNet-22 did not learn at 3e-3: loss 0.69 after 4 epochs).
+# GLAM's and GMIC's global ResNet-22 start from CAM's trained one, as the published global modules
+# start from a mammogram classifier's weights (global_init): from random weights their top-k pooled
+# maps did not learn in this budget (validation loss at chance, validation PxAP 0.004, below random's
+# 0.008, by epoch 4 of both). They fine-tune at 1e-4, between the published fine-tuning rates (4e-6
+# to 3e-5) and 1e-3, which erased the initialisation within an epoch (GMIC's validation PxAP 0.003
+# after it; 0.05/0.07 at 1e-4 after 4 epochs). GLAM's global, local and joint stages get a quarter,
+# a third and a sixth of the epochs, which keeps the first run within its 20-minute budget. The global
+# stage's quarter is chosen on the validation split: fine-tuned for all 12 epochs, its validation mean
+# PxAP was highest after epoch 1 (0.023; 0.013 or less from epoch 2 on, 0.008 at epoch 12), so the
+# checkpoint the criterion hands to the local stage was epoch 1's and the last 11 epochs (5.5 minutes
+# of a 2-core run) changed nothing; 3 epochs keep a margin for machines whose trajectory differs.
+FINE_TUNING_FROM_CAM: dict[str, Training] = {
+    "glam": Training(learning_rate=1e-4, global_epochs=0.25, local_epochs=0.34, joint_epochs=0.17,
+                     global_init="cam"),
+    "gmic": Training(learning_rate=1e-4, global_init="cam"),
+}
+"""How GLAM and GMIC train in the cpu experiment (the cpu and gpu presets)."""
 
-def _with_networks(options: dict[str, dict[str, Any]], networks: dict[str, dict[str, Any]]) -> dict:
-    """``options`` with each method's network settings added (the two must not name the same key)."""
-    merged = {name: dict(values) for name, values in options.items()}
-    for name, values in networks.items():
-        merged[name] = {**values, **merged.get(name, {})}
-    return merged
+FEWER_INTEGRATION_STEPS = Attribution(n_steps=8)
+"""8 Gauss-Legendre steps instead of 50: 0.23 s instead of 1.8 s per image at the cpu preset (measured)."""
+
+
+def _settings(
+    networks: Mapping[str, Network] | None = None,
+    training: Mapping[str, Training] | None = None,
+    attribution: Mapping[str, Attribution] | None = None,
+) -> dict[str, MethodSettings]:
+    """One :class:`MethodSettings` per method named in any of the groups."""
+    groups = {"network": networks or {}, "training": training or {}, "attribution": attribution or {}}
+    names = dict.fromkeys(name for group in groups.values() for name in group)
+    return {name: MethodSettings(**{kind: group.get(name) for kind, group in groups.items()}) for name in names}
 
 
 PRESETS: dict[str, Preset] = {
@@ -79,7 +178,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "tiny", (256, 160), 48, 8, 8, 2, 8, "seconds; for tests and smoke runs",
-            method_options=TINY_NETWORKS,
+            methods=_settings(networks=TINY_NETWORKS),
         ),
         Preset(
             "cpu", (368, 240), 320, 40, 40, 12, 16, "the default benchmark, sized for a 2-core CPU",
@@ -87,23 +186,10 @@ PRESETS: dict[str, Preset] = {
             # from scratch on 320 images, CAM-style maps localise early and then drift to context
             # while AUC still rises (methods/cam.md); WSOL model selection as in Choe et al. 2020.
             best_criterion="mean_pxap",
-            # CAM trains from scratch at 1e-3 (its ResNet-22 did not learn at 3e-3: loss 0.69 after 4
-            # epochs). GLAM's and GMIC's global ResNet-22 start from CAM's trained one, as the published
-            # global modules start from a mammogram classifier's weights (global_init): from random
-            # weights their top-k pooled maps did not learn in this budget (validation loss at chance,
-            # validation PxAP 0.004, below random's 0.008, by epoch 4 of both). They fine-tune at 1e-4,
-            # between the published fine-tuning rates (4e-6 to 3e-5) and 1e-3, which erased the
-            # initialisation within an epoch (GMIC's validation PxAP 0.003 after it; 0.05/0.07 at 1e-4
-            # after 4 epochs). GLAM's local and joint stages get a third and a sixth of the epochs,
-            # which keeps the first run within its 20-minute budget.
-            method_options=_with_networks(
-                {
-                    "glam": {"learning_rate": 1e-4, "local_epochs": 0.34, "joint_epochs": 0.17, "global_init": "cam"},
-                    "gmic": {"learning_rate": 1e-4, "global_init": "cam"},
-                    # 8 Gauss-Legendre steps instead of 50: 0.23 s instead of 1.8 s per image here (measured).
-                    "integrated_gradients": {"n_steps": 8},
-                },
-                SMALL_NETWORKS,
+            methods=_settings(
+                networks=SMALL_NETWORKS,
+                training=FINE_TUNING_FROM_CAM,
+                attribution={"integrated_gradients": FEWER_INTEGRATION_STEPS},
             ),
             # A cached default run has 2 minutes on 2 cores for 80 images (test and validation) per
             # method. Left out, they run when named: the perturbation explainers (128 or 225 forward
@@ -125,11 +211,9 @@ PRESETS: dict[str, Preset] = {
             # in scale: the same synthetic images (ids and content, at 8x the side), the published
             # networks instead of the derived, narrowed ones. benchmarks/gpu_full.py runs it end to end.
             best_criterion="mean_pxap",
-            method_options={
-                "glam": {"learning_rate": 1e-4, "local_epochs": 0.34, "joint_epochs": 0.17, "global_init": "cam"},
-                "gmic": {"learning_rate": 1e-4, "global_init": "cam"},
-                "integrated_gradients": {"n_steps": 8},
-            },
+            methods=_settings(
+                training=FINE_TUNING_FROM_CAM, attribution={"integrated_gradients": FEWER_INTEGRATION_STEPS}
+            ),
             skip_by_default=("ablationcam", "occlusion", "scorecam"),
         ),
     )

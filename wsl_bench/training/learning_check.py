@@ -8,14 +8,20 @@ from scratch on a small split can stall (measured: CAM at the ``cpu`` preset sta
 every trained checkpoint is checked, and a failed check is logged as a warning, kept in the
 manifest (``checkpoints.<method>.learning_check``) and shown at the top of the report.
 
-Two questions, each per class, on the validation row the trainer stored with the checkpoint
-(:meth:`wsl_bench.training.trainer.Trainer.validate`):
+A class counts as *not learned* when neither of two signals is above chance on the validation row
+the trainer stored with the checkpoint (:meth:`wsl_bench.training.trainer.Trainer.validate`):
 
-- **Classification**: is the validation AUC above chance? One-sided Mann–Whitney test
-  (``val_auc_p_<class>`` < :data:`AUC_P_VALUE`).
-- **Localisation**: is the validation PxAP above what a map unrelated to the lesions scores (the
-  lesion pixel fraction, ``val_pxap_chance_<class>``)? A PxAP below :data:`PXAP_CHANCE_FACTOR` times
-  that is reported. (No test statistic: the pixels of one image are not independent samples.)
+- **classification**: the validation AUC is not above chance by a one-sided Mann–Whitney test
+  (``val_auc_p_<class>`` ≥ :data:`AUC_P_VALUE`);
+- **localisation**: the validation PxAP is below :data:`PXAP_CHANCE_FACTOR` times what a map
+  unrelated to the lesions scores (the lesion pixel fraction, ``val_pxap_chance_<class>``). No test
+  statistic here: the pixels of one image are not independent samples.
+
+Either signal alone shows that training moved the network off its random start: a checkpoint chosen
+for its localisation (the ``cpu`` preset selects by validation PxAP) may well have an AUC that 40
+validation images cannot tell from chance, and a classifier may classify without localising (which
+is the method's result, not a failed training). When a split gives only one of the two (no masks,
+or one label only), that one decides.
 """
 
 from __future__ import annotations
@@ -34,30 +40,34 @@ PXAP_CHANCE_FACTOR = 2.0
 
 
 def learning_problems(metrics: dict[str, Any] | None) -> list[str]:
-    """Sentences naming each way the checkpoint's validation ``metrics`` are at chance level.
+    """One sentence per class that the checkpoint's validation ``metrics`` show as not learned.
 
     Args:
         metrics: the validation row stored with the checkpoint (``val_auc_<class>``,
-            ``val_auc_p_<class>``, ``val_pxap_<class>``, ``val_pxap_chance_<class>``); keys that are
-            missing (a checkpoint from an older version, a split without masks) are not checked.
+            ``val_auc_p_<class>``, ``val_pxap_<class>``, ``val_pxap_chance_<class>``); a class whose
+            keys are missing or not finite (a checkpoint from an older version, a split without
+            masks) is judged on what remains, and not at all when nothing remains.
 
     Returns:
-        an empty list when every checked quantity is above chance.
+        an empty list when every class learned something.
     """
     if not metrics:
         return []
     problems: list[str] = []
     for name in CLASSES:
         auc, p_value = _finite(metrics.get(f"val_auc_{name}")), _finite(metrics.get(f"val_auc_p_{name}"))
-        if auc is not None and p_value is not None and p_value >= AUC_P_VALUE:
-            problems.append(f"{name}: validation AUC {auc:.3f} is not above chance (one-sided p = {p_value:.2f})")
-    for name in CLASSES:
         pxap, chance = _finite(metrics.get(f"val_pxap_{name}")), _finite(metrics.get(f"val_pxap_chance_{name}"))
-        if pxap is not None and chance is not None and pxap < PXAP_CHANCE_FACTOR * chance:
-            problems.append(
-                f"{name}: validation PxAP {pxap:.4f} is below {PXAP_CHANCE_FACTOR:g}× chance "
-                f"({chance:.4f}, the score of a map unrelated to the lesions)"
-            )
+        classifies = None if auc is None or p_value is None else p_value < AUC_P_VALUE
+        localises = None if pxap is None or chance is None else pxap >= PXAP_CHANCE_FACTOR * chance
+        if classifies is None and localises is None or classifies or localises:
+            continue
+        evidence = []
+        if classifies is False:
+            evidence.append(f"validation AUC {auc:.3f}, not above chance (one-sided p = {p_value:.2f})")
+        if localises is False:
+            evidence.append(f"validation PxAP {pxap:.4f}, below {PXAP_CHANCE_FACTOR:g}× chance ({chance:.4f}, "
+                            "the score of a map unrelated to the lesions)")
+        problems.append(f"{name}: " + " and ".join(evidence))
     return problems
 
 
