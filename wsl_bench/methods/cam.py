@@ -9,6 +9,7 @@ bias) is exactly the class logit. The same classifier is what post-hoc explainer
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -76,7 +77,8 @@ class CamClassifier(nn.Module):
         # of the map, so its share of the pooled features is below bfloat16's resolution (8 mantissa
         # bits, 0.4 %); pooled in bfloat16 the class signal drowns in rounding and training stalls
         # depending on how the CPU rounds (measured, see methods/cam.md).
-        with torch.autocast(images.device.type, enabled=False):
+        device = images.device.type  # 'meta' tensors (FLOP counting) have no autocast to turn off
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
             return self.head(features.float().mean(dim=(2, 3)))
 
     def class_activation_maps(self, features: torch.Tensor) -> torch.Tensor:
