@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from wsl_bench.data import Sample
-from wsl_bench.evaluation.metrics import dice
-from wsl_bench.evaluation.scoring import MapError, normalise_maps, score_image
+from wsl_bench.evaluation import scoring
+from wsl_bench.evaluation.harness import score_each
+from wsl_bench.evaluation.metrics import dice, dice_counts, pixel_histograms
+from wsl_bench.evaluation.records import decode_counts, encode_counts
+from wsl_bench.evaluation.scoring import MapError, normalise_maps, score_batch, score_image
+from wsl_bench.saliency import CLASSES
 
 
 def _sample(h=32, w=24):
@@ -55,3 +60,198 @@ def test_score_image_matches_functional_dice_and_skips_unannotated_class():
     assert scored.fields["dice"]["malignant"] is None and "malignant" not in scored.fields["hist"]
     pixels = scored.fields["dice_pixels"]["benign"]
     assert pixels["mask"] == 48 and pixels["intersection"] == 36 and pixels["predicted"] == 48
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The batched scorer (score_batch) against an independent per-image numpy computation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _reference_fields(maps: torch.Tensor, map_range: str, sample: Sample, bins: int) -> dict:
+    """One image's record fields computed the pre-batching way, in numpy: torch's bilinear resize (it
+    defines the resize), min–max scaling or clipping in float32 numpy, then ``metrics.pixel_histograms``
+    and ``metrics.dice_counts`` per class. ``maps``: ``C×h×w``."""
+    x = maps.detach().float().cpu()
+    if tuple(x.shape[-2:]) != sample.size:
+        x = F.interpolate(x[None], size=sample.size, mode="bilinear", align_corners=False)[0]
+    x = x.numpy()
+    if map_range == "probability":
+        x = np.clip(x, np.float32(0), np.float32(1))
+    else:
+        low = x.min(axis=(1, 2), keepdims=True)
+        span = x.max(axis=(1, 2), keepdims=True) - low
+        x = np.where(span > 0, (x - low) / np.maximum(span, np.float32(1e-12)), np.float32(0)).astype(np.float32)
+    fields = {"dice": {}, "dice_pixels": {}, "has_lesion": {}, "lesion_fraction": {}, "bins": bins, "hist": {}}
+    for c, name in enumerate(CLASSES):
+        mask = sample.masks.get(name)
+        if mask is None:
+            for key in ("dice", "dice_pixels", "has_lesion", "lesion_fraction"):
+                fields[key][name] = None
+            continue
+        pos, neg = pixel_histograms(x[c], mask, bins)
+        counts = dice_counts(pos, neg, 0.5, bins)
+        lesion = counts["mask"] > 0
+        fields["dice"][name] = 2 * counts["intersection"] / (counts["predicted"] + counts["mask"]) if lesion else None
+        fields["dice_pixels"][name] = counts
+        fields["has_lesion"][name] = lesion
+        fields["lesion_fraction"][name] = counts["mask"] / x[c].size
+        fields["hist"][name] = {"pos": encode_counts(pos), "neg": encode_counts(neg)}
+    return fields
+
+
+def _batch(rng: np.random.Generator, n: int, size=(40, 29)) -> list[Sample]:
+    """Images with a lesion, without one, and with a class not annotated."""
+    samples = []
+    for i in range(n):
+        masks = {}
+        for c, name in enumerate(CLASSES):
+            kind = (i + c) % 3
+            masks[name] = None if kind == 2 else (rng.random(size) < 0.15) & (kind == 0)
+        samples.append(Sample(np.zeros((1, *size), np.float32), masks, {}, {"id": f"s{i}"}))
+    return samples
+
+
+def _assert_batch_matches_reference(maps, map_range, samples, bins):
+    scored = score_batch(maps, map_range, samples, bins)
+    assert len(scored) == len(samples)
+    for i, (image, sample) in enumerate(zip(scored, samples, strict=True)):
+        assert image.fields == _reference_fields(maps[i], map_range, sample, bins), f"image {i}"
+        assert score_image(maps[i], map_range, sample, bins).fields == image.fields
+    return scored
+
+
+def _random_maps(map_range: str, shape, generator: torch.Generator) -> torch.Tensor:
+    if map_range == "probability":
+        return torch.rand(shape, generator=generator)
+    return torch.randn(shape, generator=generator) * 3 - 1
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Steps of a few dozen pixels, so that every map is binned in several steps, the last one partial."""
+    monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", {"cpu": 37, "other": 37})
+
+
+@pytest.mark.parametrize("bins", [100, 1000, 5000])  # 5000: float64 binning, as metrics does above 4096 bins
+@pytest.mark.parametrize("map_range", ["probability", "unbounded"])
+@pytest.mark.parametrize("map_size", [(7, 5), (40, 29)], ids=["resized", "image-size"])
+def test_batch_equals_per_image_numpy_reference(map_range, map_size, bins, small_chunks):
+    rng = np.random.default_rng(bins)
+    samples = _batch(rng, 4)
+    maps = _random_maps(map_range, (4, 2, *map_size), torch.Generator().manual_seed(bins))
+    scored = _assert_batch_matches_reference(maps, map_range, samples, bins)
+    assert scored[0].fields["has_lesion"]["benign"] is True and scored[1].fields["has_lesion"]["benign"] is False
+    assert scored[2].fields["dice"]["benign"] is None and "benign" not in scored[2].fields["hist"]
+
+
+@pytest.mark.parametrize("bins", [10, 100, 1000, 5000])
+@pytest.mark.parametrize("map_range", ["probability", "unbounded"])
+def test_values_on_and_next_to_bin_edges(map_range, bins, small_chunks):
+    """Values k/bins in float32 (rounded either way) and their neighbours one float32 step away."""
+    rng = np.random.default_rng(bins)
+    edges = (np.arange(bins + 1) / bins).astype(np.float32)
+    values = np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(1))])
+    values = np.clip(values, 0, 1)
+    size = (32, 40)
+    flat = rng.choice(values, size=(3, 2, size[0] * size[1]))
+    flat[..., 0], flat[..., 1] = 0.0, 1.0  # min–max scaling then keeps every value as it is
+    maps = torch.from_numpy(flat.reshape(3, 2, *size).astype(np.float32))
+    _assert_batch_matches_reference(maps, map_range, _batch(rng, 3, size), bins)
+
+
+@pytest.mark.parametrize("map_range", ["probability", "unbounded"])
+def test_constant_maps(map_range):
+    samples = _batch(np.random.default_rng(0), 2)
+    maps = torch.full((2, 2, 40, 29), 0.5)  # the image size: a resize need not keep a constant exact
+    scored = _assert_batch_matches_reference(maps, map_range, samples, 100)
+    pos, neg = (decode_counts(scored[0].fields["hist"]["benign"][k]) for k in ("pos", "neg"))
+    expected_bin = 50 if map_range == "probability" else 0  # an unbounded constant map becomes all zeros
+    assert pos.sum() + neg.sum() == 40 * 29 and pos[expected_bin] + neg[expected_bin] == 40 * 29
+
+
+def test_probability_maps_within_the_tolerance_are_clipped(small_chunks):
+    maps = torch.rand(2, 2, 40, 29, generator=torch.Generator().manual_seed(0)) * (1 + 1e-4) - 5e-5
+    _assert_batch_matches_reference(maps, "probability", _batch(np.random.default_rng(1), 2), 1000)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_batch_with_a_non_finite_map_is_a_clear_error(bad):
+    maps = torch.rand(3, 2, 7, 5)
+    maps[1, 0, 2, 3] = bad
+    for map_range in ("probability", "unbounded"):
+        with pytest.raises(MapError, match=r"NaN or infinite values \(1 pixels\)"):
+            score_batch(maps, map_range, _batch(np.random.default_rng(0), 3), 100)
+
+
+def test_batch_with_a_probability_map_out_of_range_names_the_range():
+    maps = torch.rand(2, 2, 7, 5)
+    maps[1, 1, 0, 0] = 1.5
+    with pytest.raises(MapError, match=r"must lie in \[0, 1\], found values in \[.*, 1\.5\]"):
+        score_batch(maps, "probability", _batch(np.random.default_rng(0), 2), 100)
+    with pytest.raises(MapError, match="unknown map_range"):
+        score_batch(maps, "logits", _batch(np.random.default_rng(0), 2), 100)
+
+
+def test_batch_shape_and_size_errors():
+    samples = _batch(np.random.default_rng(0), 2)
+    with pytest.raises(MapError, match="N=2"):
+        score_batch(torch.rand(3, 2, 7, 5), "probability", samples, 100)
+    other = _batch(np.random.default_rng(0), 1, size=(20, 10))
+    with pytest.raises(ValueError, match="one size"):  # the harness stacks a batch's images: one size
+        score_batch(torch.rand(3, 2, 7, 5), "probability", samples + other, 100)
+    assert score_batch(torch.rand(0, 2, 7, 5), "probability", [], 100) == []
+
+
+def test_bins_beyond_exact_binning_are_refused():
+    with pytest.raises(ValueError, match="at most"):
+        score_batch(torch.rand(1, 2, 7, 5), "probability", _batch(np.random.default_rng(0), 1), scoring.MAX_BINS + 1)
+
+
+def test_images_without_masks_are_validated_but_not_binned():
+    sample = Sample(np.zeros((1, 8, 6), np.float32), {"benign": None, "malignant": None}, {}, {"id": "u"})
+    (scored,) = score_batch(torch.rand(1, 2, 8, 6), "probability", [sample], bins=7)  # odd bins: never used
+    assert scored.fields["hist"] == {} and scored.fields["dice"] == {"benign": None, "malignant": None}
+    with pytest.raises(MapError):
+        score_batch(torch.rand(1, 2, 8, 6) + 2, "probability", [sample], bins=100)
+
+
+def test_normalised_maps_are_those_of_normalise_maps():
+    samples = _batch(np.random.default_rng(0), 2)
+    maps = _random_maps("unbounded", (2, 2, 7, 5), torch.Generator().manual_seed(3))
+    maps[1, 1] = 4.0  # constant
+    for map_range, raw in (("unbounded", maps), ("probability", maps.sigmoid())):
+        for i, image in enumerate(score_batch(raw, map_range, samples, 100)):
+            assert torch.equal(image.normalised_maps, normalise_maps(raw[i], map_range, (40, 29)))
+
+
+def test_harness_scores_a_batch_and_isolates_a_map_that_cannot_be_scored():
+    samples = _batch(np.random.default_rng(0), 3)
+    samples[1].masks["malignant"] = np.zeros((5, 5), bool)  # does not fit its image: only image 1 fails
+    maps = torch.rand(3, 2, 7, 5)
+    results = score_each(maps, "probability", samples, 100)
+    assert isinstance(results[1], ValueError) and "does not match mask shape" in str(results[1])
+    for i in (0, 2):
+        assert results[i].fields == _reference_fields(maps[i], "probability", samples[i], 100)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("map_range", ["probability", "unbounded"])
+def test_batch_on_cuda(map_range):
+    rng = np.random.default_rng(0)
+    samples = _batch(rng, 3)
+    generator = torch.Generator().manual_seed(0)
+    # Maps at the image size: no resize, so the device's scores equal the CPU reference to the last count.
+    full = _random_maps(map_range, (3, 2, 40, 29), generator)
+    scored = score_batch(full.cuda(), map_range, samples, 1000)
+    for i, sample in enumerate(samples):
+        assert scored[i].fields == _reference_fields(full[i], map_range, sample, 1000)
+        assert scored[i].normalised_maps.is_cuda
+    # Resized on the device (its own bilinear kernel): the histograms are those of the device's normalised maps.
+    small = _random_maps(map_range, (3, 2, 7, 5), generator).cuda()
+    for image, sample in zip(score_batch(small, map_range, samples, 1000), samples, strict=True):
+        normalised = image.normalised_maps.cpu().numpy()
+        for c, name in enumerate(CLASSES):
+            if sample.masks[name] is not None:
+                pos, neg = pixel_histograms(normalised[c], sample.masks[name], 1000)
+                assert image.fields["hist"][name] == {"pos": encode_counts(pos), "neg": encode_counts(neg)}

@@ -47,7 +47,7 @@ from wsl_bench.evaluation.manifest import (
 )
 from wsl_bench.evaluation.profiling import count_gflops, measure, memory_kind
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
-from wsl_bench.evaluation.scoring import image_level_fields, score_image
+from wsl_bench.evaluation.scoring import ScoredImage, image_level_fields, score_batch, score_image
 from wsl_bench.presets import get_preset
 from wsl_bench.saliency import CLASSES, SaliencyMethod, SaliencyOutput
 
@@ -223,6 +223,25 @@ def _batches(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[start : start + size]
 
 
+def score_each(maps: torch.Tensor, map_range: str, samples: list[Sample], bins: int) -> list[ScoredImage | Exception]:
+    """Each image's scores, or the error that stops it from being scored, in ``samples``' order.
+
+    The batch is scored in one call on the maps' device (``maps``: ``N×C×h×w``); when that call
+    fails, the images are scored one by one, so that a map that cannot be scored fails only its
+    own image, with its own error.
+    """
+    try:
+        return list(score_batch(maps, map_range, samples, bins))
+    except Exception:
+        results: list[ScoredImage | Exception] = []
+        for index, sample in enumerate(samples):
+            try:
+                results.append(score_image(maps[index], map_range, sample, bins))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+
 def evaluate_method(
     method: SaliencyMethod,
     ids: list[str],
@@ -274,7 +293,10 @@ def evaluate_method(
             with measure(device) as cost:
                 output: SaliencyOutput = method.predict(images)
             output.validate(len(loaded))
-            output = output.detach_to("cpu")
+            # The maps stay on the method's device: they are scored there and only histograms come back.
+            maps, map_range = output.maps.detach(), output.map_range
+            scores = output.scores.detach().to("cpu")
+            del output  # extras (method-specific tensors for figures) are not kept by the harness
         except Exception as exc:
             status = "oom" if _is_oom(exc) else "failed"
             message = f"{type(exc).__name__}: {exc}"
@@ -288,10 +310,13 @@ def evaluate_method(
                 torch.cuda.empty_cache()
             continue
         per_image_time = cost.seconds / len(loaded)
+        batch_scores = score_each(maps, map_range, loaded, config.bins)
         for index, sample in enumerate(loaded):
             try:
-                scored = score_image(output.maps[index], output.map_range, sample, config.bins)
-                fields = {**scored.fields, **image_level_fields(output.scores[index], sample)}
+                scored = batch_scores[index]
+                if isinstance(scored, Exception):
+                    raise scored
+                fields = {**scored.fields, **image_level_fields(scores[index], sample)}
             except Exception as exc:  # a map the method returned that cannot be scored: that image fails
                 message = f"scoring: {type(exc).__name__}: {exc}"
                 writer.write(make_record(sample.id, method.name, "failed", message, split=split, identity=identity))
@@ -308,15 +333,15 @@ def evaluate_method(
                     peak_memory_mb=cost.peak_memory_mb,
                     gflops=gflops_per_image,
                     batch_size=len(loaded),
-                    map_range=output.map_range,
-                    map_shape=list(output.maps.shape[-2:]),
+                    map_range=map_range,
+                    map_shape=list(maps.shape[-2:]),
                     mask_kind=sample.meta.get("mask_kind", "pixel"),
                     **fields,
                 )
             )
             counts["ok"] += 1
             if sample.id in figure_ids:
-                save_figure_maps(out_dir, method.name, sample, scored.normalised_maps)
+                save_figure_maps(out_dir, method.name, sample, scored.normalised_maps.cpu())
         bar.update(len(batch_ids))
     bar.close()
     return counts

@@ -1,0 +1,96 @@
+"""Scoring speed: one 2944×1920 image's two maps, batched scorer vs the per-image numpy path it replaced
+(pytest-benchmark; not part of the test suite).
+
+Run::
+
+    python -m pytest benchmarks/test_bench_scoring.py --benchmark-enable
+    WSL_BENCH_BENCH_DEVICE=cuda python -m pytest benchmarks/test_bench_scoring.py --benchmark-enable
+
+The maps are smooth (a low-resolution random field, upsampled beforehand) and already at the image
+size, as a method's full-resolution maps would be; both classes have a mask (one with a round lesion,
+one lesion-free), so both maps are binned. Issue 14's target: at most 20 ms per image on either range.
+On a CPU most of the batched scorer's time is torch.bincount's counting loop, which runs on one core.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from wsl_bench.data import Sample
+from wsl_bench.evaluation.metrics import dice_counts, pixel_histograms
+from wsl_bench.evaluation.records import encode_counts
+from wsl_bench.evaluation.scoring import score_image
+from wsl_bench.saliency import CLASSES
+
+pytest.importorskip("pytest_benchmark")
+
+SIZE = (2944, 1920)
+DEVICE = os.environ.get("WSL_BENCH_BENCH_DEVICE", "cpu")
+
+if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    pytest.skip("WSL_BENCH_BENCH_DEVICE asks for CUDA but none is available", allow_module_level=True)
+
+
+def per_image_numpy(maps: torch.Tensor, map_range: str, sample: Sample, bins: int) -> dict:
+    """The scoring path before issue 14, step for step: normalise in torch on the CPU, then numpy
+    histograms and Dice counts class by class (``maps``: ``C×H×W`` at the image size)."""
+    maps = maps.detach().float().cpu()
+    if not torch.isfinite(maps).all():
+        raise ValueError("NaN")
+    if map_range == "probability":
+        if float(maps.min()) < -1e-4 or float(maps.max()) > 1 + 1e-4:
+            raise ValueError("range")
+        normalised = maps.clamp(0.0, 1.0)
+    else:
+        flat = maps.flatten(1)
+        low = flat.min(dim=1).values.view(-1, 1, 1)
+        span = flat.max(dim=1).values.view(-1, 1, 1) - low
+        normalised = torch.where(span > 0, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
+    as_numpy = normalised.numpy()
+    hist = {}
+    for c, name in enumerate(CLASSES):
+        pos, neg = pixel_histograms(as_numpy[c], sample.masks[name], bins)
+        hist[name] = (dice_counts(pos, neg, 0.5, bins), encode_counts(pos), encode_counts(neg))
+    return hist
+
+
+@pytest.fixture(scope="module")
+def image() -> tuple[dict[str, torch.Tensor], Sample]:
+    generator = torch.Generator().manual_seed(0)
+    field = torch.randn(1, len(CLASSES), 92, 60, generator=generator)
+    smooth = F.interpolate(field, size=SIZE, mode="bilinear", align_corners=False)[0]
+    maps = {"probability": smooth.sigmoid().contiguous(), "unbounded": (smooth * 3).contiguous()}
+    rows, cols = np.ogrid[: SIZE[0], : SIZE[1]]
+    lesion = (rows - 1500) ** 2 + (cols - 900) ** 2 < 150**2
+    masks = {"benign": lesion, "malignant": np.zeros(SIZE, bool)}
+    return {k: v.to(DEVICE) for k, v in maps.items()}, Sample(np.zeros((1, *SIZE), np.float32), masks, {}, {"id": "b"})
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("path", ["score_image", "per_image_numpy"])
+@pytest.mark.parametrize("map_range", ["probability", "unbounded"])
+def test_score_one_image(benchmark, image, map_range, path):
+    maps, sample = image
+    if path == "score_image":
+        def run():
+            score_image(maps[map_range], map_range, sample, 1000)
+            _sync()
+    else:
+        def run():
+            per_image_numpy(maps[map_range], map_range, sample, 1000)
+    benchmark.pedantic(run, rounds=15, warmup_rounds=2, iterations=1)
+    benchmark.extra_info.update({"size": list(SIZE), "device": DEVICE, "threads": torch.get_num_threads()})
+    scored = score_image(maps[map_range], map_range, sample, 1000).fields  # same counts as the path it replaced
+    reference = per_image_numpy(maps[map_range], map_range, sample, 1000)
+    for name in CLASSES:
+        hist = scored["hist"][name]
+        assert (scored["dice_pixels"][name], hist["pos"], hist["neg"]) == reference[name]
