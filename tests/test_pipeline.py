@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 import torch.distributed as dist
 
 from wsl_bench import cli, pipeline
@@ -67,3 +68,32 @@ def test_an_explainer_runs_on_its_classifier_method_and_its_identity_follows_tha
     assert other.method.memory_budget_mb == 64 and other.trainee.config.width == 0.125
     changed = pipeline.run_identity(other, wider, data, "toy")
     assert changed["training"] != identity["training"] and changed["options"] != identity["options"]
+
+
+def test_a_network_trained_in_this_process_is_evaluated_in_the_layout_a_cached_run_loads(
+    toy_dataset, tmp_path, monkeypatch
+):
+    """bfloat16 CPU training switches the network to channels-last (faster oneDNN kernels); its
+    convolutions round differently, so a first run must hand it back contiguous, as a cached run
+    builds it, or the two runs' records differ in the last bit (measured: CAM's PxAP 0.120993 against
+    0.120994 before this)."""
+    from wsl_bench.training import trainer as trainer_module
+
+    monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(trainer_module, "uses_amp", lambda *args: True)  # what a bf16-capable CPU does
+    seen_during_training = []
+    real_fit = trainer_module.Trainer.fit
+
+    def spy(self, *args, **kwargs):
+        result = real_fit(self, *args, **kwargs)
+        seen_during_training.append(any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                                        and not p.is_contiguous() for p in self.network.parameters()))
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", spy)
+    config = RunConfig(methods=("cam",), dataset="toy", preset="tiny")
+    run_method = pipeline.create_run_method("cam", config)
+    pipeline.ensure_trained(run_method.trainee, config, progress=False)
+    assert seen_during_training == [True]  # the trainer did switch the layout
+    convolutions = [p for p in run_method.trainee.network().parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous() for p in convolutions)
