@@ -77,9 +77,11 @@ class ToyDataset(MammogramDataset):
 
 @pytest.fixture
 def toy_dataset():
-    """Register ``toy`` for the duration of a test."""
+    """Register ``toy`` for the duration of a test; the split sizes a test sets are restored after it."""
     DATASETS.register("toy", ToyDataset)
     ToyDataset.corrupt = set()
+    counts = dict(ToyDataset.counts)
     yield ToyDataset
     DATASETS.unregister("toy")
     ToyDataset.corrupt = set()
+    ToyDataset.counts = counts

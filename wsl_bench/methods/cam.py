@@ -73,13 +73,14 @@ class CamClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.features(images)
-        # Pooling and head in float32 even under mixed-precision training: a lesion covers about 0.5 %
+        # Pooling and head in the head's precision (float32, or float64 in exactness tests) even under
+        # mixed-precision training: a lesion covers about 0.5 %
         # of the map, so its share of the pooled features is below bfloat16's resolution (8 mantissa
         # bits, 0.4 %); pooled in bfloat16 the class signal drowns in rounding and training stalls
         # depending on how the CPU rounds (measured, see methods/cam.md).
         device = images.device.type  # 'meta' tensors (FLOP counting) have no autocast to turn off
         with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
-            return self.head(features.float().mean(dim=(2, 3)))
+            return self.head(features.to(self.head.weight.dtype).mean(dim=(2, 3)))
 
     def class_activation_maps(self, features: torch.Tensor) -> torch.Tensor:
         """``N×K×h×w`` features → ``N×C×h×w`` CAMs, ``Σ_k w_ck F_k`` (the bias is a constant shift, left out)."""
