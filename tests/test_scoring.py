@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from wsl_bench.data import Sample
-from wsl_bench.evaluation import scoring
+from wsl_bench.evaluation import cpu_histograms, scoring
 from wsl_bench.evaluation.harness import score_each
 from wsl_bench.evaluation.metrics import dice, dice_counts, pixel_histograms
 from wsl_bench.evaluation.records import decode_counts, encode_counts
@@ -126,10 +126,63 @@ def _random_maps(map_range: str, shape, generator: torch.Generator) -> torch.Ten
     return torch.randn(shape, generator=generator) * 3 - 1
 
 
+def _edge_values(bins: int) -> np.ndarray:
+    """Values k/bins in float32 (rounded either way) and their neighbours one float32 step away, in [0, 1]."""
+    edges = (np.arange(bins + 1) / bins).astype(np.float32)
+    values = np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(1))])
+    return np.clip(values, 0, 1)
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Steps of a few dozen pixels, so that every map is binned in several steps, the last one partial."""
+    """Steps of a few dozen pixels, so that every map is binned in several steps (several threads'
+    segments, several blocks of the compiled loop), the last one partial."""
     monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", {"cpu": 37, "other": 37})
+    monkeypatch.setattr(cpu_histograms, "SEGMENT_PIXELS", 37 * 29)
+
+
+def _both_binning_paths(prepared, samples, bins):
+    """Counts of the CPU's compiled loop and of the tensor path the GPU uses, for every annotated map."""
+    size = samples[0].size
+    lesions = [{name: scoring._lesion_pixels(s, name, size) for name in CLASSES} for s in samples]
+    annotated = [(i, c) for i in range(len(samples)) for c, n in enumerate(CLASSES) if lesions[i][n] is not None]
+    return (scoring._cpu_counts(prepared, lesions, annotated, bins),
+            scoring._device_counts(prepared, lesions, annotated, bins))
+
+
+@pytest.mark.parametrize("bins", [10, 1000, 5000])
+@pytest.mark.parametrize("kind", ["probability", "probability-clamped", "unbounded", "unbounded-constant", "edges"])
+def test_cpu_loop_and_tensor_path_count_alike(kind, bins, small_chunks):
+    """The CPU scorer (compiled loop) and the device scorer (tensor operations, run here on the CPU)
+    give the same counts, bin for bin, including values on and next to bin edges."""
+    rng = np.random.default_rng(bins)
+    size = (40, 29)
+    samples = _batch(rng, 3, size)
+    generator = torch.Generator().manual_seed(bins)
+    map_range = "unbounded" if kind.startswith("unbounded") else "probability"
+    if kind == "edges":
+        maps = torch.from_numpy(rng.choice(_edge_values(bins), size=(3, 2, *size)).astype(np.float32))
+    else:
+        maps = _random_maps(map_range, (3, 2, *size), generator)
+    if kind == "probability-clamped":  # round-off outside [0, 1], within the tolerance
+        maps[0, 0, 0, :3] = torch.tensor([-5e-5, 1 + 5e-5, 1.0])
+    if kind == "unbounded-constant":
+        maps[1, 0] = 2.5
+    prepared = scoring._prepare(maps, map_range, size)
+    if kind == "probability-clamped":
+        assert prepared.needs_clamp.any()
+    cpu, tensor = _both_binning_paths(prepared, samples, bins)
+    assert cpu.shape == tensor.shape and cpu.sum() > 0
+    np.testing.assert_array_equal(cpu, tensor)
+
+
+def test_cpu_loop_never_counts_outside_its_histogram():
+    """A value nobody validated (NaN, beyond 1) lands in an end bin, never outside the counts."""
+    flat = np.array([np.nan, 2.0, -1.0, 0.5, np.inf], np.float32)
+    counts = cpu_histograms.histograms([(flat, np.arange(5), 0.0, 1.0, cpu_histograms.NORMALISE_NONE)], 10, 1)
+    assert counts.shape == (1, 2, 11)
+    assert counts[0, 1].sum() == 5 and counts[0, 0].sum() == 5
+    assert counts[0, 1, 5] == 1  # 0.5 where it belongs
 
 
 @pytest.mark.parametrize("bins", [100, 1000, 5000])  # 5000: float64 binning, as metrics does above 4096 bins
@@ -149,11 +202,8 @@ def test_batch_equals_per_image_numpy_reference(map_range, map_size, bins, small
 def test_values_on_and_next_to_bin_edges(map_range, bins, small_chunks):
     """Values k/bins in float32 (rounded either way) and their neighbours one float32 step away."""
     rng = np.random.default_rng(bins)
-    edges = (np.arange(bins + 1) / bins).astype(np.float32)
-    values = np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(1))])
-    values = np.clip(values, 0, 1)
     size = (32, 40)
-    flat = rng.choice(values, size=(3, 2, size[0] * size[1]))
+    flat = rng.choice(_edge_values(bins), size=(3, 2, size[0] * size[1]))
     flat[..., 0], flat[..., 1] = 0.0, 1.0  # min–max scaling then keeps every value as it is
     maps = torch.from_numpy(flat.reshape(3, 2, *size).astype(np.float32))
     _assert_batch_matches_reference(maps, map_range, _batch(rng, 3, size), bins)

@@ -54,6 +54,7 @@ class Sample:
     masks: dict[str, np.ndarray | None]
     labels: dict[str, int]
     meta: dict[str, Any] = field(default_factory=dict)
+    _lesion_pixels: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -87,6 +88,29 @@ class Sample:
         for cls, label in self.labels.items():
             if cls not in CLASSES or label not in (0, 1):
                 raise SampleError(f"{where}: label {cls}={label!r} is outside the known values", self.id)
+
+    def lesion_pixels(self, cls: str) -> np.ndarray | None:
+        """Flat row-major indices (int64, ascending) of the ``cls`` mask's lesion pixels, or ``None``
+        where the class is not annotated.
+
+        Computed once per sample and kept: every method's scoring reads them, and a loader worker
+        can compute them before the sample reaches the main process (a full-size mask takes a few
+        milliseconds to scan; the lesion is a fraction of a percent of it).
+
+        Raises:
+            ValueError: a mask that is neither boolean nor 0/1.
+        """
+        mask = self.masks.get(cls)
+        if mask is None:
+            return None
+        found = self._lesion_pixels.get(cls)
+        if found is None:
+            m = np.asarray(mask)
+            if m.dtype != np.bool_:
+                if m.dtype.kind not in "iuf" or np.any((m != 0) & (m != 1)):
+                    raise ValueError(f"{cls} mask must be boolean (or hold only 0 and 1), got dtype {m.dtype}")
+            found = self._lesion_pixels[cls] = np.flatnonzero(m).astype(np.int64, copy=False)
+        return found
 
     def label_vector(self) -> np.ndarray:
         """``C`` float32 labels in ``CLASSES`` order; NaN where a class is unlabelled."""
