@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from wsl_bench.data import Sample
-from wsl_bench.evaluation import cpu_histograms, scoring
+from wsl_bench.evaluation import cpu_histograms, cpu_resize, scoring
 from wsl_bench.evaluation.harness import score_each
 from wsl_bench.evaluation.metrics import dice, dice_counts, pixel_histograms
 from wsl_bench.evaluation.records import decode_counts, encode_counts
@@ -176,10 +176,54 @@ def test_cpu_loop_and_tensor_path_count_alike(kind, bins, small_chunks):
     np.testing.assert_array_equal(cpu, tensor)
 
 
+@pytest.mark.parametrize("map_range", ["probability", "unbounded"])
+@pytest.mark.parametrize("small", [(6, 4), (3, 2), (96, 64)], ids=["x16", "x32", "same-size"])
+def test_low_resolution_maps_are_binned_without_materialising_their_resize(map_range, small, small_chunks):
+    """Upscaling by 16 or more (the maps of GMIC, CAM, GLAM's global network at full size) goes
+    through the row maps, where torch's kernel computes what they do (smaller factors do not on
+    this project's CPUs: checked per geometry, see the fallback test): same fields as the
+    F.interpolate reference, and the resized maps are only materialised on request."""
+    rng = np.random.default_rng(7)
+    size = (96, 64)
+    samples = _batch(rng, 3, size)
+    maps = _random_maps(map_range, (3, 2, *small), torch.Generator().manual_seed(7))
+    maps[2, 1] = 0.25  # a constant map
+    prepared = scoring._prepare(maps, map_range, size)
+    assert (prepared.row_maps is None) == (small == size)
+    if prepared.row_maps is not None:
+        reference = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        assert torch.equal(prepared.maps, reference)  # bit for bit
+        cpu, tensor = _both_binning_paths(prepared, samples, 1000)
+        np.testing.assert_array_equal(cpu, tensor)
+    scored = _assert_batch_matches_reference(maps, map_range, samples, 1000)
+    for i, image in enumerate(scored):
+        assert torch.equal(image.normalised_maps, normalise_maps(maps[i], map_range, size))
+
+
+def test_a_resize_that_rounds_differently_falls_back_to_f_interpolate(monkeypatch):
+    """Where the separable resize would not equal torch's kernel (checked once per geometry), the
+    scorer materialises F.interpolate's maps instead: the fields stay the reference's."""
+    monkeypatch.setattr(cpu_resize, "_verdicts", {})
+    calls = []
+    real = cpu_resize.RowMaps.materialise
+
+    def off_by_one_ulp(self, m):
+        calls.append(m)
+        return np.nextafter(real(self, m), np.float32(np.inf))
+
+    monkeypatch.setattr(cpu_resize.RowMaps, "materialise", off_by_one_ulp)
+    maps = torch.rand(2, 2, 6, 4, generator=torch.Generator().manual_seed(0))
+    samples = _batch(np.random.default_rng(0), 2, (96, 64))
+    assert scoring._prepare(maps, "probability", (96, 64)).row_maps is None
+    assert calls and cpu_resize._verdicts == {(6, 4, 96, 64): False}
+    _assert_batch_matches_reference(maps, "probability", samples, 1000)
+
+
 def test_cpu_loop_never_counts_outside_its_histogram():
     """A value nobody validated (NaN, beyond 1) lands in an end bin, never outside the counts."""
     flat = np.array([np.nan, 2.0, -1.0, 0.5, np.inf], np.float32)
-    counts = cpu_histograms.histograms([(flat, np.arange(5), 0.0, 1.0, cpu_histograms.NORMALISE_NONE)], 10, 1)
+    job = cpu_histograms.MapToBin(flat, np.arange(5), 0.0, 1.0, cpu_histograms.NORMALISE_NONE)
+    counts = cpu_histograms.histograms([job], 10, 1)
     assert counts.shape == (1, 2, 11)
     assert counts[0, 1].sum() == 5 and counts[0, 0].sum() == 5
     assert counts[0, 1, 5] == 1  # 0.5 where it belongs

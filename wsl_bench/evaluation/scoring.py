@@ -25,6 +25,8 @@ import torch
 from torch.nn import functional as F
 
 from wsl_bench.data import Sample
+from wsl_bench.evaluation import cpu_resize
+from wsl_bench.evaluation.cpu_resize import RowMaps
 from wsl_bench.evaluation.metrics import _check_bins, dice_counts
 from wsl_bench.evaluation.records import encode_counts
 from wsl_bench.saliency import CLASSES
@@ -70,20 +72,31 @@ def _check_image_maps(maps: torch.Tensor) -> None:
 class _Prepared:
     """A batch's maps resized to the image size, with the per-(image, class) normalisation.
 
-    ``maps`` is ``N×C×H×W`` float32 (raw values, resized); ``low``, ``div`` are ``N×C×1×1`` on the
-    same device, so that normalised = ``(maps - low) / div`` for ``unbounded`` maps (``div`` is 1 for
-    a constant map, which so becomes all zeros) and ``maps.clamp(0, 1)`` for ``probability`` maps.
-    On the host, ``N×C`` bool: ``constant`` (an ``unbounded`` map with one value), ``needs_clamp`` (a
-    ``probability`` map that strays outside [0, 1], within the tolerance; the others are binned as
-    they are, the clamp being the identity on them).
+    The resized raw values are ``maps`` (``N×C×H×W`` float32), or, on the CPU for a low-resolution
+    map whose resize :func:`cpu_resize.verified` confirmed, ``row_maps``: the same values held as
+    width-resized rows, materialised only if ``maps`` is asked for (figures, the tensor binner).
+    ``low``, ``div`` are ``N×C×1×1`` on the maps' device, so that normalised = ``(maps - low) / div``
+    for ``unbounded`` maps (``div`` is 1 for a constant map, which so becomes all zeros) and
+    ``maps.clamp(0, 1)`` for ``probability`` maps. On the host, ``N×C`` bool: ``constant`` (an
+    ``unbounded`` map with one value), ``needs_clamp`` (a ``probability`` map that strays outside
+    [0, 1], within the tolerance; the others are binned as they are, the clamp being the identity).
     """
 
-    maps: torch.Tensor
+    resized: torch.Tensor | None
     map_range: str
     low: torch.Tensor
     div: torch.Tensor
     constant: np.ndarray
     needs_clamp: np.ndarray
+    row_maps: RowMaps | None = None
+
+    @cached_property
+    def maps(self) -> torch.Tensor:
+        if self.resized is not None:
+            return self.resized
+        n, c = self.constant.shape
+        stacked = np.stack([self.row_maps.materialise(m) for m in range(n * c)])
+        return torch.from_numpy(stacked).view(n, c, *stacked.shape[-2:])
 
     def normalise(self, values: torch.Tensor, low: torch.Tensor, div: torch.Tensor,
                   out: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,6 +116,10 @@ class _Prepared:
 
     def normalised_image(self, i: int) -> torch.Tensor:
         """``C×H×W`` normalised maps of image ``i``."""
+        if self.resized is None:  # only this image's maps, not the batch's
+            c = self.constant.shape[1]
+            values = torch.from_numpy(np.stack([self.row_maps.materialise(i * c + k) for k in range(c)]))
+            return self.normalise(values, self.low[i], self.div[i])
         return self.normalise(self.maps[i], self.low[i], self.div[i])
 
 
@@ -137,9 +154,17 @@ def _prepare(maps: torch.Tensor, map_range: str, size: tuple[int, int]) -> _Prep
         i = int(bad.nonzero()[0])
         count = int((~torch.isfinite(maps[i])).sum())
         raise MapError(f"saliency map contains NaN or infinite values ({count} pixels)")
+    row_maps = None
     if tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False).contiguous()
-        lo, hi = _map_ranges(maps)
+        if maps.device.type == "cpu" and cpu_resize.verified(maps, size):
+            # Never materialised: the binning loop forms each pixel from two width-resized rows.
+            row_maps = cpu_resize.RowMaps.of(maps, size)
+            found = torch.from_numpy(row_maps.ranges(threads=torch.get_num_threads())).float()
+            lo, hi = found[:, 0].view(n, c), found[:, 1].view(n, c)
+            maps = None
+        else:
+            maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False).contiguous()
+            lo, hi = _map_ranges(maps)
     lo_host, hi_host = lo.cpu().numpy(), hi.cpu().numpy()
     shape = (n, c, 1, 1)
     if map_range == "probability":
@@ -149,7 +174,7 @@ def _prepare(maps: torch.Tensor, map_range: str, size: tuple[int, int]) -> _Prep
                 raise MapError(f"a 'probability' map must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]")
         needs_clamp = (lo_host < 0) | (hi_host > 1)
         return _Prepared(maps, map_range, lo.view(shape), torch.ones_like(lo).view(shape), np.zeros((n, c), bool),
-                         needs_clamp)
+                         needs_clamp, row_maps)
     if map_range == "unbounded":
         span = hi - lo
         if not bool(torch.isfinite(span).all()):  # finite values more than the float32 range apart
@@ -157,7 +182,7 @@ def _prepare(maps: torch.Tensor, map_range: str, size: tuple[int, int]) -> _Prep
         # A constant map carries no localisation: (v - low) / 1 makes it all zeros, not a division by zero.
         div = torch.where(span > 0, span.clamp_min(1e-12), torch.ones_like(span))
         constant = (span == 0).cpu().numpy()
-        return _Prepared(maps, map_range, lo.view(shape), div.view(shape), constant, np.zeros((n, c), bool))
+        return _Prepared(maps, map_range, lo.view(shape), div.view(shape), constant, np.zeros((n, c), bool), row_maps)
     raise MapError(f"unknown map_range {map_range!r}")
 
 
@@ -281,12 +306,16 @@ def _cpu_counts(prepared: _Prepared, lesions: list[dict[str, np.ndarray | None]]
         raise ValueError(f"bins must be at most {MAX_BINS} for exact binning, got {bins}")
     jobs = []
     for i, c in annotated:
-        flat, low, div = prepared.row(i, c)
+        low, div = float(prepared.low[i, c]), float(prepared.div[i, c])
         if prepared.map_range == "unbounded":
             mode = kernel.NORMALISE_MIN_MAX  # a constant map: (v - low) / 1 is 0, all in bin 0
         else:
             mode = kernel.NORMALISE_CLAMP if prepared.needs_clamp[i, c] else kernel.NORMALISE_NONE
-        jobs.append((flat.numpy(), lesions[i][CLASSES[c]], float(low), float(div), mode))
+        lesion = lesions[i][CLASSES[c]]
+        if prepared.row_maps is not None:
+            jobs.append(kernel.MapToBin(None, lesion, low, div, mode, prepared.row_maps, i * len(CLASSES) + c))
+        else:
+            jobs.append(kernel.MapToBin(prepared.row(i, c)[0].numpy(), lesion, low, div, mode))
     return kernel.histograms(jobs, bins, threads=torch.get_num_threads())
 
 
@@ -354,7 +383,7 @@ def score_batch(maps: torch.Tensor, map_range: str, samples: Sequence[Sample], b
     histograms: list[dict[str, Any]] = [dict.fromkeys(CLASSES) for _ in samples]
     if annotated:
         bins = _check_bins(bins)
-        if prepared.maps.device.type == "cpu":
+        if prepared.low.device.type == "cpu":  # (the row maps exist only on the CPU)
             counts = _cpu_counts(prepared, lesions, annotated, bins)
         else:
             counts = _device_counts(prepared, lesions, annotated, bins)
