@@ -139,6 +139,7 @@ def small_chunks(monkeypatch):
     segments, several blocks of the compiled loop), the last one partial."""
     monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", {"cpu": 37, "other": 37})
     monkeypatch.setattr(cpu_histograms, "SEGMENT_PIXELS", 37 * 29)
+    monkeypatch.setattr(cpu_resize, "SEGMENT_PIXELS", 37 * 29)
 
 
 def _both_binning_paths(prepared, samples, bins):

@@ -20,12 +20,13 @@ nothing is written to disk (no ``cache=True``: its cache would land beside the i
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from wsl_bench.evaluation.cpu_threads import SEGMENT_PIXELS, run_all
 
 if TYPE_CHECKING:
     from wsl_bench.evaluation.cpu_resize import RowMaps
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
 NORMALISE_NONE, NORMALISE_CLAMP, NORMALISE_MIN_MAX = 0, 1, 2
 """How a raw value becomes the normalised one: as it is (a ``probability`` map inside [0, 1]),
 clamped to [0, 1] (a ``probability`` map straying by round-off), ``(v - low) / div`` (``unbounded``)."""
-
-SEGMENT_PIXELS = 2**20
-"""Pixels per task: small enough that the two maps of one image make enough tasks to keep every
-thread busy, large enough that a task's start-up (about 10 µs) is noise. Also keeps each task's
-int32 sub-histograms far from overflow."""
 
 _BLOCK = 512
 """Values whose bins are formed in one vectorisable loop before they are counted (fits in L1)."""
@@ -140,22 +136,6 @@ def _kernels() -> dict[str, Any]:
 
     return {"count_run": count_run, "count_rows": count_rows, "count_points": count_points,
             "count_row_points": count_row_points}
-
-
-def run_all(run: Any, count: int, threads: int) -> None:
-    """``run(0) … run(count - 1)``, in ``threads`` threads of a pool kept for the process (the
-    compiled loops release the GIL, so the threads count at once)."""
-    if threads <= 1 or count == 1:
-        for t in range(count):
-            run(t)
-    else:
-        list(_pool(threads).map(run, range(count)))
-
-
-@lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A pool kept for the process (starting threads per image would cost more than a segment)."""
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsl-bench-histograms")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from wsl_bench.evaluation.cpu_threads import SEGMENT_PIXELS, run_all
+
 log = logging.getLogger(__name__)
 
 
@@ -125,8 +127,6 @@ class RowMaps:
 
     def ranges(self, threads: int) -> np.ndarray:
         """``M×2`` float64: min and max of every map at the image size (exact: float32 values)."""
-        from wsl_bench.evaluation.cpu_histograms import SEGMENT_PIXELS, run_all
-
         materialise = kernels()["materialise"]
         height, width = self.size
         step = max(1, min(height, SEGMENT_PIXELS // width))
