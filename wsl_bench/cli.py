@@ -175,12 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--workers", type=positive_int, default=1,
                    help="processes generating images (same result for any number)")
-    p = data.add_parser("prepare", help="preprocess a real dataset once into the folder format")
+    p = data.add_parser("prepare", help="preprocess a real dataset once into the folder format (nyu: a raw "
+                                         "exam list into the NYU layout, cropped and centred)")
     p.add_argument("dataset")
     p.add_argument("--src", type=existing_path, required=True, help="the dataset as downloaded")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=parse_image_size, default=(2944, 1920))
+    p.add_argument("--size", type=parse_image_size, default=(2944, 1920),
+                   help="HxW of the folder format's images (not used for a raw nyu exam list)")
     p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("describe", help="the scale geometry of GLAM, GMIC and CAM at each preset",
                        description="Map cells, patch and receptive field relative to the image and the median "
@@ -363,10 +366,35 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         load_builtins()
         DATASETS.get(args.dataset)
-        out = prepare_dataset(args.dataset, args.src, args.out, image_size=args.size, workers=args.workers)
+        if args.dataset == "nyu":
+            from wsl_bench.datasets.nyu_prepare import exam_list_state, find_exam_list, read_exam_list
+
+            if exam_list_state(read_exam_list(find_exam_list(args.src))) != "prepared":
+                return _prepare_raw_nyu(args)
+            print(f"{args.src}: the exam list has best_center already: preparing it into the folder format")
+        out = prepare_dataset(args.dataset, args.src, args.out, image_size=args.size, workers=args.workers,
+                              progress=not args.no_progress)
         print(f"prepared {args.dataset} into {out}")
         return 0
     raise UsageError("choose a data command: synth or prepare")
+
+
+def _prepare_raw_nyu(args: argparse.Namespace) -> int:
+    """``data prepare nyu`` on a raw exam list: the published cropping and optimal-centre steps."""
+    from wsl_bench.datasets.nyu_prepare import prepare_nyu
+
+    summary = prepare_nyu(args.src, args.out, workers=args.workers, progress=not args.no_progress)
+    print(f"prepared nyu (cropped and centred as published) into {summary}; "
+          f"{summary.images_per_second:.2f} images/s")
+    print(f"exam list: {summary.exam_list} (and data.json); run: wsl-bench run --dataset nyu --data-root {summary.out}")
+    if summary.failed:
+        for key, reason in list(summary.failures.items())[:20]:
+            print(f"failed: {key}: {reason}", file=sys.stderr)
+        more = " (first 20 above)" if summary.failed > 20 else ""
+        print(f"{summary.failed} image(s) failed and were left out{more}; reasons in {summary.manifest}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_describe(args: argparse.Namespace) -> int:

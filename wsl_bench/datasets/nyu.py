@@ -2,7 +2,8 @@
 
 Layout under the root (names as published; each can be overridden)::
 
-    data.pkl                      pickled list of exams (read with wsl_bench.datasets._safe_pickle)
+    data.pkl                      pickled list of exams (read with wsl_bench.datasets._safe_pickle);
+                                  data.json, the same list as JSON, when there is no pickle
     cropped_images/<stem>.png     16-bit PNGs (``images/`` is used when there is no cropped_images/)
     segmentation/<stem>_benign.png, <stem>_malignant.png   uint8 {0,255}, in the model frame
 
@@ -19,16 +20,23 @@ both on the right); an image that already has the window's size is the model fra
 Segmentations are in the model frame; a listed segmentation whose file does not exist means "no
 lesion of that class". Images are 16-bit PNGs that may hold 12-bit values: only relative
 intensities matter after standardisation.
+
+A *raw* exam list (the published ``exam_list_before_cropping.pkl``: no exam has ``best_center`` or
+``window_location``) whose images are not already in the model frame cannot be scored: opening it
+raises a :class:`DatasetError` telling the user to run ``wsl-bench data prepare nyu`` (the
+published cropping and optimal-centre steps, :mod:`wsl_bench.datasets.nyu_prepare`) first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from wsl_bench.data import DatasetError, Sample, SampleError
 from wsl_bench.datasets._files import name_problem, text_problem
@@ -42,7 +50,7 @@ from wsl_bench.datasets._preprocess import (
     fit_size,
 )
 from wsl_bench.datasets._raw import IndexEntry, RawDataset
-from wsl_bench.datasets._safe_pickle import UnsafePickleError
+from wsl_bench.datasets._safe_pickle import MAX_BYTES, UnsafePickleError
 from wsl_bench.datasets._safe_pickle import load as safe_load
 from wsl_bench.registry import DATASETS
 from wsl_bench.saliency import CLASSES
@@ -80,6 +88,27 @@ def nyu_window(
         top = min(max(cy - fh // 2, 0), h - fh)
     left = 0 if w < fw else min(max(cx - fw // 2, 0), w - fw)
     return top, left, top + fh, left + fw
+
+
+def _read_json_exam_list(path: Path) -> Any:
+    """An exam list stored as JSON (tuples become lists, which the loader reads alike)."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise DatasetError(f"{path}: {size:,} bytes, above the limit of {MAX_BYTES:,} bytes; refused")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # malformed JSON or text, absurd nesting
+        raise DatasetError(f"{path}: malformed JSON exam list ({type(exc).__name__}: {exc})") from None
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` from an image file's header (nothing decoded), or None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError):  # missing, not an image, a damaged header
+        return None
+    return int(height), int(width)
 
 
 def _label_value(value: Any) -> int | None:
@@ -149,7 +178,9 @@ class NYUDataset(RawDataset):
         if len(pickles) == 1:
             return pickles[0]
         if not pickles:
-            raise DatasetError(f"{self.root_path}: no exam list (data.pkl or another *.pkl) found")
+            if (self.root_path / "data.json").is_file():  # the JSON copy `data prepare nyu` writes
+                return self.root_path / "data.json"
+            raise DatasetError(f"{self.root_path}: no exam list (data.pkl, another *.pkl or data.json) found")
         raise DatasetError(
             f"{self.root_path}: several exam lists ({', '.join(p.name for p in pickles)}); choose one with exam_list="
         )
@@ -173,16 +204,21 @@ class NYUDataset(RawDataset):
 
     def build_index(self) -> dict[str, IndexEntry]:
         where = self.exam_list_path
-        try:
-            exams = safe_load(where)
-        except UnsafePickleError as exc:
-            raise DatasetError(str(exc)) from exc
+        if where.suffix.lower() == ".json":
+            exams = _read_json_exam_list(where)
+        else:
+            try:
+                exams = safe_load(where)
+            except UnsafePickleError as exc:
+                raise DatasetError(str(exc)) from exc
         if not isinstance(exams, list):
             raise DatasetError(f"{where}: expected a list of exams, got {type(exams).__name__}")
-        index: dict[str, IndexEntry] = {}
         for number, exam in enumerate(exams):
             if not isinstance(exam, dict):
                 raise DatasetError(f"{where}: exam #{number} is a {type(exam).__name__}, not a dict")
+        self._refuse_raw_list(exams)
+        index: dict[str, IndexEntry] = {}
+        for number, exam in enumerate(exams):
             raw_split = str(exam.get("split", "test")).strip().lower()
             split = _SPLIT_NAMES.get(raw_split)
             exam_problems = []
@@ -240,6 +276,45 @@ class NYUDataset(RawDataset):
                         problems=problems,
                     )
         return index
+
+    def _refuse_raw_list(self, exams: list[dict]) -> None:
+        """A raw exam list (as ``exam_list_before_cropping.pkl``) cannot be scored: its images are not
+        cropped and it has no ``best_center``, so its model-frame segmentations match no window.
+
+        Raised when no exam has ``best_center`` or ``window_location`` and the first listed image
+        that exists (its PNG header is read, up to 8 tried) is not of the frame's size; lists of
+        images already in the model frame (GMIC's ``cropped_images``) need no centre.
+
+        Raises:
+            DatasetError: telling the user to run ``wsl-bench data prepare nyu``.
+        """
+        if not exams or any("best_center" in e or "window_location" in e for e in exams):
+            return
+        tried = 0
+        for exam in exams:
+            for view in VIEWS:
+                stems = exam.get(view) or []
+                for stem in [stems] if isinstance(stems, str) else stems if isinstance(stems, (list, tuple)) else []:
+                    stem = str(stem)
+                    if name_problem(stem, "image stem") is not None:
+                        continue
+                    path = self.image_dir / f"{stem}.png"
+                    if tried >= 8:
+                        return
+                    tried += 1
+                    size = _png_size(path)
+                    if size is None:
+                        continue
+                    if size == self.frame:
+                        return
+                    raise DatasetError(
+                        f"{self.exam_list_path}: a raw exam list: no exam has best_center or window_location, and its "
+                        f"images are not in the {self.frame[0]}×{self.frame[1]} model frame ({path.name} is "
+                        f"{size[0]}×{size[1]}), so its segmentations cannot be placed. Crop the images and compute "
+                        "their optimal centres first, as the published pipeline does: wsl-bench data prepare nyu "
+                        f"--src {self.root_path} --out DIR, then wsl-bench run --dataset nyu --data-root DIR "
+                        "(datasets/nyu.md)"
+                    )
 
     def _labels(self, exam: dict, view: str, number: int) -> tuple[dict[str, int], list[str]]:
         cancer = exam.get("cancer_label")

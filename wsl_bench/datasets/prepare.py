@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -53,7 +53,7 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 )
 """Sample meta stored as ``labels.csv`` columns (``lesion_areas`` as JSON, the rest as text)."""
 
-__all__ = ["EXTRA_COLUMNS", "MANIFEST_NAME", "PrepareSummary", "prepare_dataset", "sha256_file"]
+__all__ = ["EXTRA_COLUMNS", "MANIFEST_NAME", "PrepareSummary", "pool_map", "prepare_dataset", "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,46 @@ def _process(split: str, sample_id: str) -> dict[str, Any]:
         }
     except Exception as exc:  # noqa: BLE001 - one bad sample is recorded, the others go on
         return {"id": sample_id, "split": split, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def pool_map(
+    fn: Callable[..., Any],
+    jobs: Iterable[tuple[Any, ...]],
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[Any]:
+    """``fn(*job)`` for every job, in worker processes, yielded in completion order.
+
+    With ``workers`` 0 or 1 everything runs in this process (after ``initializer(*initargs)``).
+    Otherwise workers are *spawned* (no inherited torch/OpenMP threads from this process; each
+    starts by importing wsl_bench, a few seconds), ``fn`` and ``initializer`` must be importable
+    module-level functions, and at most ``2 * workers`` jobs are in flight, so results holding
+    whole images never pile up in memory. A caller running this from a script needs the
+    ``if __name__ == "__main__":`` guard (the ``wsl-bench`` command has it).
+    """
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for job in jobs:
+            yield fn(*job)
+        return
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=initializer, initargs=initargs
+    ) as pool:
+        queue = iter(jobs)
+        running = set()
+        for job in queue:
+            running.add(pool.submit(fn, *job))
+            if len(running) >= 2 * workers:
+                break
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    running.add(pool.submit(fn, *nxt))
 
 
 # -- main side --------------------------------------------------------------------------------------
@@ -319,29 +359,8 @@ def prepare_dataset(
         log.warning("%s: %s", sample_id, result["error"])
 
     def results() -> Iterator[dict[str, Any]]:
-        init = (name, str(src), image_size, options)
-        if workers <= 1:
-            _worker_init(*init)
-            for split, sample_id in todo:
-                yield _process(split, sample_id)
-            return
-        # spawn: workers start clean (no inherited torch/OpenMP threads from this process)
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=init
-        ) as pool:
-            queue = iter(todo)
-            running = set()
-            for split, sample_id in queue:  # keep a bounded number in flight: results hold whole images
-                running.add(pool.submit(_process, split, sample_id))
-                if len(running) >= 2 * workers:
-                    break
-            while running:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-                    nxt = next(queue, None)
-                    if nxt is not None:
-                        running.add(pool.submit(_process, *nxt))
+        # results hold whole images: the pool keeps a bounded number in flight
+        yield from pool_map(_process, todo, workers, _worker_init, (name, str(src), image_size, options))
 
     try:
         with tqdm(
