@@ -48,6 +48,15 @@ def _kernels() -> dict[str, Any]:
     pixel_row, fma32 = resize_kernels()["pixel_row"], resize_kernels()["fma32"]
 
     @numba.njit(nogil=True, boundscheck=False, cache=False, inline="always")
+    def bin_from_product(q, scale):  # pragma: no cover (compiled)
+        """The bin of the float64 product ``q = v · bins``: truncated, after a safety net that is not a
+        step of the binning (a valid ``v`` lies in [0, 1]): a value the caller failed to validate must
+        not count outside the histogram, and NaN (both comparisons false) lands in bin 0."""
+        q = q if q >= 0.0 else 0.0
+        q = q if q <= scale else scale
+        return np.uint32(q)
+
+    @numba.njit(nogil=True, boundscheck=False, cache=False, inline="always")
     def bin_of(v, low, div, mode, scale):  # pragma: no cover (compiled)
         """The bin of raw value ``v`` (float32): normalised in float32 as the tensor path does, then
         the exact float64 product truncated."""
@@ -55,51 +64,52 @@ def _kernels() -> dict[str, Any]:
             v = (v - low) / div
         elif mode == 1:
             v = min(max(v, np.float32(0.0)), np.float32(1.0))
-        return np.int32(np.float64(v) * scale)
+        return bin_from_product(np.float64(v) * scale, scale)
 
     @numba.njit(nogil=True, boundscheck=False, cache=False, inline="always")
     def count_values(values, low, div, mode, bins, index, counts):  # pragma: no cover (compiled)
-        """Add the bins of ``values`` (float32, at most ``len(index)``) to ``counts`` (4 × bins+1, int32)."""
+        """Add the bins of ``values`` (float32, at most ``len(index)``) to ``counts``: four
+        interleaved sub-histograms of ``bins + 1`` counts (int32, flat)."""
         m = values.shape[0]
         scale = np.float64(bins)
         # Bins first, in a loop the compiler vectorises: one loop per mode, since a branch in the
         # loop body stops it from vectorising (measured: 2.5× slower).
         if mode == 2:
             for j in range(m):
-                index[j] = np.int32(np.float64((values[j] - low) / div) * scale)
+                index[j] = bin_from_product(np.float64((values[j] - low) / div) * scale, scale)
         elif mode == 1:
             for j in range(m):
-                index[j] = np.int32(np.float64(min(max(values[j], np.float32(0.0)), np.float32(1.0))) * scale)
+                v = min(max(values[j], np.float32(0.0)), np.float32(1.0))
+                index[j] = bin_from_product(np.float64(v) * scale, scale)
         else:
             for j in range(m):
-                index[j] = np.int32(np.float64(values[j]) * scale)
-        for j in range(m):
-            # A safety net, not a step of the binning: a value the caller failed to validate (NaN
-            # converts to -2**31) must not write outside the histogram. Vectorises, costs nothing.
-            index[j] = min(max(index[j], 0), bins)
-        # Four interleaved sub-histograms: neighbouring pixels of a smooth map fall in the same bin,
-        # and incrementing one counter back to back waits for the previous store each time.
+                index[j] = bin_from_product(np.float64(values[j]) * scale, scale)
+        # Four sub-histograms: neighbouring pixels of a smooth map fall in the same bin, and
+        # incrementing one counter back to back waits for the previous store each time. Unsigned
+        # indices into one flat array spare the compiler negative-index handling (30 % faster).
+        stride = np.uint32(bins + 1)
         j = 0
         while j + 4 <= m:
-            counts[0, index[j]] += 1
-            counts[1, index[j + 1]] += 1
-            counts[2, index[j + 2]] += 1
-            counts[3, index[j + 3]] += 1
+            counts[index[j]] += 1
+            counts[stride + index[j + 1]] += 1
+            counts[2 * stride + index[j + 2]] += 1
+            counts[3 * stride + index[j + 3]] += 1
             j += 4
         while j < m:
-            counts[0, index[j]] += 1
+            counts[index[j]] += 1
             j += 1
 
     @numba.njit(nogil=True, boundscheck=False, cache=False, inline="always")
     def fold(counts, total):  # pragma: no cover (compiled)
-        for k in range(counts.shape[1]):
-            total[k] += counts[0, k] + counts[1, k] + counts[2, k] + counts[3, k]
+        n = total.shape[0]
+        for k in range(n):
+            total[k] += counts[k] + counts[n + k] + counts[2 * n + k] + counts[3 * n + k]
 
     @numba.njit(nogil=True, boundscheck=False, cache=False)
     def count_run(flat, low, div, mode, bins, total):  # pragma: no cover (compiled)
         """Add the bins of every value of ``flat`` (float32, 1-D) to ``total`` (int64, ``bins + 1``)."""
-        index = np.empty(_BLOCK, np.int32)
-        counts = np.zeros((4, bins + 1), np.int32)
+        index = np.empty(_BLOCK, np.uint32)
+        counts = np.zeros(4 * (bins + 1), np.int32)
         for start in range(0, flat.shape[0], _BLOCK):
             count_values(flat[start : start + _BLOCK], low, div, mode, bins, index, counts)
         fold(counts, total)
@@ -109,8 +119,8 @@ def _kernels() -> dict[str, Any]:
         """The same for rows ``y_start:y_stop`` of map ``m`` of a :class:`~cpu_resize.RowMaps`."""
         width = rows.shape[2]
         line = np.empty(width, np.float32)
-        index = np.empty(_BLOCK, np.int32)
-        counts = np.zeros((4, bins + 1), np.int32)
+        index = np.empty(_BLOCK, np.uint32)
+        counts = np.zeros(4 * (bins + 1), np.int32)
         for y in range(y_start, y_stop):
             pixel_row(rows, m, y, i0, i1, l0, l1, line)
             for start in range(0, width, _BLOCK):
@@ -122,7 +132,7 @@ def _kernels() -> dict[str, Any]:
         """Add the bins of ``flat[points]`` (``points``: int64 indices) to ``total``."""
         scale = np.float64(bins)
         for p in points:
-            total[min(max(bin_of(flat[p], low, div, mode, scale), 0), bins)] += 1
+            total[bin_of(flat[p], low, div, mode, scale)] += 1
 
     @numba.njit(nogil=True, boundscheck=False, cache=False)
     def count_row_points(rows, m, i0, i1, l0, l1, points, low, div, mode, bins, total):  # pragma: no cover
@@ -132,7 +142,7 @@ def _kernels() -> dict[str, Any]:
         for p in points:
             y, x = p // width, p % width
             v = fma32(rows[m, i0[y], x], l0[y], rows[m, i1[y], x] * l1[y])
-            total[min(max(bin_of(v, low, div, mode, scale), 0), bins)] += 1
+            total[bin_of(v, low, div, mode, scale)] += 1
 
     return {"count_run": count_run, "count_rows": count_rows, "count_points": count_points,
             "count_row_points": count_row_points}
