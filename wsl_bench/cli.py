@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>-seed<seed>)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per predict call")
+    p.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
+                   help="processes reading images ahead of the model (default: the cores the model's threads "
+                        "leave; 0 reads in the main process); changes no result")
     p.add_argument("--classifier", default=None,
                    help="classifier explained by post-hoc explainers (e.g. cam, gmic, glam)")
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
@@ -203,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--compare-plain", action="store_true",
                    help="also time each method's plain path (the published computation, unfused) in the same run")
+    harness = p.add_argument_group(
+        "harness mode", "run each method through the real harness (loading, predict, scoring, writing) on a "
+                        "dataset's first images and report the median time of each stage")
+    harness.add_argument("--harness", action="store_true", help="harness mode instead of the model alone")
+    harness.add_argument("--dataset", default="folder", help="registered dataset (default: folder, 16-bit PNGs)")
+    harness.add_argument("--data-root", type=existing_path, default=None,
+                         help="the dataset's files, e.g. a folder written by 'wsl-bench data synth'")
+    harness.add_argument("--split", default="test", choices=["train", "val", "test"])
+    harness.add_argument("--images", type=positive_int, default=8, help="images per method (default 8)")
+    harness.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
+                         help="processes reading images ahead (default: the cores the model's threads leave)")
+    harness.add_argument("--batch-size", type=positive_int, default=1)
+    harness.add_argument("--out", default=None,
+                         help="scratch run folder to keep (default: a temporary folder in the cache, removed)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -252,6 +270,7 @@ def _run_config(args: argparse.Namespace):
         device=args.device,
         seed=args.seed,
         batch_size=args.batch_size,
+        loader_workers=args.loader_workers,
         method_options=method_options,
         image_size=args.image_size,
         validation_split=None if args.validation_split.lower() == "none" else args.validation_split,
@@ -425,16 +444,30 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
     from wsl_bench.evaluation.bench import print_bench, run_bench
     from wsl_bench.pipeline import parse_methods
 
+    if args.harness:
+        from wsl_bench.evaluation.bench_harness import format_harness_bench, run_harness_bench
+
+        results = run_harness_bench(parse_methods(args.methods), dataset=args.dataset, data_root=args.data_root,
+                                    split=args.split, images=args.images, size=args.size, precision=args.precision,
+                                    device=args.device, loader_workers=args.loader_workers,
+                                    batch_size=args.batch_size, out_dir=args.out)
+        print(json.dumps(results, indent=2) if args.json else format_harness_bench(results))
+        return 0
     specs: list = []
     for name in parse_methods(args.methods):
         if args.compare_plain:
             specs.append((name, {"fast": False}))
         specs.append(name)
     results = run_bench(specs, device=args.device, size=args.size, precision=args.precision, repeats=args.repeats)
-    print_bench(results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_bench(results)
     return 0
 
 

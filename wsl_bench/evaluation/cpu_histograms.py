@@ -215,3 +215,18 @@ def histograms(maps: list[MapToBin], bins: int, threads: int) -> np.ndarray:
     for t, (m, row, _) in enumerate(tasks):
         out[m, row] += partial[t]
     return out
+
+
+def warm_up() -> None:
+    """Compile every loop now (about 2 s), so that no image's scoring time holds the compilation."""
+    import torch
+
+    from wsl_bench.evaluation.cpu_resize import RowMaps
+
+    values = np.linspace(0, 1, 64, dtype=np.float32)
+    rows = RowMaps.of(torch.from_numpy(values.reshape(1, 1, 8, 8)), (16, 16))
+    rows.ranges(threads=1)
+    lesion = np.arange(3, dtype=np.int64)
+    for mode in (NORMALISE_NONE, NORMALISE_CLAMP, NORMALISE_MIN_MAX):
+        jobs = [MapToBin(values, lesion, 0.0, 1.0, mode), MapToBin(None, lesion, 0.0, 1.0, mode, rows, 0)]
+        histograms(jobs, 10, threads=1)

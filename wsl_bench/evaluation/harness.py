@@ -24,7 +24,8 @@ map, out of memory) becomes a record with ``status`` "failed"/"oom" and its erro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from tqdm.auto import tqdm
 
 from wsl_bench.atomic_io import write_text_atomic
 from wsl_bench.data import DatasetError, MammogramDataset, Sample, SampleError
-from wsl_bench.evaluation.figure_maps import save_figure_maps
+from wsl_bench.evaluation import cpu_histograms
 from wsl_bench.evaluation.identity import current_records
+from wsl_bench.evaluation.loading import Loaded, default_workers, load_batches, load_one
 from wsl_bench.evaluation.manifest import (
     MANIFEST_SCHEMA,
     config_hash,
@@ -48,6 +50,7 @@ from wsl_bench.evaluation.manifest import (
 from wsl_bench.evaluation.profiling import count_gflops, measure, memory_kind
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
 from wsl_bench.evaluation.scoring import ScoredImage, image_level_fields, score_batch, score_image
+from wsl_bench.evaluation.writer import BackgroundWriter
 from wsl_bench.presets import get_preset
 from wsl_bench.saliency import CLASSES, SaliencyMethod, SaliencyOutput
 
@@ -73,6 +76,9 @@ class RunConfig:
         method_options: extra constructor options per method, as ``((method, ((key, value), ...)), ...)``.
         image_size: ``(H, W)`` replacing the preset's image size (``None``: the preset's); the
             preset's split sizes, training budget and method settings still apply.
+        loader_workers: processes reading images ahead of the model (``None``: the cores the model's
+            threads leave, :func:`~wsl_bench.evaluation.loading.default_workers`; 0: read in the
+            main process). Changes no result, so it is not part of the run's identity.
     """
 
     methods: tuple[str, ...]
@@ -88,6 +94,7 @@ class RunConfig:
     figure_images: int = 4
     method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     image_size: tuple[int, int] | None = None
+    loader_workers: int | None = None
 
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of every image and method of the run."""
@@ -101,6 +108,7 @@ class RunConfig:
         config = asdict(self)
         config.pop("methods")
         config.pop("method_options")
+        config.pop("loader_workers")  # how images are read changes no result
         return config
 
 
@@ -150,7 +158,8 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
 
 class SampleCache:
     """Loaded samples of one split, kept while they fit in a byte budget, so every method sees
-    identical images without decoding them once per method."""
+    identical images without decoding them once per method. An image that fails to load is
+    remembered with its error (and fails alike for every method)."""
 
     def __init__(self, dataset: MammogramDataset, budget_bytes: int = 2 * 2**30) -> None:
         self.dataset = dataset
@@ -158,26 +167,39 @@ class SampleCache:
         self.used = 0
         self._samples: dict[str, Sample | SampleError] = {}
 
-    def get(self, sample_id: str) -> Sample:
-        cached = self._samples.get(sample_id)
+    def has(self, sample_id: str) -> bool:
+        return sample_id in self._samples
+
+    def loaded(self, sample_id: str) -> Loaded:
+        """A cached image (:meth:`has` it) as the loader hands images over."""
+        cached = self._samples[sample_id]
         if isinstance(cached, SampleError):
-            raise cached
-        if cached is not None:
-            return cached
-        try:
-            sample = self.dataset.get(sample_id)
-        except SampleError as exc:
-            self._samples[sample_id] = exc
-            raise
-        except Exception as exc:  # any loader bug becomes a per-sample failure, named
-            error = SampleError(f"{sample_id}: {type(exc).__name__}: {exc}", sample_id)
-            self._samples[sample_id] = error
-            raise error from exc
+            return Loaded(sample_id, error=cached)
+        return Loaded(sample_id, cached)
+
+    def add(self, loaded: Loaded) -> None:
+        """Keep an image just loaded (or its error), within the byte budget."""
+        if loaded.error is not None:
+            self._samples[loaded.sample_id] = loaded.error
+            return
+        sample = loaded.sample
         size = sample.image.nbytes + sum(m.nbytes for m in sample.masks.values() if m is not None)
         if self.used + size <= self.budget:
-            self._samples[sample_id] = sample
+            self._samples[loaded.sample_id] = sample
             self.used += size
-        return sample
+
+    def get(self, sample_id: str) -> Sample:
+        """The sample, loaded now if it is not kept.
+
+        Raises:
+            SampleError: the image cannot be loaded (any loader error becomes one, naming the image).
+        """
+        loaded = self.loaded(sample_id) if self.has(sample_id) else load_one(self.dataset, sample_id)
+        if not self.has(sample_id):
+            self.add(loaded)
+        if loaded.error is not None:
+            raise loaded.error
+        return loaded.sample
 
 
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")
@@ -218,11 +240,6 @@ def make_record(
     return record
 
 
-def _batches(items: list[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def score_each(maps: torch.Tensor, map_range: str, samples: list[Sample], bins: int) -> list[ScoredImage | Exception]:
     """Each image's scores, or the error that stops it from being scored, in ``samples``' order.
 
@@ -261,6 +278,13 @@ def evaluate_method(
     (the method's run identity, ``wsl_bench.evaluation.identity``). Whatever the method returns is checked
     (:meth:`SaliencyOutput.validate`); a bad output, like any error of ``predict`` or of scoring,
     becomes a failed record of the images concerned and the run goes on.
+
+    The stages overlap: images are read ahead by loader workers (:mod:`wsl_bench.evaluation.loading`,
+    ``config.loader_workers``), records and figure maps are written by a background thread
+    (:mod:`wsl_bench.evaluation.writer`). Each ``ok`` record keeps what its image cost the main
+    thread, stage by stage (``stage_s``: ``load`` waiting for the image, ``score``, ``write``
+    waiting for the writer; ``time_s`` is ``predict``), so the report can show the end-to-end
+    seconds per image beside the model's own.
     """
     split = split or config.split
     device = torch.device(config.device)
@@ -269,82 +293,103 @@ def evaluate_method(
     warmed_up = False
     desc = f"evaluate {method.name}" + ("" if split == config.split else f" ({split})")
     bar = tqdm(total=len(ids), desc=desc, disable=not progress, unit="img")
-    for batch_ids in _batches(ids, config.batch_size):
-        loaded: list[Sample] = []
-        for sample_id in batch_ids:
-            try:
-                loaded.append(samples.get(sample_id))
-            except SampleError as exc:
-                writer.write(make_record(sample_id, method.name, "failed", f"loading: {exc}", split=split,
-                                         identity=identity))
-                counts["failed"] += 1
-        if not loaded:
-            bar.update(len(batch_ids))
-            continue
-        try:
-            images = torch.from_numpy(np.stack([s.image for s in loaded])).to(device)
-            if not warmed_up:
-                # One untimed call first: lazy initialisation, allocator growth and oneDNN/cuDNN
-                # kernel selection must not count as the first image's time. It also yields the
-                # FLOP count (per image: the batch is the same for every call).
-                first_image = images[:1]
-                gflops_per_image = count_gflops(lambda: method.predict(first_image))  # noqa: B023 (called now)
-                warmed_up = True
-            with measure(device) as cost:
-                output: SaliencyOutput = method.predict(images)
-            output.validate(len(loaded))
-            # The maps stay on the method's device: they are scored there and only histograms come back.
-            maps, map_range = output.maps.detach(), output.map_range
-            scores = output.scores.detach().to("cpu")
-            del output  # extras (method-specific tensors for figures) are not kept by the harness
-        except Exception as exc:
-            status = "oom" if _is_oom(exc) else "failed"
-            message = f"{type(exc).__name__}: {exc}"
-            if status == "oom":
-                message = f"out of memory on {device} for a batch of {len(loaded)} at {loaded[0].size}: {exc}"
-            for sample in loaded:
-                writer.write(make_record(sample.id, method.name, status, message, split=split, identity=identity))
-            counts[status] += len(loaded)
-            bar.update(len(batch_ids))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        per_image_time = cost.seconds / len(loaded)
-        batch_scores = score_each(maps, map_range, loaded, config.bins)
-        for index, sample in enumerate(loaded):
-            try:
-                scored = batch_scores[index]
-                if isinstance(scored, Exception):
-                    raise scored
-                fields = {**scored.fields, **image_level_fields(scores[index], sample)}
-            except Exception as exc:  # a map the method returned that cannot be scored: that image fails
-                message = f"scoring: {type(exc).__name__}: {exc}"
-                writer.write(make_record(sample.id, method.name, "failed", message, split=split, identity=identity))
-                counts["failed"] += 1
+    workers = config.loader_workers if config.loader_workers is not None else default_workers()
+    background = BackgroundWriter(writer)
+
+    def failed(sample_id: str, status: str, message: str) -> None:
+        background.write(make_record(sample_id, method.name, status, message, split=split, identity=identity))
+        counts[status] += 1
+
+    try:
+        batches = load_batches(samples, ids, config.batch_size, workers=workers)
+        while True:
+            load_start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            load_s = time.perf_counter() - load_start
+            waited_before = background.waited_s
+            loaded: list[Sample] = []
+            for item in batch:
+                if item.error is not None:
+                    failed(item.sample_id, "failed", f"loading: {item.error}")
+                else:
+                    loaded.append(item.sample)
+            if not loaded:
+                bar.update(len(batch))
                 continue
-            writer.write(
-                make_record(
-                    sample.id,
-                    method.name,
-                    "ok",
-                    split=split,
-                    identity=identity,
-                    time_s=per_image_time,
-                    peak_memory_mb=cost.peak_memory_mb,
-                    gflops=gflops_per_image,
-                    batch_size=len(loaded),
-                    map_range=map_range,
-                    map_shape=list(maps.shape[-2:]),
-                    mask_kind=sample.meta.get("mask_kind", "pixel"),
-                    **fields,
-                )
-            )
-            counts["ok"] += 1
-            if sample.id in figure_ids:
-                save_figure_maps(out_dir, method.name, sample, scored.normalised_maps.cpu())
-        bar.update(len(batch_ids))
-    bar.close()
+            try:
+                images = _to_device(loaded, device)
+                if not warmed_up:
+                    # One untimed call first: lazy initialisation, allocator growth and oneDNN/cuDNN
+                    # kernel selection must not count as the first image's time. It also yields the
+                    # FLOP count (per image: the batch is the same for every call).
+                    first_image = images[:1]
+                    gflops_per_image = count_gflops(lambda: method.predict(first_image))  # noqa: B023 (called now)
+                    if device.type == "cpu":
+                        cpu_histograms.warm_up()  # the scorer's compiled loops, likewise
+                    warmed_up = True
+                with measure(device) as cost:
+                    output: SaliencyOutput = method.predict(images)
+                output.validate(len(loaded))
+                # The maps stay on the method's device: they are scored there and only histograms come back.
+                maps, map_range = output.maps.detach(), output.map_range
+                scores = output.scores.detach().to("cpu")
+                del output  # extras (method-specific tensors for figures) are not kept by the harness
+            except Exception as exc:
+                status = "oom" if _is_oom(exc) else "failed"
+                message = f"{type(exc).__name__}: {exc}"
+                if status == "oom":
+                    message = f"out of memory on {device} for a batch of {len(loaded)} at {loaded[0].size}: {exc}"
+                for sample in loaded:
+                    failed(sample.id, status, message)
+                bar.update(len(batch))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            score_start = time.perf_counter()
+            batch_scores = score_each(maps, map_range, loaded, config.bins)
+            records, figures = [], []
+            for index, sample in enumerate(loaded):
+                try:
+                    scored = batch_scores[index]
+                    if isinstance(scored, Exception):
+                        raise scored
+                    fields = {**scored.fields, **image_level_fields(scores[index], sample)}
+                except Exception as exc:  # a map the method returned that cannot be scored: that image fails
+                    failed(sample.id, "failed", f"scoring: {type(exc).__name__}: {exc}")
+                    continue
+                records.append((sample, fields))
+                if sample.id in figure_ids:
+                    figures.append((sample, scored.normalised_maps.cpu()))
+            score_s = time.perf_counter() - score_start
+            n = len(loaded)
+            stage_s = {"load": load_s / n, "score": score_s / n,
+                       "write": (background.waited_s - waited_before) / n}
+            for sample, fields in records:
+                background.write(make_record(
+                    sample.id, method.name, "ok", split=split, identity=identity,
+                    time_s=cost.seconds / n, stage_s=stage_s, peak_memory_mb=cost.peak_memory_mb,
+                    gflops=gflops_per_image, batch_size=n, map_range=map_range, map_shape=list(maps.shape[-2:]),
+                    mask_kind=sample.meta.get("mask_kind", "pixel"), **fields,
+                ))
+                counts["ok"] += 1
+            for sample, normalised in figures:
+                background.save_figure_maps(out_dir, method.name, sample, normalised)
+            bar.update(len(batch))
+    finally:
+        background.close()  # every record handed over is durable before the caller goes on
+        bar.close()
     return counts
+
+
+def _to_device(samples: list[Sample], device: torch.device) -> torch.Tensor:
+    """``N×1×H×W`` images of a batch on ``device``; through pinned memory to a GPU, so the copy
+    overlaps with what the GPU is still doing."""
+    images = torch.from_numpy(np.stack([s.image for s in samples]))
+    if device.type == "cuda":
+        return images.pin_memory().to(device, non_blocking=True)
+    return images.to(device)
 
 
 def choose_figure_ids(ids: list[str], samples: SampleCache, count: int) -> set[str]:

@@ -1,0 +1,176 @@
+"""Where a run's time goes: methods through the real harness, stage by stage (``wsl-bench bench --harness``).
+
+``wsl-bench bench`` times a model alone on one image held in memory. This mode runs each method
+through :func:`~wsl_bench.evaluation.harness.evaluate_method` on the first N images of a dataset (for
+issue 14's target, the ``folder`` format: 16-bit PNGs on disk), exactly as ``wsl-bench run``
+evaluates, with loader workers and the background writer, into a scratch run folder. Every record
+keeps the main thread's time per stage (``load``: waiting for the image, ``predict``, ``score``,
+``write``: waiting for the writer); this module reports, per method, the median of each stage, its
+share of the end-to-end median, the harness overhead (everything but ``predict``, against
+``predict``) and images per second, both steady (from the per-image sums) and by the wall clock
+(which also holds the untimed warm-up call and the FLOP count).
+
+Each method reads its own images (no cross-method sample cache), so ``load`` is what a run that
+cannot keep its split in memory pays. Methods get random weights, as in ``wsl-bench bench``: the
+cost of a forward pass does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsl_bench.evaluation.records import RecordWriter, read_records
+from wsl_bench.paths import cache_root
+
+STAGES = ("load", "predict", "score", "write")
+
+
+@dataclass(frozen=True)
+class HarnessBenchResult:
+    """One method's stage medians (seconds per image) and throughput."""
+
+    method: str
+    dataset: str
+    image_size: tuple[int, int]
+    precision: str
+    device: str
+    images: int
+    failed: int
+    loader_workers: int
+    threads: int
+    stage_median_s: dict[str, float]
+    end_to_end_median_s: float
+    overhead_fraction: float
+    images_per_s_steady: float
+    images_per_s_wall: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+
+def run_harness_bench(
+    methods: Sequence[str],
+    dataset: str = "folder",
+    data_root: str | None = None,
+    split: str = "test",
+    images: int = 8,
+    size: tuple[int, int] = (2944, 1920),
+    precision: str = "fp32",
+    device: str = "cpu",
+    loader_workers: int | None = None,
+    batch_size: int = 1,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run each method on the first ``images`` images of ``dataset``'s ``split`` through the harness.
+
+    Args:
+        out_dir: the scratch run folder (one sub-folder per method); ``None``: a temporary folder
+            in the cache, removed afterwards.
+
+    Returns:
+        One :meth:`HarnessBenchResult.to_dict` per method, in the order given.
+
+    Raises:
+        ValueError: no image could be scored (every stage median would be undefined).
+    """
+    from wsl_bench.evaluation.harness import RunConfig, SampleCache, evaluate_method
+    from wsl_bench.evaluation.loading import default_workers
+    from wsl_bench.pipeline import create_run_method, open_dataset
+
+    config = RunConfig(methods=tuple(methods), dataset=dataset, data_root=data_root, split=split, preset="full",
+                       device=device, batch_size=batch_size, image_size=tuple(size), loader_workers=loader_workers,
+                       validation_split=None)
+    ids = open_dataset(config).ids()[:images]
+    workers = loader_workers if loader_workers is not None else default_workers()
+    scratch = Path(out_dir) if out_dir is not None else None
+    if scratch is None:
+        cache_root().mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="bench-harness-", dir=cache_root()))
+    results = []
+    try:
+        for name in methods:
+            options = {"precision": precision} if _accepts(name, "precision") else {}
+            run_config = replace(config, methods=(name,), method_options=((name, tuple(options.items())),))
+            method = create_run_method(name, run_config).method  # as a run builds it, untrained
+            folder = scratch / name
+            folder.mkdir(parents=True, exist_ok=True)
+            samples = SampleCache(open_dataset(config), budget_bytes=0)  # every method reads its images
+            start = time.perf_counter()
+            with RecordWriter(folder / "records.jsonl") as writer:
+                evaluate_method(method, ids, samples, writer, run_config, folder, set(), progress=progress)
+            wall = time.perf_counter() - start
+            records = [r for r in read_records(folder / "records.jsonl") if r["method"] == name]
+            results.append(_summarise(name, records, config, precision, workers, wall).to_dict())
+            del method
+    finally:
+        if out_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _accepts(name: str, option: str) -> bool:
+    """Whether the method ``name`` (its registered class) takes the constructor option ``option``."""
+    import inspect
+
+    from wsl_bench.registry import METHODS, split_method_name
+
+    factory = METHODS.get(split_method_name(name)[0])
+    return option in inspect.signature(factory).parameters
+
+
+def _summarise(name: str, records: list[dict[str, Any]], config: Any, precision: str, workers: int,
+               wall: float) -> HarnessBenchResult:
+    ok = [r for r in records if r["status"] == "ok"]
+    if not ok:
+        errors = sorted({str(r.get("error")) for r in records})[:3]
+        raise ValueError(f"{name}: no image was scored ({len(records)} failed: {'; '.join(errors)})")
+    per_stage = {stage: [r["time_s"] if stage == "predict" else r["stage_s"][stage] for r in ok] for stage in STAGES}
+    totals = [sum(per_stage[stage][i] for stage in STAGES) for i in range(len(ok))]
+    medians = {stage: statistics.median(values) for stage, values in per_stage.items()}
+    overhead = [totals[i] - per_stage["predict"][i] for i in range(len(ok))]
+    return HarnessBenchResult(
+        method=name, dataset=config.dataset, image_size=tuple(config.image_size), precision=precision,
+        device=config.device, images=len(records), failed=len(records) - len(ok), loader_workers=workers,
+        threads=torch.get_num_threads(), stage_median_s=medians, end_to_end_median_s=statistics.median(totals),
+        overhead_fraction=statistics.median(overhead) / medians["predict"] if medians["predict"] > 0 else float("nan"),
+        images_per_s_steady=len(ok) / sum(totals), images_per_s_wall=len(records) / wall,
+    )
+
+
+def format_harness_bench(results: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table: per method, each stage's median (ms per image) and share, then throughput."""
+    if not results:
+        return "(no results)"
+    first = results[0]
+    h, w = first["image_size"]
+    lines = [
+        f"harness on {first['dataset']} {h}×{w}, device {first['device']}, {first['precision']}, "
+        f"{first['threads']} threads, {first['loader_workers']} loader workers; median ms per image (share of "
+        "the end-to-end median)",
+        "",
+        f"{'method':<16} " + " ".join(f"{stage:>15}" for stage in STAGES)
+        + f" {'end-to-end':>11} {'overhead':>9} {'img/s':>6} {'img/s wall':>10}",
+    ]
+    for r in results:
+        total = r["end_to_end_median_s"]
+        cells = " ".join(f"{1000 * r['stage_median_s'][s]:>8.1f} ({r['stage_median_s'][s] / total:>4.0%})"
+                         for s in STAGES)
+        failed = f"  ({r['failed']} of {r['images']} failed)" if r["failed"] else ""
+        lines.append(f"{r['method']:<16} {cells} {1000 * total:>8.1f} ms {r['overhead_fraction']:>9.1%} "
+                     f"{r['images_per_s_steady']:>6.2f} {r['images_per_s_wall']:>10.2f}{failed}")
+    lines.append("")
+    lines.append("overhead: the median of load + score + write over the median predict (issue 14's target: at most "
+                 "10 % for GMIC bf16 at 2944×1920 on the folder format)")
+    return "\n".join(lines)
