@@ -104,7 +104,7 @@ def test_sharded_run_merges_into_the_single_process_records_and_report(tmp_path)
 
     def comparable(path: Path) -> list[dict]:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("time_s", "peak_memory_mb")} for r in lines]
+        return [{k: v for k, v in r.items() if k not in ("time_s", "stage_s", "peak_memory_mb")} for r in lines]
 
     single_records, sharded_records = (comparable(run / "records.jsonl") for run in (tmp_path / "single", sharded))
     # tiny preset: 8 test and 8 validation images per method, each shard scoring half of each split
@@ -114,7 +114,7 @@ def test_sharded_run_merges_into_the_single_process_records_and_report(tmp_path)
     assert len(read_records(sharded / "records.jsonl")) == 64
 
     def metrics(path: Path) -> list[dict]:
-        timing = ("time_median_s", "time_p90_s", "peak_memory_mb")
+        timing = ("time_median_s", "time_p90_s", "end_to_end_median_s", "peak_memory_mb")
         with open(path) as handle:
             return [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(handle)]
 
