@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 
 from wsl_bench.cli import main
-from wsl_bench.evaluation.bench_harness import STAGES, format_harness_bench, run_harness_bench
+from wsl_bench.evaluation.bench_harness import STAGES, format_harness_bench
 from wsl_bench.evaluation.harness import RunConfig
-from wsl_bench.pipeline import run
+from wsl_bench.pipeline import harness_bench, run
 
 
 def test_stage_medians_add_up_to_the_end_to_end_time(toy_dataset, tmp_path):
     toy_dataset.corrupt = {"toy-test-003"}
-    results = run_harness_bench(["intensity", "random"], dataset="toy", images=5, size=(64, 48),
+    results = harness_bench(["intensity", "random"], dataset="toy", images=5, size=(64, 48),
                                 loader_workers=0, out_dir=tmp_path / "scratch")
     assert [r["method"] for r in results] == ["intensity", "random"]
     for r in results:
@@ -38,7 +38,7 @@ def test_the_scratch_folder_is_removed_unless_kept(toy_dataset, isolated_cache, 
 def test_a_method_that_scores_nothing_is_a_clear_error(toy_dataset, tmp_path):
     toy_dataset.corrupt = {"toy-test-000", "toy-test-001"}
     with pytest.raises(ValueError, match="intensity: no image was scored"):
-        run_harness_bench(["intensity"], dataset="toy", images=2, size=(64, 48), loader_workers=0,
+        harness_bench(["intensity"], dataset="toy", images=2, size=(64, 48), loader_workers=0,
                           out_dir=tmp_path)
 
 

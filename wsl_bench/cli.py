@@ -450,12 +450,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from wsl_bench.pipeline import parse_methods
 
     if args.harness:
-        from wsl_bench.evaluation.bench_harness import format_harness_bench, run_harness_bench
+        from wsl_bench.evaluation.bench_harness import format_harness_bench
+        from wsl_bench.pipeline import harness_bench
 
-        results = run_harness_bench(parse_methods(args.methods), dataset=args.dataset, data_root=args.data_root,
-                                    split=args.split, images=args.images, size=args.size, precision=args.precision,
-                                    device=args.device, loader_workers=args.loader_workers,
-                                    batch_size=args.batch_size, out_dir=args.out)
+        results = harness_bench(parse_methods(args.methods), dataset=args.dataset, data_root=args.data_root,
+                                split=args.split, images=args.images, size=args.size, precision=args.precision,
+                                device=args.device, loader_workers=args.loader_workers, batch_size=args.batch_size,
+                                out_dir=args.out)
         print(json.dumps(results, indent=2) if args.json else format_harness_bench(results))
         return 0
     specs: list = []

@@ -10,9 +10,12 @@ place (:func:`run`). The layers below do one job each and know nothing of the ot
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import torch.distributed as dist
 
 from wsl_bench.atomic_io import remove_leftover_temporaries
 from wsl_bench.data import MammogramDataset
+from wsl_bench.evaluation.bench_harness import run_harness_bench
 from wsl_bench.evaluation.figure_maps import figure_maps_present
 from wsl_bench.evaluation.harness import (
     RunConfig,
@@ -660,3 +664,21 @@ def summarise_statuses(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def harness_bench(methods: Sequence[str], dataset: str = "folder", data_root: str | None = None, split: str = "test",
+                  images: int = 8, size: tuple[int, int] = (2944, 1920), precision: str = "fp32",
+                  device: str = "cpu", loader_workers: int | None = None, batch_size: int = 1,
+                  out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """``wsl-bench bench --harness``: each method built as a run builds it (untrained, with
+    ``precision`` where the method takes one), then timed stage by stage through the harness on the
+    first ``images`` images of the split (:func:`wsl_bench.evaluation.bench_harness.run_harness_bench`)."""
+    load_builtins()
+
+    def options(name: str) -> tuple[tuple[str, Any], ...]:
+        factory = METHODS.get(split_method_name(name)[0])
+        return (("precision", precision),) if "precision" in inspect.signature(factory).parameters else ()
+
+    config = RunConfig(methods=tuple(methods), dataset=dataset, data_root=data_root, split=split, preset="full",
+                       device=device, batch_size=batch_size, image_size=tuple(size), loader_workers=loader_workers,
+                       validation_split=None, method_options=tuple((m, options(m)) for m in methods))
+    built = [(name, create_run_method(name, config).method) for name in methods]
+    return run_harness_bench(built, lambda: open_dataset(config), config, images=images, out_dir=out_dir)

@@ -21,15 +21,20 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from wsl_bench.data import MammogramDataset
 from wsl_bench.evaluation.records import RecordWriter, read_records
 from wsl_bench.paths import cache_root
+from wsl_bench.saliency import SaliencyMethod
+
+if TYPE_CHECKING:
+    from wsl_bench.evaluation.harness import RunConfig
 
 STAGES = ("load", "predict", "score", "write")
 
@@ -60,22 +65,20 @@ class HarnessBenchResult:
 
 
 def run_harness_bench(
-    methods: Sequence[str],
-    dataset: str = "folder",
-    data_root: str | None = None,
-    split: str = "test",
+    methods: Sequence[tuple[str, SaliencyMethod]],
+    open_split: Callable[[], MammogramDataset],
+    config: RunConfig,
     images: int = 8,
-    size: tuple[int, int] = (2944, 1920),
-    precision: str = "fp32",
-    device: str = "cpu",
-    loader_workers: int | None = None,
-    batch_size: int = 1,
     out_dir: str | Path | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run each method on the first ``images`` images of ``dataset``'s ``split`` through the harness.
+    """Run each method on the first ``images`` images of a split through the harness.
 
     Args:
+        methods: ``(name, method)`` pairs, built as a run builds them
+            (:func:`wsl_bench.pipeline.harness_bench` does).
+        open_split: opens the split to read (a fresh dataset per method: each reads its images).
+        config: the run configuration the harness evaluates under (device, batch size, loader workers).
         out_dir: the scratch run folder (one sub-folder per method); ``None``: a temporary folder
             in the cache, removed afterwards.
 
@@ -83,54 +86,36 @@ def run_harness_bench(
         One :meth:`HarnessBenchResult.to_dict` per method, in the order given.
 
     Raises:
-        ValueError: no image could be scored (every stage median would be undefined).
+        ValueError: a method scored no image (every stage median would be undefined).
     """
-    from wsl_bench.evaluation.harness import RunConfig, SampleCache, evaluate_method
+    from wsl_bench.evaluation.harness import SampleCache, evaluate_method
     from wsl_bench.evaluation.loading import default_workers
-    from wsl_bench.pipeline import create_run_method, open_dataset
 
-    config = RunConfig(methods=tuple(methods), dataset=dataset, data_root=data_root, split=split, preset="full",
-                       device=device, batch_size=batch_size, image_size=tuple(size), loader_workers=loader_workers,
-                       validation_split=None)
-    ids = open_dataset(config).ids()[:images]
-    workers = loader_workers if loader_workers is not None else default_workers()
+    ids = open_split().ids()[:images]
+    workers = config.loader_workers if config.loader_workers is not None else default_workers()
     scratch = Path(out_dir) if out_dir is not None else None
     if scratch is None:
         cache_root().mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="bench-harness-", dir=cache_root()))
     results = []
     try:
-        for name in methods:
-            options = {"precision": precision} if _accepts(name, "precision") else {}
-            run_config = replace(config, methods=(name,), method_options=((name, tuple(options.items())),))
-            method = create_run_method(name, run_config).method  # as a run builds it, untrained
+        for name, method in methods:
             folder = scratch / name
             folder.mkdir(parents=True, exist_ok=True)
-            samples = SampleCache(open_dataset(config), budget_bytes=0)  # every method reads its images
+            samples = SampleCache(open_split(), budget_bytes=0)  # every method reads its images
             start = time.perf_counter()
             with RecordWriter(folder / "records.jsonl") as writer:
-                evaluate_method(method, ids, samples, writer, run_config, folder, set(), progress=progress)
+                evaluate_method(method, ids, samples, writer, config, folder, set(), progress=progress)
             wall = time.perf_counter() - start
             records = [r for r in read_records(folder / "records.jsonl") if r["method"] == name]
-            results.append(_summarise(name, records, config, precision, workers, wall).to_dict())
-            del method
+            results.append(_summarise(name, records, config, workers, wall).to_dict())
     finally:
         if out_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
-def _accepts(name: str, option: str) -> bool:
-    """Whether the method ``name`` (its registered class) takes the constructor option ``option``."""
-    import inspect
-
-    from wsl_bench.registry import METHODS, split_method_name
-
-    factory = METHODS.get(split_method_name(name)[0])
-    return option in inspect.signature(factory).parameters
-
-
-def _summarise(name: str, records: list[dict[str, Any]], config: Any, precision: str, workers: int,
+def _summarise(name: str, records: list[dict[str, Any]], config: RunConfig, workers: int,
                wall: float) -> HarnessBenchResult:
     ok = [r for r in records if r["status"] == "ok"]
     if not ok:
@@ -141,7 +126,8 @@ def _summarise(name: str, records: list[dict[str, Any]], config: Any, precision:
     medians = {stage: statistics.median(values) for stage, values in per_stage.items()}
     overhead = [totals[i] - per_stage["predict"][i] for i in range(len(ok))]
     return HarnessBenchResult(
-        method=name, dataset=config.dataset, image_size=tuple(config.image_size), precision=precision,
+        method=name, dataset=config.dataset, image_size=tuple(config.size()),
+        precision=dict(config.options_for(name)).get("precision", "fp32"),
         device=config.device, images=len(records), failed=len(records) - len(ok), loader_workers=workers,
         threads=torch.get_num_threads(), stage_median_s=medians, end_to_end_median_s=statistics.median(totals),
         overhead_fraction=statistics.median(overhead) / medians["predict"] if medians["predict"] > 0 else float("nan"),
