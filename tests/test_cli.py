@@ -257,3 +257,14 @@ def test_a_report_without_valid_records_is_one_error_line(tmp_path, capsys):
     (run_dir / "records.jsonl").write_bytes(b"[1, 2]\n3\n")
     assert cli_exit_code(["report", str(run_dir)]) == 1
     assert_one_error_line(capsys.readouterr().err, str(run_dir), "no records to report")
+
+
+@pytest.mark.parametrize("method", ["intensity", "random"])
+def test_train_on_a_method_with_nothing_to_train_says_so_and_succeeds(method, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_exit_code(["train", "--method", method, "--preset", "tiny", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "has nothing to train" in captured.out and f"--methods {method}" in captured.out
+    assert captured.err == ""
+    assert not out.exists()  # information only: nothing is built or written

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from wsl_bench.evaluation.harness import RunConfig
 from wsl_bench.methods.explainers import PosthocExplainer
@@ -153,3 +154,86 @@ def test_readme_explainer_example_runs_through_the_pipeline_on_a_trained_classif
     assert manifest["checkpoints"][EXPLAINER_NAME] == manifest["checkpoints"]["cam"]
     identity = manifest["methods"][EXPLAINER_NAME]["identity_data"]
     assert identity["training"] == manifest["checkpoints"]["cam"]["cache_key"]
+
+
+# -- issue 16, item 10: what a constructor receives, and every attribute read from a method class ------------
+CONTRACT_ATTRIBUTE_READS = re.compile(
+    r"(?:METHODS\.get\([^)]*\)|\bfactory|\bcls|type\(\w+\))\.(\w+)\b(?!\()"  # METHODS.get(n).x, factory.x, type(m).x
+    r"|getattr\((?:METHODS\.get\([^)]*\)|factory|cls|obj), [\"'](\w+)[\"']"   # getattr(factory, "x", ...)
+)
+"""Attribute reads on a registered method class outside the methods themselves."""
+NOT_CONTRACT = {"__name__", "__mro__", "__module__", "__doc__", "split_options", "config_defaults", "published_file",
+                "network_class", "base", "variant"}
+"""Reads of Python's own attributes, and of the published-weight variants' own factories."""
+
+
+def _documented_attributes() -> set[str]:
+    text = README.read_text()
+    table = text[text.index("| class attribute |"):text.index("**Constructor")]
+    return set(re.findall(r"^\| `(\w+)`", table, re.M))
+
+
+def test_the_contract_documents_every_attribute_read_from_a_method_class():
+    read: set[str] = set()
+    for path in (ROOT / "wsl_bench").rglob("*.py"):
+        if path.relative_to(ROOT / "wsl_bench").parts[0] in ("methods", "datasets"):
+            continue  # the built-in methods read their own attributes; datasets are another contract
+        for match in CONTRACT_ATTRIBUTE_READS.finditer(path.read_text()):
+            read.add(match.group(1) or match.group(2))
+    read = (read - NOT_CONTRACT) | set(ATTRIBUTES)
+    assert {"requires_weights", "trainable", "default_classifier", "description"} <= read  # the scan finds them
+    undocumented = sorted(read - _documented_attributes())
+    assert not undocumented, f"read from method classes, undocumented in methods/README.md: {undocumented}"
+
+
+@pytest.fixture
+def recording_example():
+    """The README's inference example, registered, recording the keywords its constructor receives."""
+    base = _example_class("inference", SaliencyMethod)
+    received: list[dict] = []
+
+    class Recording(base):
+        def __init__(self, *args, **kwargs):
+            assert not args, f"the constructor received positional arguments {args}"
+            received.append(dict(kwargs))
+            super().__init__(**kwargs)
+
+    METHODS.register(EXAMPLE_NAME, Recording)
+    try:
+        yield received
+    finally:
+        METHODS.unregister(EXAMPLE_NAME)
+
+
+def test_a_run_constructs_the_method_with_exactly_the_documented_keywords(recording_example):
+    from wsl_bench.pipeline import create_run_method
+
+    config = RunConfig(methods=(EXAMPLE_NAME,), preset="tiny", image_size=(64, 48), seed=3,
+                       method_options=((EXAMPLE_NAME, (("kernel", 5),)),))
+    method = create_run_method(EXAMPLE_NAME, config).method
+    (received,) = recording_example
+    assert received == {"device": "cpu", "seed": 3, "image_size": (64, 48), "kernel": 5}
+    assert type(received["image_size"]) is tuple and all(type(v) is int for v in received["image_size"])
+    # what super().__init__ sets, as the contract says
+    assert method.device == torch.device("cpu") and method.seed == 3 and method.image_size == (64, 48)
+    assert method.kernel == 5 and method.name == EXAMPLE_NAME
+
+
+def test_create_method_passes_only_what_it_is_given(recording_example):
+    from wsl_bench.registry import create_method
+
+    method = create_method(EXAMPLE_NAME)
+    assert recording_example == [{}]
+    assert method.image_size == (2944, 1920) and method.device == torch.device("cpu")  # the defaults
+
+
+def test_an_option_the_constructor_does_not_name_is_one_usage_error(recording_example, tmp_path, capsys):
+    from wsl_bench.cli import main
+    from wsl_bench.registry import create_method
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nonsense'"):
+        create_method(EXAMPLE_NAME, nonsense=1)
+    code = main(["run", "--methods", EXAMPLE_NAME, "--option", "nonsense=1", "--preset", "tiny",
+                 "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--option nonsense" in err[0], err

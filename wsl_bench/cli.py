@@ -1,6 +1,6 @@
 """The ``wsl-bench`` command line.
 
-Sub-commands: ``list``, ``run``, ``train``, ``report``, ``data synth``, ``data prepare``, ``bench``.
+Sub-commands: ``list``, ``run``, ``train``, ``report``, ``data synth``, ``data prepare``, ``bench``, ``verify``.
 Exit codes: 0 success, 1 a run finished with failed images or a command failed, 2 bad usage
 (unknown method, dataset or preset name, malformed or out-of-range option, an option a method does
 not take, a missing or malformed dataset). Usage errors print one line, ``wsl-bench: error: ...``
@@ -106,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train what needs training, evaluate, write records and the report")
     p.add_argument("--methods", default=None,
-                   help="comma-separated names or wildcards, e.g. 'glam,gmic' or 'gmic*' (default: every method "
-                        "that needs no user-supplied weights)")
+                   help="comma-separated names or wildcards, e.g. 'glam,gmic' or 'gmic*' (default: every built-in "
+                        "method that needs no user-supplied weights); wildcards match built-in methods, "
+                        "'plugin:*' (or 'plugin:PATTERN') installed plugin methods, a plugin's name that plugin")
+    p.add_argument("--with-plugins", action="store_true",
+                   help="also run every installed plugin method that needs no user-supplied weights")
     p.add_argument("--dataset", default="synthetic", help="registered dataset (default: synthetic)")
     p.add_argument("--data-root", type=existing_path, default=None,
                    help="the dataset's files (not needed for synthetic)")
@@ -198,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run's manifest.json whose training times fill that preset's column (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("verify", help="compare GLAM or GMIC with your own checkout of the published code",
+                       description="Import the published model from your checkout of nyukat/GLAM or nyukat/GMIC "
+                                   "(never copied), give it and ours the same random weights, run both on the same "
+                                   "random image (the published window-search defect corrected in memory) and print "
+                                   "the largest difference per output and the patch locations. Exit 1 when an "
+                                   "output differs by more than the tolerance or a patch location differs.")
+    p.add_argument("model", choices=["glam", "gmic"])
+    p.add_argument("--published", required=True, type=existing_path, metavar="PATH",
+                   help="your clone of https://github.com/nyukat/GLAM or https://github.com/nyukat/GMIC")
+    p.add_argument("--size", type=parse_image_size, default=None, metavar="HxW",
+                   help="input size (default: the published 2944x1920; both models keep the published strides)")
+    p.add_argument("--crop", type=positive_int, default=None, metavar="PIXELS",
+                   help="patch side for both models (default: the published 512 for GLAM, 256 for GMIC)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the random weights and image")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute difference allowed (1e-4)")
+    p.add_argument("--engine", choices=["fast", "plain", "both"], default="both",
+                   help="our inference path(s) to compare (default both)")
+
     p = sub.add_parser("bench", help="speed and memory of methods at batch 1")
     p.add_argument("--methods", default="glam,gmic")
     p.add_argument("--device", default="cpu")
@@ -228,9 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_list(args: argparse.Namespace) -> int:
     from wsl_bench.registry import DATASETS, METHODS, list_datasets, list_methods
 
+    def entry(registry: Any, name: str) -> dict[str, Any]:
+        item = {"name": name, "description": registry.describe(name)}
+        if registry.is_plugin(name):  # named so a reader knows it is not part of the default benchmark
+            source = registry.plugins()[name]
+            item["plugin"] = {"package": source["package"], "version": source["version"]}
+        return item
+
     listing = {
-        "methods": [{"name": n, "description": METHODS.describe(n)} for n in list_methods()],
-        "datasets": [{"name": n, "description": DATASETS.describe(n)} for n in list_datasets()],
+        "methods": [entry(METHODS, n) for n in list_methods()],
+        "datasets": [entry(DATASETS, n) for n in list_datasets()],
     }
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -238,8 +266,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in ("methods", "datasets"):
         print(f"{kind}:")
         width = max((len(e["name"]) for e in listing[kind]), default=0)
-        for entry in listing[kind]:
-            print(f"  {entry['name']:<{width}}  {entry['description']}")
+        for item in listing[kind]:
+            plugin = item.get("plugin")
+            origin = f"  [plugin {plugin['package']} {plugin['version']}]" if plugin else ""
+            print(f"  {item['name']:<{width}}  {item['description']}{origin}")
     return 0
 
 
@@ -252,7 +282,7 @@ def _run_config(args: argparse.Namespace):
     load_builtins()
     get_preset(args.preset)
     DATASETS.get(args.dataset)
-    methods = parse_methods(args.methods, args.preset)
+    methods = parse_methods(args.methods, args.preset, with_plugins=args.with_plugins)
     options: dict[str, Any] = dict(args.option)
     if args.classifier:
         options["classifier"] = args.classifier
@@ -331,7 +361,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     factory = METHODS.get(split_method_name(args.method)[0])
     # a post-hoc explainer trains the classifier method it explains
     if not (getattr(factory, "trainable", False) or getattr(factory, "default_classifier", None)):
-        raise UsageError(f"method {args.method!r} has nothing to train")
+        # not a mistake: the method is evaluated as constructed, so there is simply nothing to do here
+        print(f"method {args.method!r} has nothing to train: `wsl-bench run --methods {args.method}` evaluates it "
+              "as constructed")
+        return 0
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed, image_size=args.image_size,
                        method_options=((args.method, tuple(sorted(dict(args.option).items()))),))
@@ -472,8 +505,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from wsl_bench.methods.verify import ENGINES, VerifyError, VerifyUsageError, verify
+
+    engines = ENGINES if args.engine == "both" else (args.engine,)
+    try:
+        result = verify(args.model, args.published, size=args.size, crop=args.crop, seed=args.seed,
+                        tolerance=args.tolerance, engines=engines)
+    except VerifyUsageError as exc:
+        raise UsageError(str(exc)) from None
+    except VerifyError as exc:  # the checkout does not build or run as published: not faithful as given
+        print(f"wsl-bench verify: error: {exc}", file=sys.stderr)
+        return 1
+    print(result.format())
+    return 0 if result.ok else 1
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_report, "data": cmd_data,
-            "describe": cmd_describe, "bench": cmd_bench}
+            "describe": cmd_describe, "bench": cmd_bench, "verify": cmd_verify}
 
 
 def _refused_option(exc: TypeError, args: argparse.Namespace) -> str | None:

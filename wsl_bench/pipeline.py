@@ -49,6 +49,7 @@ from wsl_bench.presets import get_preset
 from wsl_bench.registry import (
     DATASETS,
     METHODS,
+    UnknownNameError,
     create_dataset,
     create_method_with_classifier,
     explained_classifier_name,
@@ -75,36 +76,72 @@ from wsl_bench.weights import file_sha256
 log = logging.getLogger(__name__)
 
 
-def default_methods(preset: str | None = None) -> list[str]:
-    """Every registered method that runs without user-supplied files (published-weight variants
+PLUGIN_PREFIX = "plugin:"
+"""``--methods 'plugin:PATTERN'`` selects the installed plugin methods matching ``PATTERN``."""
+
+
+def default_methods(preset: str | None = None, with_plugins: bool = False) -> list[str]:
+    """Every built-in method that runs without user-supplied files (published-weight variants
     such as ``gmic.m1`` need the user's weights and are left out of the default benchmark), less
-    those the preset leaves out of its default run for time (``Preset.skip_by_default``)."""
+    those the preset leaves out of its default run for time (``Preset.skip_by_default``).
+
+    Installed plugin methods join only with ``with_plugins``, after the built-in ones: installing a
+    package must not change what the default benchmark, and so the reference report, contains."""
     skipped = set(get_preset(preset).skip_by_default) if preset else set()
-    return [name for name in list_methods("*") if not METHODS.get(name).requires_weights and name not in skipped]
+    names = [name for name in list_methods("*") if name not in skipped]
+    builtin = [name for name in names if not METHODS.is_plugin(name)]
+    plugins = [name for name in names if with_plugins and METHODS.is_plugin(name)]
+    return [name for name in builtin + plugins if not METHODS.get(name).requires_weights]
 
 
-def parse_methods(spec: str | None, preset: str | None = None) -> list[str]:
-    """``"a,b,gmic*,gradcam@gmic"`` → method names (wildcards expanded, ``explainer@classifier``
-    names checked part by part); ``None`` or empty → :func:`default_methods` of ``preset``.
+def _select(pattern: str) -> list[str]:
+    """The methods one ``--methods`` item selects: ``plugin:PATTERN`` the plugin methods matching
+    ``PATTERN``; a name exactly that method (built-in or plugin); any other wildcard the built-in
+    methods it matches (so ``'*'`` or ``'gmic*'`` mean the same whatever is installed)."""
+    if pattern.startswith(PLUGIN_PREFIX):
+        wanted = pattern[len(PLUGIN_PREFIX):].strip() or "*"
+        plugins = [n for n in list_methods("*") if METHODS.is_plugin(n)]
+        matches = [n for n in plugins if fnmatch.fnmatchcase(n, wanted)]
+        if not matches:
+            installed = ", ".join(plugins) or "(none installed)"
+            raise UnknownNameError(f"no plugin method matches {wanted!r}; plugin methods: {installed}")
+        return matches
+    matches = list_methods(pattern)
+    if not any(ch in pattern for ch in "*?["):
+        return matches
+    builtin = [n for n in matches if not METHODS.is_plugin(n)]
+    if not builtin:
+        raise UnknownNameError(f"{pattern!r} matches only plugin methods ({', '.join(matches)}): select them with "
+                               f"'{PLUGIN_PREFIX}{pattern}' or by name")
+    return builtin
+
+
+def parse_methods(spec: str | None, preset: str | None = None, with_plugins: bool = False) -> list[str]:
+    """``"a,b,gmic*,gradcam@gmic,plugin:*"`` → method names (wildcards expanded over the built-in
+    methods, ``plugin:PATTERN`` over the installed plugins, ``explainer@classifier`` names checked
+    part by part); ``None`` or empty → :func:`default_methods` of ``preset``. ``with_plugins`` adds
+    the plugin methods the default benchmark would take (those needing no user-supplied weights).
 
     Raises:
         UnknownNameError: a name or pattern that matches nothing, listing the known names.
     """
 
     if not spec or not spec.strip():
-        return default_methods(preset)
+        return default_methods(preset, with_plugins)
     names: list[str] = []
     for pattern in (p.strip() for p in spec.split(",")):
         if not pattern:
             continue
         base, implied = split_method_name(pattern)
-        if implied:
+        if implied and not pattern.startswith(PLUGIN_PREFIX):
             METHODS.list(base)  # both halves must be known methods
             METHODS.list(implied["classifier"])
             matches = [pattern]
         else:
-            matches = list_methods(pattern)
+            matches = _select(pattern)
         names.extend(m for m in matches if m not in names)
+    if with_plugins:
+        names.extend(m for m in default_methods(preset, with_plugins=True) if METHODS.is_plugin(m) and m not in names)
     return names
 
 

@@ -3,7 +3,9 @@
 One registry per kind of plugin. Built-in plugins register with a decorator that names them
 explicitly; third-party packages expose theirs through the entry-point groups
 ``wsl_bench.methods`` and ``wsl_bench.datasets`` (the entry point's name is the registered name,
-its object the class or factory), loaded the first time a registry is queried.
+its object the class or factory), loaded the first time a registry is queried. A registry remembers
+which names came from entry points and from which package and version (:meth:`Registry.plugins`):
+the pipeline leaves plugin methods out of runs that do not ask for them, and manifests record them.
 
 Names may carry a variant tag after a dot, ``gmic.m1``: a variant is registered as its own name,
 so listing ``gmic*`` shows every variant.
@@ -58,6 +60,7 @@ class Registry(Generic[T]):
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Callable[..., T]] = {}
         self._entry_points_loaded = False
+        self._plugins: dict[str, dict[str, Any]] = {}
 
     # -- registration -----------------------------------------------------------------------
     def register(self, name: str, factory: Callable[..., T] | None = None):
@@ -89,12 +92,31 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            source = _plugin_source(ep)
             if ep.name in self._entries:
-                continue  # a built-in name wins; a plugin cannot silently replace it
+                # a built-in name wins; a plugin cannot silently replace it
+                log.warning("%s plugin %r from %s is ignored: the name is taken", self.kind, ep.name, ep.value)
+                self._plugins[ep.name] = {**source, "status": "ignored: the name is taken"}
+                continue
             try:
                 self.register(ep.name, ep.load())
             except Exception as exc:  # a broken plugin must not break the whole suite
                 log.warning("could not load %s plugin %r from %s: %s", self.kind, ep.name, ep.value, exc)
+                self._plugins[ep.name] = {**source, "status": f"failed: {exc}"}
+            else:
+                self._plugins[ep.name] = {**source, "status": "loaded"}
+
+    def is_plugin(self, name: str) -> bool:
+        """Whether ``name`` was registered from an installed package's entry point (not by the suite)."""
+        self._load_entry_points()
+        return self._plugins.get(name, {}).get("status") == "loaded" and name in self._entries
+
+    def plugins(self) -> dict[str, dict[str, Any]]:
+        """Every entry point of the group, by name: ``{"package", "version", "entry_point", "status"}``
+        (``status``: ``"loaded"``, ``"ignored: the name is taken"`` or ``"failed: <error>"``).
+        Run manifests record it, so a result can name the plugin code that produced it."""
+        self._load_entry_points()
+        return {name: dict(info) for name, info in sorted(self._plugins.items())}
 
     def get(self, name: str) -> Callable[..., T]:
         """The factory registered under ``name``.
@@ -144,6 +166,13 @@ class Registry(Generic[T]):
         if isinstance(text, list):
             text = text[0] if text else ""
         return str(text).strip()
+
+
+def _plugin_source(ep: importlib.metadata.EntryPoint) -> dict[str, Any]:
+    """The distribution (package name and version) that declares the entry point ``ep``."""
+    dist = getattr(ep, "dist", None)
+    name = dist.metadata["Name"] if dist is not None else None
+    return {"package": name, "version": dist.version if dist is not None else None, "entry_point": ep.value}
 
 
 METHODS: Registry = Registry("method", "wsl_bench.methods")

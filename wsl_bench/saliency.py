@@ -184,11 +184,15 @@ class SaliencyMethod(ABC):
     def __init__(
         self, device: str | torch.device = "cpu", seed: int = 0, image_size: tuple[int, int] | None = None
     ) -> None:
-        """Args:
-        device: where ``predict`` runs; inputs arrive on this device.
-        seed: seeds any randomness of the method (random baselines, initialisation).
-        image_size: ``(H, W)`` of the images it will see, for methods whose architecture scales
-            with the input (patch sizes, windows); ``None`` means the published 2944×1920.
+        """Every subclass calls this with exactly these three keywords and keeps its own options: there
+        is no ``**options`` here, so an option no constructor names fails with a ``TypeError``
+        (``wsl-bench`` reports it as a usage error naming the flag). See ``methods/README.md``.
+
+        Args:
+            device: where ``predict`` runs; inputs arrive on this device.
+            seed: seeds any randomness of the method (random baselines, initialisation).
+            image_size: ``(H, W)`` of the images it will see, for methods whose architecture scales
+                with the input (patch sizes, windows); ``None`` means the published 2944×1920.
         """
         self.device = torch.device(device)
         self.seed = seed

@@ -45,6 +45,7 @@ from wsl_bench.evaluation.manifest import (
     device_info,
     git_state,
     package_versions,
+    plugin_packages,
     read_json,
 )
 from wsl_bench.evaluation.profiling import count_gflops, measure, memory_kind
@@ -148,6 +149,7 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "preset": get_preset(config.preset).to_dict(),
         "seed": config.seed,
         "packages": package_versions(),
+        "plugins": plugin_packages(),
         "git": git_state(),
         "device": device_info(torch.device(config.device)),
         "memory_kind": memory_kind(torch.device(config.device)),

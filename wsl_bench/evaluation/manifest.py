@@ -32,6 +32,17 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def plugin_packages() -> dict[str, dict[str, dict[str, Any]]]:
+    """Every installed plugin, methods and datasets, by registered name: its package name, version,
+    entry point and whether it loaded (``wsl_bench.registry.Registry.plugins``). Recorded whether or not
+    the run uses it: a plugin may register more than its entry point names, so its presence is part
+    of what produced the run."""
+    from wsl_bench.registry import DATASETS, METHODS, load_builtins
+
+    load_builtins()  # built-in names first: a plugin cannot take one of them
+    return {"methods": METHODS.plugins(), "datasets": DATASETS.plugins()}
+
+
 def git_state() -> dict[str, Any]:
     """Commit and dirty flag of the checkout the package is imported from (``None`` outside git)."""
     here = Path(__file__).resolve().parent
