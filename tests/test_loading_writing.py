@@ -61,11 +61,20 @@ def test_images_loaded_once_are_served_from_the_cache(toy_dataset, monkeypatch):
 def test_default_workers_leave_the_model_its_threads(monkeypatch):
     import torch
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
-    assert default_workers() == 2
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    assert default_workers() == 0
+    def machine(cores: int, threads: int) -> None:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+
+    machine(8, 6)
+    assert default_workers("cpu") == 2
+    machine(8, 8)
+    assert default_workers("cpu") == 1  # one reads ahead while the model is not using every core
+    machine(1, 1)
+    assert default_workers("cpu") == 0
+    machine(16, 16)
+    assert default_workers("cuda") == 8  # the GPU computes: the CPU's cores read images
+    machine(2, 2)
+    assert default_workers("cuda") == 1
 
 
 def _without_timings(records):

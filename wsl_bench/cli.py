@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per predict call")
     p.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
-                   help="processes reading images ahead of the model (default: the cores the model's threads "
-                        "leave; 0 reads in the main process); changes no result")
+                   help="processes reading images ahead of the model (default: the cores the model's threads leave, "
+                        "at least 1 on two cores or more; on a GPU every core but one, at most 8; 0 reads in the "
+                        "main process); changes no result")
     p.add_argument("--classifier", default=None,
                    help="classifier explained by post-hoc explainers (e.g. cam, gmic, glam)")
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     harness.add_argument("--split", default="test", choices=["train", "val", "test"])
     harness.add_argument("--images", type=positive_int, default=8, help="images per method (default 8)")
     harness.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
-                         help="processes reading images ahead (default: the cores the model's threads leave)")
+                         help="processes reading images ahead (default as for run)")
     harness.add_argument("--batch-size", type=positive_int, default=1)
     harness.add_argument("--out", default=None,
                          help="scratch run folder to keep (default: a temporary folder in the cache, removed)")

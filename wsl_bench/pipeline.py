@@ -11,12 +11,11 @@ place (:func:`run`). The layers below do one job each and know nothing of the ot
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -706,16 +705,23 @@ def harness_bench(methods: Sequence[str], dataset: str = "folder", data_root: st
                   device: str = "cpu", loader_workers: int | None = None, batch_size: int = 1,
                   out_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """``wsl-bench bench --harness``: each method built as a run builds it (untrained, with
-    ``precision`` where the method takes one), then timed stage by stage through the harness on the
+    ``precision`` where the method takes that option), then timed stage by stage through the harness on the
     first ``images`` images of the split (:func:`wsl_bench.evaluation.bench_harness.run_harness_bench`)."""
     load_builtins()
-
-    def options(name: str) -> tuple[tuple[str, Any], ...]:
-        factory = METHODS.get(split_method_name(name)[0])
-        return (("precision", precision),) if "precision" in inspect.signature(factory).parameters else ()
-
-    config = RunConfig(methods=tuple(methods), dataset=dataset, data_root=data_root, split=split, preset="full",
-                       device=device, batch_size=batch_size, image_size=tuple(size), loader_workers=loader_workers,
-                       validation_split=None, method_options=tuple((m, options(m)) for m in methods))
-    built = [(name, create_run_method(name, config).method) for name in methods]
+    base = RunConfig(methods=tuple(methods), dataset=dataset, data_root=data_root, split=split, preset="full",
+                     device=device, batch_size=batch_size, image_size=tuple(size), loader_workers=loader_workers,
+                     validation_split=None)
+    built, options = [], []
+    for name in methods:
+        with_precision = replace(base, method_options=((name, (("precision", precision),)),))
+        try:
+            method = create_run_method(name, with_precision).method
+            options.append((name, (("precision", precision),)))
+        except TypeError as exc:  # a method without a precision option (a baseline) runs as it is
+            if "precision" not in str(exc):
+                raise
+            method = create_run_method(name, base).method
+            options.append((name, ()))
+        built.append((name, method))
+    config = replace(base, method_options=tuple(options))
     return run_harness_bench(built, lambda: open_dataset(config), config, images=images, out_dir=out_dir)

@@ -92,7 +92,7 @@ def run_harness_bench(
     from wsl_bench.evaluation.loading import default_workers
 
     ids = open_split().ids()[:images]
-    workers = config.loader_workers if config.loader_workers is not None else default_workers()
+    workers = config.loader_workers if config.loader_workers is not None else default_workers(config.device)
     scratch = Path(out_dir) if out_dir is not None else None
     if scratch is None:
         cache_root().mkdir(parents=True, exist_ok=True)

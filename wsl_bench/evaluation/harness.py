@@ -77,9 +77,9 @@ class RunConfig:
         method_options: extra constructor options per method, as ``((method, ((key, value), ...)), ...)``.
         image_size: ``(H, W)`` replacing the preset's image size (``None``: the preset's); the
             preset's split sizes, training budget and method settings still apply.
-        loader_workers: processes reading images ahead of the model (``None``: the cores the model's
-            threads leave, :func:`~wsl_bench.evaluation.loading.default_workers`; 0: read in the
-            main process). Changes no result, so it is not part of the run's identity.
+        loader_workers: processes reading images ahead of the model (``None``:
+            :func:`~wsl_bench.evaluation.loading.default_workers`; 0: read in the main process).
+            Changes no result, so it is not part of the run's identity.
     """
 
     methods: tuple[str, ...]
@@ -295,7 +295,7 @@ def evaluate_method(
     warmed_up = False
     desc = f"evaluate {method.name}" + ("" if split == config.split else f" ({split})")
     bar = tqdm(total=len(ids), desc=desc, disable=not progress, unit="img")
-    workers = config.loader_workers if config.loader_workers is not None else default_workers()
+    workers = config.loader_workers if config.loader_workers is not None else default_workers(device)
     background = BackgroundWriter(writer)
 
     def failed(sample_id: str, status: str, message: str) -> None:

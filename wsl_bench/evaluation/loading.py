@@ -40,11 +40,20 @@ class Loaded:
     error: SampleError | None = None
 
 
-def default_workers() -> int:
-    """Loader processes when the user sets none: the cores the model's threads leave free (0 on a
-    machine whose cores all run the model: the images are then read in the main process)."""
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """Loader processes when the user sets none.
+
+    On a GPU the model's CPU threads mostly wait, so every core but the main process's reads
+    images (at most 8). On the CPU, the cores the model's threads leave, but at least one where
+    there are two cores or more: a model does not keep every core busy all the time (memory-bound
+    layers, Python between operators), and one worker decoding ahead paid for itself even on the
+    2-core machine this suite was tuned on (GMIC bf16 at 2944×1920 on 16-bit PNGs: 493 ms per image
+    end to end with no worker, 323 ms with one; predict alone 260–290 ms either way).
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, cores - torch.get_num_threads())
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, cores - 1))
+    return max(1 if cores >= 2 else 0, cores - torch.get_num_threads())
 
 
 def load_one(dataset: MammogramDataset, sample_id: str) -> Loaded:
