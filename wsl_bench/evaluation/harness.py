@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from wsl_bench.atomic_io import write_text_atomic
 from wsl_bench.data import DatasetError, MammogramDataset, Sample, SampleError
 from wsl_bench.evaluation import cpu_histograms
+from wsl_bench.evaluation.figure_maps import save_figure_maps
 from wsl_bench.evaluation.identity import current_records
 from wsl_bench.evaluation.loading import Loaded, default_workers, load_batches, load_one
 from wsl_bench.evaluation.manifest import (
@@ -282,15 +284,16 @@ def evaluate_method(
     becomes a failed record of the images concerned and the run goes on.
 
     The stages overlap: images are read ahead by loader workers (:mod:`wsl_bench.evaluation.loading`,
-    ``config.loader_workers``), records and figure maps are written by a background thread
-    (:mod:`wsl_bench.evaluation.writer`). Each ``ok`` record keeps what its image cost the main
-    thread, stage by stage (``stage_s``: ``load`` waiting for the image, ``score``, ``write``
-    waiting for the writer; ``time_s`` is ``predict``), so the report can show the end-to-end
-    seconds per image beside the model's own.
+    ``config.loader_workers``), and each batch's maps are scored and its records written by a
+    background thread (:mod:`wsl_bench.evaluation.writer`) while the next batch's ``predict`` runs.
+    Each ``ok`` record keeps its stage times (``time_s``: ``predict``; ``stage_s``: ``load``, the main
+    thread waiting for the image, ``write``, the main thread waiting for the previous batch's scoring
+    and writing, and ``score``, the scoring itself, done in the background), so the report can show
+    the end-to-end seconds per image beside the model's own.
     """
     split = split or config.split
     device = torch.device(config.device)
-    counts = {"ok": 0, "failed": 0, "oom": 0}
+    counts = {"ok": 0, "failed": 0, "oom": 0}  # updated by the background thread only
     gflops_per_image: float | None = None
     warmed_up = False
     desc = f"evaluate {method.name}" + ("" if split == config.split else f" ({split})")
@@ -298,9 +301,38 @@ def evaluate_method(
     workers = config.loader_workers if config.loader_workers is not None else default_workers(device)
     background = BackgroundWriter(writer)
 
-    def failed(sample_id: str, status: str, message: str) -> None:
-        background.write(make_record(sample_id, method.name, status, message, split=split, identity=identity))
-        counts[status] += 1
+    def write_failed(sample_ids: list[str], status: str, message: str) -> None:
+        """(In the background thread.) One failed record per image."""
+        for sample_id in sample_ids:
+            writer.write(make_record(sample_id, method.name, status, message, split=split, identity=identity))
+            counts[status] += 1
+
+    def score_and_write(maps: torch.Tensor, map_range: str, scores: torch.Tensor, loaded: list[Sample],
+                        common: dict[str, Any], load_s: float, wait_s: float) -> None:
+        """(In the background thread.) Score a batch's maps and write one record per image."""
+        start = time.perf_counter()
+        batch_scores = score_each(maps, map_range, loaded, config.bins)
+        ok, figures = [], []
+        for index, sample in enumerate(loaded):
+            try:
+                scored = batch_scores[index]
+                if isinstance(scored, Exception):
+                    raise scored
+                fields = {**scored.fields, **image_level_fields(scores[index], sample)}
+            except Exception as exc:  # a map the method returned that cannot be scored: that image fails
+                write_failed([sample.id], "failed", f"scoring: {type(exc).__name__}: {exc}")
+                continue
+            ok.append((sample, fields))
+            if sample.id in figure_ids:
+                figures.append((sample, scored.normalised_maps.cpu()))
+        n = len(loaded)
+        stage_s = {"load": load_s / n, "score": (time.perf_counter() - start) / n, "write": wait_s / n}
+        for sample, fields in ok:
+            writer.write(make_record(sample.id, method.name, "ok", split=split, identity=identity, stage_s=stage_s,
+                                     mask_kind=sample.meta.get("mask_kind", "pixel"), **common, **fields))
+            counts["ok"] += 1
+        for sample, normalised in figures:
+            save_figure_maps(out_dir, method.name, sample, normalised)
 
     try:
         batches = load_batches(samples, ids, config.batch_size, workers=workers)
@@ -310,13 +342,10 @@ def evaluate_method(
             if batch is None:
                 break
             load_s = time.perf_counter() - load_start
-            waited_before = background.waited_s
-            loaded: list[Sample] = []
-            for item in batch:
-                if item.error is not None:
-                    failed(item.sample_id, "failed", f"loading: {item.error}")
-                else:
-                    loaded.append(item.sample)
+            unreadable = [item for item in batch if item.error is not None]
+            for item in unreadable:
+                background.run(partial(write_failed, [item.sample_id], "failed", f"loading: {item.error}"))
+            loaded = [item.sample for item in batch if item.error is None]
             if not loaded:
                 bar.update(len(batch))
                 continue
@@ -343,41 +372,17 @@ def evaluate_method(
                 message = f"{type(exc).__name__}: {exc}"
                 if status == "oom":
                     message = f"out of memory on {device} for a batch of {len(loaded)} at {loaded[0].size}: {exc}"
-                for sample in loaded:
-                    failed(sample.id, status, message)
+                background.run(partial(write_failed, [sample.id for sample in loaded], status, message))
                 bar.update(len(batch))
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            score_start = time.perf_counter()
-            batch_scores = score_each(maps, map_range, loaded, config.bins)
-            records, figures = [], []
-            for index, sample in enumerate(loaded):
-                try:
-                    scored = batch_scores[index]
-                    if isinstance(scored, Exception):
-                        raise scored
-                    fields = {**scored.fields, **image_level_fields(scores[index], sample)}
-                except Exception as exc:  # a map the method returned that cannot be scored: that image fails
-                    failed(sample.id, "failed", f"scoring: {type(exc).__name__}: {exc}")
-                    continue
-                records.append((sample, fields))
-                if sample.id in figure_ids:
-                    figures.append((sample, scored.normalised_maps.cpu()))
-            score_s = time.perf_counter() - score_start
             n = len(loaded)
-            stage_s = {"load": load_s / n, "score": score_s / n,
-                       "write": (background.waited_s - waited_before) / n}
-            for sample, fields in records:
-                background.write(make_record(
-                    sample.id, method.name, "ok", split=split, identity=identity,
-                    time_s=cost.seconds / n, stage_s=stage_s, peak_memory_mb=cost.peak_memory_mb,
-                    gflops=gflops_per_image, batch_size=n, map_range=map_range, map_shape=list(maps.shape[-2:]),
-                    mask_kind=sample.meta.get("mask_kind", "pixel"), **fields,
-                ))
-                counts["ok"] += 1
-            for sample, normalised in figures:
-                background.save_figure_maps(out_dir, method.name, sample, normalised)
+            common = {"time_s": cost.seconds / n, "peak_memory_mb": cost.peak_memory_mb, "gflops": gflops_per_image,
+                      "batch_size": n, "map_range": map_range, "map_shape": list(maps.shape[-2:])}
+            wait_s = background.wait_idle()  # the previous batch is scored and written
+            background.run(partial(score_and_write, maps, map_range, scores, loaded, common, load_s, wait_s))
+            del maps, scores
             bar.update(len(batch))
     finally:
         background.close()  # every record handed over is durable before the caller goes on

@@ -1,12 +1,12 @@
-"""The run folder's writes, off the critical path: one background thread, one job at a time.
+"""Scoring and writing off the critical path: one background thread, one job at a time.
 
-Writing a record (JSON line, flush, ``fsync``) and an image's figure maps (two small ``.npz``
-files) takes the disk's time, not the CPU's; the harness hands each write to
-:class:`BackgroundWriter` and goes on with the next image. The bound is one job in flight: a job is
-handed over only once the previous one is durable, so a kill still loses at most the record being
-written (``records.jsonl`` keeps its promise, :mod:`wsl_bench.evaluation.records`), and the main
-thread never runs ahead of the disk by more than one image. A write that fails (a full disk) is
-raised in the main thread at the next hand-over or at :meth:`close`.
+The harness hands each batch's maps to :class:`BackgroundWriter` as one job — score them, write
+their records (JSON line, flush, ``fsync``) and figure maps — and goes on with the next batch's
+``predict``. The bound is one job in flight: a job is handed over only once the previous one is
+done and durable, so a kill loses at most the batch in flight (the record being written at the
+default batch size of 1; ``records.jsonl`` keeps its atomicity, :mod:`wsl_bench.evaluation.records`),
+the main thread never runs ahead by more than one batch, and at most two batches of maps are held.
+A job that fails (a full disk) is raised in the main thread at the next hand-over or at :meth:`close`.
 """
 
 from __future__ import annotations
@@ -60,11 +60,24 @@ class BackgroundWriter:
                 self._jobs.task_done()
 
     def _hand_over(self, job: Callable[[], None]) -> None:
-        start = time.perf_counter()
-        self._jobs.join()  # the previous job is durable: at most one in flight
-        self.waited_s += time.perf_counter() - start
-        self._raise_failure()
+        self.wait_idle()  # the previous job is durable: at most one in flight
         self._jobs.put(job)
+
+    def wait_idle(self) -> float:
+        """Wait until the job in flight (if any) is done; return the seconds waited (also added to
+        :attr:`waited_s`). Raises the error of a job that failed."""
+        start = time.perf_counter()
+        self._jobs.join()
+        waited = time.perf_counter() - start
+        self.waited_s += waited
+        self._raise_failure()
+        return waited
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in the thread once the job in flight is done (a job that scores a batch and
+        writes its records through :attr:`records`: the harness's way to take scoring off the
+        critical path too)."""
+        self._hand_over(job)
 
     def _raise_failure(self) -> None:
         if self._error is not None:
@@ -81,10 +94,7 @@ class BackgroundWriter:
 
     def flush(self) -> None:
         """Wait until every job is written; raise the error of one that failed."""
-        start = time.perf_counter()
-        self._jobs.join()
-        self.waited_s += time.perf_counter() - start
-        self._raise_failure()
+        self.wait_idle()
 
     def close(self) -> None:
         """Flush and stop the thread (the records file stays open: it belongs to the caller)."""
