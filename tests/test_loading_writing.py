@@ -191,3 +191,23 @@ def test_a_kill_loses_at_most_the_record_being_written(tmp_path):
     ids = _written_ids(path)
     assert ids == [f"img-{i:04d}" for i in range(len(ids))]
     assert len(ids) >= handed  # records 0 … handed-1 at least
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_images_reach_the_gpu_through_pinned_memory_and_score_alike(toy_dataset, tmp_path):
+    import torch
+
+    from wsl_bench.evaluation.harness import _to_device
+
+    dataset = toy_dataset(split="test")
+    samples = [dataset.get(i) for i in dataset.ids()[:3]]
+    images = _to_device(samples, torch.device("cuda"))
+    assert images.is_cuda and torch.equal(images.cpu(), torch.from_numpy(np.stack([s.image for s in samples])))
+    records = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        run(RunConfig(methods=("intensity",), dataset="toy", preset="tiny", device=device, batch_size=2), out,
+            progress=False, write_report=False)
+        records[device] = _without_timings(read_records(out / "records.jsonl"))
+    assert records["cpu"] == records["cuda"]  # maps at the image size: no device resize to differ
