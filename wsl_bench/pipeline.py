@@ -317,10 +317,6 @@ def ensure_trained(
         started = time.perf_counter()
         train_stages(job.method, job.train_config, folder, job.train_set, job.val_set, resume=True,
                      context=context, progress=progress)
-        # bfloat16 training on a CPU leaves the network in channels-last layout, whose convolutions
-        # round differently in the last bit; evaluated as a run that loads the cached checkpoint
-        # evaluates it (contiguous layout), a first run and a cached run give identical records.
-        job.method.network().to(memory_format=torch.contiguous_format)
         if context.is_main:  # wall time of this (last, possibly resumed) training, kept with the checkpoint
             write_json_atomic(folder / "timing.json", {"training_seconds": round(time.perf_counter() - started, 1)})
     elif job.donor is not None:

@@ -441,6 +441,10 @@ class Trainer:
         finally:
             for p in self.network.parameters():
                 p.requires_grad_(True)
+            # Hand the network back in the layout a loaded checkpoint has: bfloat16 training on a CPU
+            # switched it to channels-last, whose convolutions round differently in the last bit, so
+            # a network evaluated right after training would not score as the cached one does.
+            self.network.to(memory_format=torch.contiguous_format)
 
         final_path, best_path = self.out_dir / "final.pt", self.out_dir / "best.pt"
         if context.is_main and not (already_done and final_path.exists()):
