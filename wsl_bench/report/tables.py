@@ -2,14 +2,20 @@
 
 ``build_report(run_dir, out_dir)`` writes::
 
-    results.csv / results.md / results.tex   one row per method and class (columns: RESULT_COLUMNS)
+    results.csv / results.md / results.tex   one row per method and class (columns: RESULT_COLUMNS);
+                                             results.md leads with the ranked summary per class
+                                             (wsl_bench.report.summary) and ends with the definitions
     details.csv                              PxAP intervals, lesion-image and failure counts, why the
                                              headline Dice is missing where it is
-    qualitative.{png,pdf}                    image, ground truth and every method's map
-    dice_boxplot.{png,pdf}                   per-image headline Dice per method
-    dice_vs_lesion_size.{png,pdf}            headline Dice against lesion area
-    cost_vs_dice.{png,pdf}                   time per image against mean headline Dice
-    index.html                               all of the above on one page
+    qualitative*.{png,pdf}                   image, ground truth and every method's map, one figure per
+                                             method family, one block of rows per class
+    dice_boxplot.{png,pdf}                   per-image headline Dice per method, by family
+    dice_vs_lesion_size.{png,pdf}            headline Dice against lesion area, one panel per family and class
+    cost_vs_dice.{png,pdf}                   time per image against mean headline Dice, every method labelled
+    index.html                               all of the above on one self-contained page (wsl_bench.report.page)
+
+Methods whose maps are identical on every image are found from the records
+(:mod:`wsl_bench.report.equivalence`) and shown once in the summary and the figures.
 
 The headline Dice is Dice at the threshold chosen on the validation split (per method and class)
 and applied unchanged to the test split (``dice_val_tau`` at ``tau_val``); Dice at 0.5 and the
@@ -23,7 +29,6 @@ rebuilding the report of a run gives identical tables.
 
 from __future__ import annotations
 
-import html
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,6 +51,9 @@ from wsl_bench.evaluation.metrics import (
     selected_threshold,
 )
 from wsl_bench.evaluation.records import decode_counts, read_records
+from wsl_bench.report import families as report_families
+from wsl_bench.report import page, summary
+from wsl_bench.report.equivalence import IdenticalGroup, identical_groups
 from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
@@ -83,7 +91,8 @@ wall time of the model's `predict` after one warm-up call (median, 90th percenti
 the median per image of what the harness's main thread spent on it (waiting for the image to
 load, `predict`, waiting for the previous image's scoring and record; loading, scoring and writing
 run beside the model, so this is what the run pays, not the sum of the stages' work); peak
-memory (GPU memory allocated on CUDA, process peak resident memory on CPU), GFLOP per image
+memory (GPU memory allocated on CUDA; on CPU the method's own peak, the rise of the process's peak resident
+memory over its resident memory at the start of `predict`, the largest over the images), GFLOP per image
 (`torch.utils.flop_counter`), parameters in millions.
 """
 
@@ -311,43 +320,94 @@ def missing_headline_notes(details: pd.DataFrame) -> list[str]:
 
 
 def learning_warnings(manifest: dict[str, Any]) -> list[str]:
-    """One sentence per trained method whose checkpoint failed the learning check
-    (``checkpoints.<method>.learning_check``, :mod:`wsl_bench.training.learning_check`)."""
-    notes = []
+    """One sentence per distinct learning-check failure (``checkpoints.<method>.learning_check``,
+    :mod:`wsl_bench.training.learning_check`), naming every method whose checkpoint failed it that way.
+
+    A post-hoc explainer's checkpoint is its classifier's, so a classifier that did not learn fails the
+    same way under each explainer's name: one sentence names them all instead of one paragraph each.
+    """
+    failed: dict[tuple[str, ...], list[str]] = {}
     for method, facts in sorted((manifest.get("checkpoints") or {}).items()):
         problems = (facts or {}).get("learning_check") or []
         if problems:
-            notes.append(f"{method} did not learn: {'; '.join(problems)}. Its scores measure this training run, "
-                         "not the method.")
+            failed.setdefault(tuple(problems), []).append(method)
+    notes = []
+    for problems, methods in failed.items():
+        subject = ", ".join(methods)
+        scores = "Its scores measure" if len(methods) == 1 else "Their scores measure"
+        notes.append(f"{subject} did not learn: {'; '.join(problems)}. {scores} this training run, not the method.")
     return notes
 
 
-def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str, Any]) -> str:
+def run_line(manifest: dict[str, Any]) -> str:
+    """The sentence (Markdown) naming what was run: dataset, split, preset, seed, device, commit."""
     config = manifest.get("config", {})
     validation = manifest.get("validation") or {}
     val_split = validation.get("split") or config.get("validation_split")
-    lines = [
-        "# wsl-bench results",
-        "",
+    return (
         f"Dataset `{config.get('dataset')}` split `{config.get('split')}`, preset `{config.get('preset')}`"
         f"{_size_override(config)}, "
         f"seed {config.get('seed')}, device {manifest.get('device', {}).get('type')} "
         f"({manifest.get('device', {}).get('name')}), wsl-bench commit {manifest.get('git', {}).get('commit')}"
         f"{' (dirty)' if manifest.get('git', {}).get('dirty') else ''}."
         + (f" Headline Dice thresholds chosen on split `{val_split}`." if val_split and not validation.get("reason")
-           else ""),
-        "",
-    ]
+           else "")
+    )
+
+
+def notes_markdown(details: pd.DataFrame) -> str:
+    """The notes below the results (Markdown): why a headline is missing, images not scored, box masks."""
+    lines: list[str] = []
+    notes = missing_headline_notes(details)
+    if notes:
+        lines += ["**Headline Dice missing** (Dice@0.5 and the oracle Dice do not stand in for it):", ""]
+        lines += [f"- {note}" for note in notes] + [""]
+    if {"n_failed", "n_oom", "n_skipped", "n_val_not_scored"} <= set(details.columns):
+        not_scored = details["n_failed"] + details["n_oom"] + details["n_skipped"] + details["n_val_not_scored"]
+        problems = details[not_scored > 0]
+        if len(problems):
+            lines += ["**Images not scored** (see `records.jsonl` for each error):", ""]
+            for method, group in problems.groupby("method", sort=False):
+                g = group.iloc[0]
+                val = f"; {g['n_val_not_scored']} validation images not scored" if g["n_val_not_scored"] else ""
+                lines.append(f"- {method}: {g['n_failed']} failed, {g['n_oom']} out of memory, {g['n_skipped']} "
+                             f"skipped{val}")
+            lines += [""]
+    if "box_ground_truth" in details and details["box_ground_truth"].any():
+        boxed = ", ".join(sorted(set(details.loc[details["box_ground_truth"], "method"])))
+        lines += [f"Localisation metrics of {boxed} are box-based: the ground truth masks are filled boxes.", ""]
+    return "\n".join(lines).strip()
+
+
+def _by_family(results: pd.DataFrame, manifest: dict[str, Any]) -> list[int]:
+    """Row positions of ``results`` with methods by family (the floor last), classes in their order."""
+    if results.empty:
+        return []
+    order = {m: i for i, m in enumerate(report_families.ordered(results["method"].unique(), manifest))}
+    return sorted(range(len(results)), key=lambda i: order[results["method"].iloc[i]])
+
+
+def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str, Any],
+                summary_markdown: str = "") -> str:
+    """``results.md``: what was run, any training warning, the ranked summary, every column, notes, definitions."""
+    lines = ["# wsl-bench results", "", run_line(manifest), ""]
     warnings = learning_warnings(manifest)
-    if warnings:  # before the table: every number of these methods below depends on it
+    if warnings:  # before the tables: every number of these methods below depends on it
         lines += ["**Training did not converge** (validation metrics at chance level):", ""]
         lines += [f"- {note}" for note in warnings] + [""]
+    if summary_markdown:
+        lines += [summary_markdown.rstrip(), ""]
     lines += [
+        "## All results",
+        "",
+        "Every column, one row per method and class, methods by family (the floor last).",
+        "",
         "| method | class | Dice (val τ) [95% CI] | val τ | Dice@0.5 [95% CI] | oracle Dice (τ) | PxAP [95% CI] "
         "| AUC | n (test, val) | s/img (median, p90) | end-to-end s/img | peak MB | GFLOP | params (M) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (_, r), (_, d) in zip(results.iterrows(), details.iterrows(), strict=True):
+    for i in _by_family(results, manifest):
+        r, d = results.iloc[i], details.iloc[i]
         lines.append(
             f"| {r['method']} | {r['class']} "
             f"| {_fmt(r['dice_val_tau'])} [{_fmt(r['dice_val_tau_ci_low'])}, {_fmt(r['dice_val_tau_ci_high'])}] "
@@ -359,23 +419,10 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
             f"| {_fmt(r['time_median_s'], 4)}, {_fmt(r['time_p90_s'], 4)} | {_fmt(r['end_to_end_median_s'], 4)} "
             f"| {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r['gflops'], 2)} | {_fmt(r['params_m'], 3)} |"
         )
-    notes = missing_headline_notes(details)
+    notes = notes_markdown(details)
     if notes:
-        lines += ["", "**Headline Dice missing** (Dice@0.5 and the oracle Dice do not stand in for it):", ""]
-        lines += [f"- {note}" for note in notes]
-    not_scored = details["n_failed"] + details["n_oom"] + details["n_skipped"] + details["n_val_not_scored"]
-    problems = details[not_scored > 0]
-    if len(problems):
-        lines += ["", "**Images not scored** (see `records.jsonl` for each error):", ""]
-        for method, group in problems.groupby("method", sort=False):
-            g = group.iloc[0]
-            val = f"; {g['n_val_not_scored']} validation images not scored" if g["n_val_not_scored"] else ""
-            lines.append(f"- {method}: {g['n_failed']} failed, {g['n_oom']} out of memory, {g['n_skipped']} skipped"
-                         f"{val}")
-    if details["box_ground_truth"].any():
-        boxed = ", ".join(sorted(set(details.loc[details["box_ground_truth"], "method"])))
-        lines += ["", f"Localisation metrics of {boxed} are box-based: the ground truth masks are filled boxes."]
-    lines += ["", DEFINITIONS]
+        lines += ["", notes]
+    lines += ["", "## Definitions", "", DEFINITIONS]
     return "\n".join(lines) + "\n"
 
 
@@ -405,28 +452,39 @@ def to_latex(results: pd.DataFrame, details: pd.DataFrame | None = None) -> str:
 def to_html(
     results: pd.DataFrame,
     markdown: str,
-    figures: list[str],
+    figures: list[str | page.FigureEntry],
     notes: list[str] | None = None,
     warnings: list[str] | None = None,
+    *,
+    details: pd.DataFrame | None = None,
+    manifest: dict[str, Any] | None = None,
+    summaries: list[summary.ClassSummary] | None = None,
+    groups: list[IdenticalGroup] | None = None,
 ) -> str:
-    table = results.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–")
-    header = html.escape(markdown.split("\n\n")[1]) if "\n\n" in markdown else ""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>wsl-bench report</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>",
-        "<h1>wsl-bench report</h1>",
-        f"<p>{header}</p>",
-    ]
-    for warning in warnings or []:
-        parts.append(f"<p><strong>Training did not converge.</strong> {html.escape(warning)}</p>")
-    parts.append(table)
-    for note in notes or []:
-        parts.append(f"<p><strong>Headline Dice missing.</strong> {html.escape(note)}</p>")
-    for name in figures:
-        parts.append(f"<h2>{html.escape(name)}</h2><img src='{html.escape(name)}.png' alt='{html.escape(name)}'>")
-    parts.append(f"<pre>{html.escape(DEFINITIONS)}</pre></body></html>")
-    return "\n".join(parts)
+    """``index.html`` (:mod:`wsl_bench.report.page`). ``markdown`` is ``results.md``, whose second
+    paragraph (what was run) heads the page; ``notes`` are the missing-headline sentences, used when
+    ``details`` is not given (with it, the notes are those of ``results.md``)."""
+    manifest = manifest or {}
+    paragraphs = markdown.split("\n\n")
+    header = run_line(manifest) if manifest else (paragraphs[1] if len(paragraphs) > 1 else "")
+    if details is not None:
+        notes_md = notes_markdown(details)
+    else:
+        notes_md = "\n".join(f"- {note}" for note in notes or [])
+        notes_md = f"**Headline Dice missing** (Dice@0.5 and the oracle Dice do not stand in for it):\n\n{notes_md}" \
+            if notes_md else ""
+    order = report_families.ordered(results["method"].unique(), manifest) if "method" in results else None
+    summary_html = page.summary_section(summaries or [], groups or [], summary.FLOOR_DEFINITION,
+                                        summary.shortfall_sentence, summary.WHY_POINTER)
+    return page.render(
+        run_line=header,
+        warnings=warnings or [],
+        summary_html=summary_html,
+        results_html=page.results_table(results, details, manifest, order),
+        notes_markdown=notes_md,
+        figures=figures,
+        definitions=DEFINITIONS,
+    )
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -441,10 +499,13 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     for name, frame in (("results.csv", results), ("details.csv", details)):
         with atomic_write(out / name, "w", encoding="utf-8", newline="") as handle:
             frame.to_csv(handle, index=False, float_format="%.6g")
-    markdown = to_markdown(results, details, data.manifest)
+    groups = identical_groups(data)  # verified from the records, never assumed
+    summaries = summary.summarise(results, details, data.manifest, groups)
+    markdown = to_markdown(results, details, data.manifest, summary.to_markdown(summaries, groups))
     write_text_atomic(out / "results.md", markdown)
     write_text_atomic(out / "results.tex", to_latex(results, details))
-    figures = report_figures.draw_all(data, results, out)
-    write_text_atomic(out / "index.html", to_html(results, markdown, figures, missing_headline_notes(details),
-                                                     learning_warnings(data.manifest)))
+    figures = report_figures.draw_all(data, results, out, groups)
+    write_text_atomic(out / "index.html", to_html(results, markdown, figures, warnings=learning_warnings(data.manifest),
+                                                  details=details, manifest=data.manifest, summaries=summaries,
+                                                  groups=groups))
     return out

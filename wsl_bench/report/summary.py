@@ -1,0 +1,255 @@
+"""The report's lead: per class, the methods ranked on the headline metrics, set against the floor.
+
+For each class, every method other than the trivial baselines is ranked by the headline Dice
+(at the validation-selected τ) with PxAP beside it; methods whose maps are identical on every
+image (:mod:`wsl_bench.report.equivalence`) share one row. The baselines follow, set apart, as
+the floor. :data:`FLOOR_DEFINITION` states what "beats the floor" means; each method gets a
+verdict, and every one that does not clearly beat the floor gets a sentence saying by how much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+
+from wsl_bench.report import formatting as fmt
+from wsl_bench.report.equivalence import IDENTICAL_DEFINITION, IdenticalGroup
+from wsl_bench.report.families import FLOOR, Family, classifier_of, family_of, is_flagship, method_options
+from wsl_bench.saliency import CLASSES
+
+ABOVE = "above the floor"
+UNCLEAR = "not distinguishable from the floor"
+BELOW = "does not beat the floor"
+UNJUDGED = "not judged"
+FLOOR_ROW = "floor"
+
+FLOOR_DEFINITION = (
+    "The *floor* of a class is, for each headline metric, the best value any trivial baseline "
+    "(`intensity`, `centre_prior`, `random`) reaches on it. A method *beats the floor* for a class when its "
+    "Dice (val τ) and its PxAP are both above the floor's; it is *above the floor* when, besides, both of its "
+    "95% bootstrap intervals lie above the floor's values, and *not distinguishable from the floor* when a "
+    "value is above but its interval reaches the floor's value. A method without a headline Dice is not judged."
+)
+
+WHY_POINTER = (
+    "Why a method falls below the floor is not measured here: the figures show where its maps go "
+    "(qualitative maps per class and family, Dice against lesion size), a method whose training failed its "
+    "learning check is flagged above, and `reports/README.md` of the wsl-bench repository diagnoses the "
+    "reference runs (\"Why GLAM and GMIC do not beat `intensity`\": which part of each map localises, where "
+    "the patches and peak cells fall)."
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of a class's ranking: a method, or methods with identical maps (the first names the row)."""
+
+    methods: tuple[str, ...]
+    family: Family
+    flagship: bool
+    dice: float
+    dice_low: float
+    dice_high: float
+    pxap: float
+    pxap_low: float
+    pxap_high: float
+    auc: float
+    verdict: str = ""
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.methods[0]
+
+    @property
+    def label(self) -> str:
+        """``cam ≡ gradcam, hirescam`` for a group, the method's name otherwise."""
+        return self.name if len(self.methods) == 1 else f"{self.name} ≡ {', '.join(self.methods[1:])}"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The best baseline value of each headline metric for a class, and the baseline that reaches it."""
+
+    dice: float
+    dice_by: str
+    pxap: float
+    pxap_by: str
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    """A class's ranking (best headline Dice first, missing last), its floor rows and the floor."""
+
+    cls: str
+    n_images: int
+    ranked: tuple[Entry, ...]
+    floor_entries: tuple[Entry, ...]
+    floor: Floor | None
+
+    def best(self, column: str) -> float:
+        """The highest value of ``column`` ("dice", "pxap", "auc") over every row, NaN when none."""
+        values = [getattr(e, column) for e in (*self.ranked, *self.floor_entries)
+                  if not fmt.is_missing(getattr(e, column))]
+        return max(values) if values else float("nan")
+
+    def shortfalls(self) -> list[Entry]:
+        """The ranked rows that do not clearly beat the floor."""
+        return [e for e in self.ranked if e.verdict in (BELOW, UNCLEAR, UNJUDGED)]
+
+
+def _value(row: Mapping[str, Any], key: str) -> float:
+    value = row.get(key) if row is not None else None
+    return float("nan") if fmt.is_missing(value) else float(value)
+
+
+def _floor(entries: Sequence[Entry]) -> Floor | None:
+    def best(column: str) -> tuple[float, str]:
+        scored = [(getattr(e, column), e.name) for e in entries if not fmt.is_missing(getattr(e, column))]
+        return max(scored, key=lambda pair: pair[0]) if scored else (float("nan"), "")
+
+    (dice, dice_by), (pxap, pxap_by) = best("dice"), best("pxap")
+    if not dice_by and not pxap_by:
+        return None
+    return Floor(dice, dice_by, pxap, pxap_by)
+
+
+def verdict(entry: Entry, floor: Floor | None) -> str:
+    """:data:`ABOVE`, :data:`UNCLEAR`, :data:`BELOW` or :data:`UNJUDGED` (see :data:`FLOOR_DEFINITION`)."""
+    if floor is None or any(fmt.is_missing(v) for v in (entry.dice, entry.pxap, floor.dice, floor.pxap)):
+        return UNJUDGED
+    if not (entry.dice > floor.dice and entry.pxap > floor.pxap):
+        return BELOW
+    # a missing interval (too few images to resample) cannot show the difference
+    clear = entry.dice_low > floor.dice and entry.pxap_low > floor.pxap
+    return ABOVE if clear else UNCLEAR
+
+
+def _not_converged(manifest: Mapping[str, Any]) -> set[str]:
+    return {m for m, facts in (manifest.get("checkpoints") or {}).items() if (facts or {}).get("learning_check")}
+
+
+def summarise(
+    results: pd.DataFrame,
+    details: pd.DataFrame,
+    manifest: Mapping[str, Any],
+    groups: Sequence[IdenticalGroup] = (),
+) -> list[ClassSummary]:
+    """One :class:`ClassSummary` per class present in ``results`` (the rows of ``results.csv``)."""
+    if results.empty:
+        return []
+    pxap_ci = {}
+    if {"pxap_ci_low", "pxap_ci_high"} <= set(details.columns):
+        pxap_ci = {(d["method"], d["class"]): (d["pxap_ci_low"], d["pxap_ci_high"]) for _, d in details.iterrows()}
+    grouped = {m: g.methods for g in groups for m in g.methods}
+    not_converged = _not_converged(manifest)
+    summaries = []
+    for cls in [c for c in CLASSES if (results["class"] == c).any()]:
+        rows = {r["method"]: r for _, r in results[results["class"] == cls].iterrows()}
+        entries: list[Entry] = []
+        for method, row in rows.items():
+            members = grouped.get(method, (method,))
+            if members[0] != method:
+                continue  # shown in its group's row
+            low, high = pxap_ci.get((method, cls), (float("nan"), float("nan")))
+            options = method_options(manifest, method)
+            classifier = classifier_of(method, options)
+            # an explainer's checkpoint is its classifier's: name the network whose training failed
+            trained = classifier if classifier in not_converged else method if method in not_converged else ""
+            entries.append(Entry(
+                methods=tuple(m for m in members if m in rows), family=family_of(method, options),
+                flagship=is_flagship(method), dice=_value(row, "dice_val_tau"),
+                dice_low=_value(row, "dice_val_tau_ci_low"), dice_high=_value(row, "dice_val_tau_ci_high"),
+                pxap=_value(row, "pxap"), pxap_low=_value({"v": low}, "v"), pxap_high=_value({"v": high}, "v"),
+                auc=_value(row, "auc"),
+                note=f"training of {trained} did not converge" if trained else "",
+            ))
+        floor_entries = sorted((e for e in entries if e.name in FLOOR), key=lambda e: FLOOR.index(e.name))
+        floor = _floor(floor_entries)
+        ranked = [e for e in entries if e.name not in FLOOR]
+        ranked = [replace(e, verdict=verdict(e, floor)) for e in ranked]
+        # best headline Dice first; a missing one last; ties by PxAP, then the run's order (stable sort)
+        ranked.sort(key=lambda e: (fmt.is_missing(e.dice), -(0 if fmt.is_missing(e.dice) else e.dice),
+                                   -(0 if fmt.is_missing(e.pxap) else e.pxap)))
+        n_images = int(results.loc[results["class"] == cls, "n_images"].max())
+        summaries.append(ClassSummary(cls, n_images, tuple(ranked), tuple(floor_entries), floor))
+    return summaries
+
+
+def shortfall_sentence(entry: Entry, summary: ClassSummary) -> str:
+    """Why ``entry`` does not clearly beat the floor of its class, with the numbers (Markdown)."""
+    floor = summary.floor
+    names = " ≡ ".join(f"`{m}`" for m in entry.methods)
+    if floor is None:
+        text = f"{names}: this run has no trivial baseline to compare with"
+    elif fmt.is_missing(entry.dice) or fmt.is_missing(entry.pxap):
+        text = f"{names}: no headline Dice or PxAP for this class (see the notes below the table)"
+    else:
+        against = (f"the floor's Dice {fmt.score(floor.dice)} (`{floor.dice_by}`) and PxAP {fmt.score(floor.pxap)} "
+                   f"(`{floor.pxap_by}`)")
+        mine = (f"Dice {fmt.score(entry.dice)} {fmt.interval(entry.dice_low, entry.dice_high)} and PxAP "
+                f"{fmt.score(entry.pxap)} {fmt.interval(entry.pxap_low, entry.pxap_high)}").replace("  ", " ")
+        if entry.verdict == BELOW:
+            lower = [name for name, mine_v, floor_v in (("Dice", entry.dice, floor.dice),
+                                                          ("PxAP", entry.pxap, floor.pxap)) if mine_v <= floor_v]
+            text = f"{names}: {mine}; {' and '.join(lower)} not above {against}"
+        else:
+            text = f"{names}: {mine}, above {against}, but an interval reaches the floor: not distinguishable"
+    if entry.note:
+        text += f" ({entry.note}: see above)"
+    return text + "."
+
+
+def _bold_if(text: str, value: float, best: float) -> str:
+    return f"**{text}**" if not fmt.is_missing(value) and value == best else text
+
+
+def _markdown_row(rank: str, e: Entry, best: dict[str, float]) -> str:
+    dice = _bold_if(fmt.score(e.dice), e.dice, best["dice"])
+    pxap = _bold_if(fmt.score(e.pxap), e.pxap, best["pxap"])
+    auc = _bold_if(fmt.score(e.auc), e.auc, best["auc"])
+    return (f"| {rank} | {e.label} | {e.family.short} | {dice} {fmt.interval(e.dice_low, e.dice_high)} "
+            f"| {pxap} {fmt.interval(e.pxap_low, e.pxap_high)} | {auc} | {e.verdict} |")
+
+
+def to_markdown(summaries: Sequence[ClassSummary], groups: Sequence[IdenticalGroup] = ()) -> str:
+    """The summary section of ``results.md`` (empty when there is nothing to rank)."""
+    if not summaries:
+        return ""
+    lines = [
+        "## Summary: ranked on the headline metrics",
+        "",
+        "Per class, every method other than the trivial baselines ranked by Dice (val τ), the headline, with "
+        "PxAP beside it (test images; 95% bootstrap intervals in brackets); **bold**: the best value of each "
+        "column, baselines included. Methods with identical maps share a row (`≡`). The baselines follow, set "
+        "apart, as the floor. " + FLOOR_DEFINITION,
+        "",
+    ]
+    for summary in summaries:
+        best = {c: summary.best(c) for c in ("dice", "pxap", "auc")}
+        lines += [
+            f"### {summary.cls} lesions ({summary.n_images} test images)",
+            "",
+            "| rank | method | family | Dice (val τ) [95% CI] | PxAP [95% CI] | AUC | against the floor |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        lines += [_markdown_row(str(i), e, best) for i, e in enumerate(summary.ranked, start=1)]
+        lines += [_markdown_row(FLOOR_ROW, e, best) for e in summary.floor_entries]
+        shortfalls = summary.shortfalls()
+        lines += [""]
+        if shortfalls:
+            lines += [f"Not clearly above the floor ({summary.cls}):", ""]
+            lines += [f"- {shortfall_sentence(e, summary)}" for e in shortfalls]
+        elif summary.ranked:
+            lines += [f"Every ranked method is above the floor for {summary.cls} lesions."]
+        lines += [""]
+    if groups:
+        lines += [f"**Identical maps** ({IDENTICAL_DEFINITION}; one row each above):", ""]
+        lines += [f"- {' ≡ '.join(f'`{m}`' for m in g.methods)}: {g.reason}" for g in groups]
+        lines += [""]
+    lines += [WHY_POINTER, ""]
+    return "\n".join(lines)
