@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,40 @@ class UsageError(Exception):
 def _size_suffix(args: argparse.Namespace) -> str:
     """``-HxW`` in default folder names when ``--image-size`` replaces the preset's size."""
     return f"-{args.image_size[0]}x{args.image_size[1]}" if args.image_size else ""
+
+
+DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
+    "cpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "glam", "gmic", "gradcam", "gradcam++", "hirescam",
+            "intensity", "layercam", "random", "xgradcam"),
+    "gpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fullgrad", "glam", "gmic", "gradcam", "gradcam++",
+            "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients", "intensity", "layercam",
+            "random", "saliency", "xgradcam"),
+    "every": ("ablationcam", "cam", "captum_gradcam", "centre_prior", "eigencam", "fullgrad", "glam", "gmic",
+              "gradcam", "gradcam++", "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients",
+              "intensity", "layercam", "occlusion", "random", "saliency", "scorecam", "xgradcam"),
+}
+"""The default ``--methods`` of each preset (``every``: tiny and full), for ``run --help``: written out
+here because computing it (``wsl_bench.pipeline.default_methods``) imports every method and torch,
+seconds that ``--help`` must not cost; ``tests/test_cli_front.py`` checks it against the registry."""
+
+
+def _default_methods_help() -> str:
+    """The default method list of ``run --methods``'s help, from :data:`DEFAULT_METHODS`."""
+    cpu, gpu, every = DEFAULT_METHODS["cpu"], DEFAULT_METHODS["gpu"], DEFAULT_METHODS["every"]
+    return (f"default: every built-in method that needs no user-supplied weights, less those the preset leaves out "
+            f"for time; at the cpu preset {', '.join(cpu)}; the tiny and full presets add "
+            f"{', '.join(m for m in every if m not in cpu)}; gpu adds {', '.join(m for m in gpu if m not in cpu)}")
+
+
+def _warn_landscape(args: argparse.Namespace) -> None:
+    """Warn about an ``HxW`` size wider than tall: mammograms are portrait, so ``480x736`` is most
+    likely ``736x480`` swapped (it still runs as given)."""
+    for attr, flag in (("image_size", "--image-size"), ("size", "--size")):
+        size = getattr(args, attr, None)
+        if size and size[1] > size[0]:
+            h, w = size
+            print(f"wsl-bench: warning: {flag} {h}x{w} is wider than tall (sizes are HxW, height first, and "
+                  f"mammograms are portrait): did you mean {w}x{h}? Running at {h}x{w} as given.", file=sys.stderr)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -106,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train what needs training, evaluate, write records and the report")
     p.add_argument("--methods", default=None,
-                   help="comma-separated names or wildcards, e.g. 'glam,gmic' or 'gmic*' (default: every built-in "
-                        "method that needs no user-supplied weights); wildcards match built-in methods, "
-                        "'plugin:*' (or 'plugin:PATTERN') installed plugin methods, a plugin's name that plugin")
+                   help="comma-separated names or wildcards, e.g. 'glam,gmic' or 'gmic*'; wildcards match built-in "
+                        "methods, 'plugin:*' (or 'plugin:PATTERN') installed plugin methods, a plugin's name that "
+                        f"plugin ({_default_methods_help()})")
     p.add_argument("--with-plugins", action="store_true",
                    help="also run every installed plugin method that needs no user-supplied weights")
     p.add_argument("--dataset", default="synthetic", help="registered dataset (default: synthetic)")
@@ -135,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotated split whose best Dice threshold is applied to the evaluated split (the headline "
                         "Dice; default val; 'none' leaves that column empty)")
     p.add_argument("--retry-failed", action="store_true", help="recompute records that failed or ran out of memory")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run --out holds, whatever its settings: once the dataset has opened, its "
+                        "manifest, records, maps and report are deleted (only in a folder that holds a wsl-bench run; "
+                        "other files stay)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress bars (the plan and the summary are still printed)")
 
     p = sub.add_parser("train", help="train one method from image-level labels (every stage of its recipe)",
                        description="Train one method from image-level labels only, every stage of its recipe in "
@@ -309,17 +349,26 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``wsl-bench run``: the plan and the overall bar on stderr; the summary, where the records and
+    the report are, and the report's first lines on stdout."""
+    from wsl_bench.evaluation.run_folder import NotARunFolder
     from wsl_bench.pipeline import run, run_sharded, summarise_statuses
+    from wsl_bench.run_progress import RunProgress, report_coverage, report_top_lines, summary_lines
     from wsl_bench.training.distributed import init_from_env, shutdown
 
+    started = time.perf_counter()
     config = _run_config(args)
     out = Path(args.out or f"runs/{config.dataset}-{config.preset}{_size_suffix(args)}-seed{config.seed}")
     context = init_from_env(config.device)  # under torchrun: one shard of the images per rank
-    if context.is_main:
-        print(f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
+    if context.enabled and args.overwrite:
+        shutdown(context)
+        raise UsageError("--overwrite is not available under torchrun: run once without torchrun, or use a new --out")
+    header = (f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
               f"(preset {config.preset}, device {config.device}) -> {out}"
               + (f", {context.world_size} processes" if context.enabled else ""))
     if context.enabled:
+        if context.is_main:
+            print(header)  # no plan under torchrun: the header alone, on stdout as it always was
         try:
             summary = run_sharded(config, out, context, progress=not args.no_progress,
                                   retry_failed=args.retry_failed)
@@ -328,12 +377,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not context.is_main:
             return 1 if summary.failed else 0
     else:
-        summary = run(config, out, progress=not args.no_progress, retry_failed=args.retry_failed)
-    print(summarise_statuses(summary))
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        tracker = RunProgress(sys.stderr, bars=not args.no_progress, header=header)
+        try:
+            with logging_redirect_tqdm():  # warnings print above the bars instead of through them
+                summary = run(config, out, progress=not args.no_progress, retry_failed=args.retry_failed,
+                              overwrite=args.overwrite, tracker=tracker)
+        except NotARunFolder as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            tracker.close()
+    evaluated = [name for name, counts in summary.statuses.items() if "skipped" not in counts]
+    skipped = [name for name, counts in summary.statuses.items() if counts.get("skipped")]
+    for line in summary_lines(summary.trained, summary.reused_checkpoints, evaluated, summary.computed,
+                              summary.reused, summary.failed, skipped, time.perf_counter() - started):
+        print(line)
+    if summary.statuses:
+        print(summarise_statuses(summary))
     for warning in _learning_warnings(out):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"records: {out / 'records.jsonl'}")
     print(f"report:  {out / 'report' / 'results.md'} (tables, figures, index.html in {out / 'report'})")
+    coverage = report_coverage(out, config.methods)
+    if coverage:
+        print(coverage)
+    for line in report_top_lines(out / "report"):
+        print(line)
     if summary.failed:
         print(f"{summary.failed} image(s) failed; their errors are in the records", file=sys.stderr)
         return 1
@@ -552,13 +622,15 @@ def _error(exc: BaseException, args: argparse.Namespace, code: int, message: str
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and malformed flags end here, before torch is imported
+    _warn_landscape(args)
+    # these modules import torch (seconds): only a command that runs pays for them
     from wsl_bench.data import DatasetError
     from wsl_bench.evaluation.harness import RunConfigMismatch
     from wsl_bench.registry import UnknownNameError
     from wsl_bench.report.tables import ReportError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:  # plain `wsl-bench` runs the default benchmark

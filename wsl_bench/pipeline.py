@@ -11,6 +11,7 @@ place (:func:`run`). The layers below do one job each and know nothing of the ot
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import shutil
 import time
@@ -24,6 +25,7 @@ import torch.distributed as dist
 
 from wsl_bench.atomic_io import remove_leftover_temporaries
 from wsl_bench.data import MammogramDataset
+from wsl_bench.estimates import Estimate, evaluation_estimate, timing_facts, training_estimate
 from wsl_bench.evaluation.bench_harness import run_harness_bench
 from wsl_bench.evaluation.figure_maps import figure_maps_present
 from wsl_bench.evaluation.harness import (
@@ -42,6 +44,7 @@ from wsl_bench.evaluation.harness import (
 from wsl_bench.evaluation.identity import changed_fields, current_records, identity_hash, method_identity
 from wsl_bench.evaluation.manifest import config_hash, read_json, write_json_atomic
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
+from wsl_bench.evaluation.run_folder import clear_run_folder, remove_if_untouched
 from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
 from wsl_bench.paths import cache_root
 from wsl_bench.presets import get_preset
@@ -49,6 +52,7 @@ from wsl_bench.registry import (
     DATASETS,
     METHODS,
     UnknownNameError,
+    create_classifier_method,
     create_dataset,
     create_method_with_classifier,
     explained_classifier_name,
@@ -57,6 +61,7 @@ from wsl_bench.registry import (
     split_method_name,
 )
 from wsl_bench.report.tables import build_report
+from wsl_bench.run_progress import PlannedTraining, RunPlan, RunProgress, TickingWriter
 from wsl_bench.saliency import SaliencyMethod, TrainableMethod, TrainingStage
 from wsl_bench.training.cache import (
     checkpoint_key_data,
@@ -317,8 +322,10 @@ def ensure_trained(
         started = time.perf_counter()
         train_stages(job.method, job.train_config, folder, job.train_set, job.val_set, resume=True,
                      context=context, progress=progress)
-        if context.is_main:  # wall time of this (last, possibly resumed) training, kept with the checkpoint
-            write_json_atomic(folder / "timing.json", {"training_seconds": round(time.perf_counter() - started, 1)})
+        if context.is_main:  # wall time of this (last, possibly resumed) training and its work: later plans' estimates
+            write_json_atomic(folder / "timing.json", timing_facts(
+                time.perf_counter() - started, config.device, job.train_config.epochs, len(job.train_set.ids()),
+                config.size()))
     elif job.donor is not None:
         initialised_from = _donor_facts(job, config, progress, context)
     # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
@@ -426,6 +433,64 @@ def build_method(
     return run_method.method, prepare_method(run_method, config, progress=progress, context=context)
 
 
+def create_trainee(name: str, config: RunConfig) -> TrainableMethod | None:
+    """The method whose weights run method ``name`` needs trained (:attr:`RunMethod.trainee` when
+    :attr:`RunMethod.needs_training`), created without ``name`` itself when that is a post-hoc
+    explainer (whose constructor runs the classifier): what a run's plan needs, cheaply."""
+    options = method_options(config, name)
+    common = {"device": config.device, "seed": config.seed, "image_size": config.size()}
+    trainee = create_classifier_method(name, **common, **options)
+    if trainee is None and getattr(METHODS.get(split_method_name(name)[0]), "trainable", False):
+        trainee = create_method_with_classifier(name, **common, **options)[0]
+    if not isinstance(trainee, TrainableMethod) or trainee.weights_loaded:
+        return None  # nothing to train, or the user's weights file
+    return trainee
+
+
+def training_chain(trainee: TrainableMethod, config: RunConfig) -> tuple[list[TrainingJob], list[TrainingJob]]:
+    """``(to train, cached)``: the jobs ``trainee``'s weights depend on (the donors it starts from,
+    then its own), split by whether the checkpoint cache already holds their result."""
+    jobs: list[TrainingJob] = []
+    job: TrainingJob | SaliencyMethod | None = training_job(trainee, config)
+    while isinstance(job, TrainingJob):
+        jobs.insert(0, job)
+        job = job.donor
+    cached = {j.key for j in jobs if stage_checkpoint(stage_folder(j.folder, j.stages, j.stages[-1])) is not None}
+    return [j for j in jobs if j.key not in cached], [j for j in jobs if j.key in cached]
+
+
+def estimate_training(job: TrainingJob, config: RunConfig) -> Estimate:
+    """How long ``job`` is likely to take (:func:`wsl_bench.estimates.training_estimate`)."""
+    return training_estimate(job.key_data["method"], config.device, job.train_config.epochs,
+                             len(job.train_set.ids()), config.size(), cache_root() / "checkpoints")
+
+
+def plan_run(config: RunConfig, pending: dict[str, int], splits: str) -> RunPlan:
+    """The run's plan (:class:`~wsl_bench.run_progress.RunPlan`) from the images each method still
+    has to score (``pending``; a method with none needs no training either). Methods that cannot be
+    built here are left to the run, which records them as skipped."""
+    plan = RunPlan(splits=splits)
+    planned: dict[str, PlannedTraining] = {}
+    for name, images in pending.items():
+        if not images:
+            plan.up_to_date.append(name)
+            continue
+        plan.evaluate[name] = images
+        plan.evaluation_seconds += evaluation_estimate(name, config.size(), images)
+        try:
+            trainee = create_trainee(name, config)
+            to_train, cached = training_chain(trainee, config) if trainee is not None else ([], [])
+        except (FileNotFoundError, NotImplementedError):
+            continue
+        for job in to_train:
+            if job.key not in planned:
+                planned[job.key] = PlannedTraining(job.method.name, job.key, [], estimate_training(job, config))
+            planned[job.key].needed_by.append(name)
+        plan.reused += [j.method.name for j in cached if j.method.name not in plan.reused]
+    plan.train = list(planned.values())
+    return plan
+
+
 def run_identity(run_method: RunMethod, config: RunConfig, data: dict[str, Any], dataset_module: str) -> dict[str, Any]:
     """The method's identity in this run (``wsl_bench.evaluation.identity``), computed before it is
     trained: its training key is its trainee's (an explainer's changes with its classifier's), and
@@ -444,6 +509,8 @@ def run(
     shard: tuple[int, int] = (0, 1),
     write_report: bool = True,
     lock: bool = True,
+    overwrite: bool = False,
+    tracker: RunProgress | None = None,
 ) -> RunSummary:
     """Evaluate ``config.methods`` on the dataset and write the run folder (and its report).
 
@@ -466,16 +533,28 @@ def run(
         write_report: build ``report/`` at the end (rank 0 does it after merging in distributed runs).
         lock: hold the run folder's lock (:class:`~wsl_bench.evaluation.run_lock.RunFolderLock`) while running;
             a sharded run takes it once, outside, on rank 0.
+        overwrite: replace the run ``out_dir`` holds (``--overwrite``): once the dataset has opened,
+            what a run wrote there is deleted (:func:`~wsl_bench.evaluation.run_folder.clear_run_folder`).
+        tracker: told the plan and each stage (:class:`~wsl_bench.run_progress.RunProgress`: the
+            command line's plan and overall bar); default: silent.
 
     Raises:
         RunFolderLocked: another live run holds ``out_dir``.
-        RunConfigMismatch: ``out_dir`` holds a run with other run-wide settings.
+        RunConfigMismatch: ``out_dir`` holds a run with other run-wide settings (and records).
+        NotARunFolder: ``overwrite`` on a folder that holds files but no run.
     """
     out_dir = Path(out_dir)
+    tracker = tracker or RunProgress()
     if lock:
-        with RunFolderLock(out_dir):
-            remove_leftover_temporaries(out_dir)  # a killed earlier run's half-written files
-            return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False)
+        created = not out_dir.exists()
+        try:
+            with RunFolderLock(out_dir):
+                remove_leftover_temporaries(out_dir)  # a killed earlier run's half-written files
+                return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False,
+                           overwrite=overwrite, tracker=tracker)
+        finally:
+            if created:  # a run that failed before writing anything leaves no folder (only the lock was there)
+                remove_if_untouched(out_dir)
     rank, world = shard
     # the dataset opens before the manifest is written: a wrong --data-root leaves no folder behind
     dataset = open_dataset(config)
@@ -483,6 +562,10 @@ def run(
     samples = SampleCache(dataset)
     validation = open_validation(config, lambda split: open_dataset(config, split))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        deleted = clear_run_folder(out_dir)
+        if deleted:
+            log.warning("--overwrite: deleted the earlier run in %s (%s)", out_dir, ", ".join(deleted))
     manifest = open_manifest(config, out_dir)
     manifest["validation"] = validation.manifest_entry()
     write_json_atomic(out_dir / "manifest.json", manifest)
@@ -507,6 +590,13 @@ def run(
     existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
     final_statuses = {"ok"} if retry_failed else {"ok", "failed", "oom"}
     summary = RunSummary(out_dir)
+    plan = plan_run(config, _pending_images(config.methods, work, existing, manifest, final_statuses),
+                    " + ".join(f"{len(ids)} {split}" for split, (ids, _, _) in work.items()) + " images")
+    for training in plan.train:
+        tracker.expect(("train", training.key), training.estimate.seconds)
+    for name, images in plan.evaluate.items():
+        tracker.expect(("evaluate", name), evaluation_estimate(name, config.size(), images))
+    tracker.show_plan(plan)
 
     with RecordWriter(records_path) as writer:
         for name in config.methods:
@@ -518,6 +608,7 @@ def run(
                 # optional dependency) is skipped with its reason; the others still run, and a later
                 # run retries it.
                 log.warning("skipping %s: %s", name, exc)
+                tracker.expect(("evaluate", name), 0.0)  # no work after all: out of the bar's total
                 for split, (ids, _, _) in work.items():
                     for sample_id in ids:
                         writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}",
@@ -542,9 +633,24 @@ def run(
             summary.reused += sum(len(ids) - len(todo[split]) for split, (ids, _, _) in work.items())
             manifest["methods"][name] = {**previous, "identity": identity, "identity_data": identity_data}
             write_json_atomic(out_dir / "manifest.json", manifest)
+            images = sum(len(ids) for ids in todo.values())
+            cost_s = evaluation_estimate(name, config.size(), images)
+            tracker.expect(("evaluate", name), cost_s)  # now exact: the images this method still has to score
+            per_image = cost_s / max(images, 1)  # the method's fixed cost spread over its images
             if not any(todo.values()):
+                tracker.done(("evaluate", name))
                 continue
+            to_train, cached = training_chain(run_method.trainee, config) if run_method.needs_training else ([], [])
+            for job in to_train:  # planned, or found now (the plan guessed the method's records current)
+                tracker.expect(("train", job.key), estimate_training(job, config).seconds)
+            # (a stage now, trained or not, so the plan is printed before the checkpoint's learning check warns)
+            tracker.stage("train " + ", ".join(job.method.name for job in to_train) if to_train else f"evaluate {name}")
             checkpoint = prepare_method(run_method, config, progress=progress)
+            for job in to_train:
+                tracker.done(("train", job.key))
+            summary.trained += [j.method.name for j in to_train if j.method.name not in summary.trained]
+            summary.reused_checkpoints += [j.method.name for j in cached if j.method.name not in
+                                           summary.reused_checkpoints + summary.trained]  # trained here: not reused
             method = run_method.method
             manifest["methods"][name] = {
                 "params": method.num_parameters(),
@@ -558,11 +664,14 @@ def run(
                 manifest["checkpoints"][name] = checkpoint
             write_json_atomic(out_dir / "manifest.json", manifest)
             counts = {"ok": 0, "failed": 0, "oom": 0}
+            ticking = TickingWriter(writer, functools.partial(tracker.tick, ("evaluate", name), per_image))
             for split, (_, split_samples, figure_ids) in work.items():
                 if todo[split]:
-                    split_counts = evaluate_method(method, todo[split], split_samples, writer, config, out_dir,
+                    tracker.stage(f"evaluate {name} ({split})")
+                    split_counts = evaluate_method(method, todo[split], split_samples, ticking, config, out_dir,
                                                    figure_ids, progress, split=split, identity=identity)
                     counts = {k: counts[k] + split_counts[k] for k in counts}
+            tracker.done(("evaluate", name))
             summary.statuses[name] = counts
             summary.computed += sum(counts.values())
             summary.failed += counts["failed"] + counts["oom"]
@@ -578,9 +687,21 @@ def run(
                               manifest)
     mark_done(out_dir, records_complete(records, config, expected))
     if write_report and rank == 0:
-
+        tracker.stage("write the report")
         build_report(out_dir, out_dir / "report")
+    tracker.finish()
     return summary
+
+
+def _pending_images(methods: Sequence[str], work: dict[str, tuple[list[str], Any, set[str]]],
+                    existing: list[dict[str, Any]], manifest: dict[str, Any], final: set[str]) -> dict[str, int]:
+    """method → images of ``work`` without a final record under the identity the manifest holds for
+    it: what the plan expects to score (the run checks each method's identity again when it gets there)."""
+    identities = {name: (entry or {}).get("identity") for name, entry in manifest["methods"].items()}
+    done = {(r["method"], r["split"], r["image_id"]) for r in existing
+            if r["status"] in final and identities.get(r["method"]) and r.get("identity") == identities[r["method"]]}
+    return {name: sum((name, split, i) not in done for split, (ids, _, _) in work.items() for i in ids)
+            for name in methods}
 
 
 def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
@@ -659,11 +780,15 @@ def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, pr
 
 def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistContext, progress: bool,
                         retry_failed: bool) -> RunSummary:
+    trained: list[str] = []
     for name in config.methods:
         try:
             run_method = create_run_method(name, config)  # as a single process creates it: the same key
         except (FileNotFoundError, NotImplementedError):
             continue  # run() records this method as skipped, with the reason
+        if run_method.needs_training:
+            to_train = training_chain(run_method.trainee, config)[0]
+            trained += [j.method.name for j in to_train if j.method.name not in trained]
         prepare_method(run_method, config, progress=progress and context.is_main, context=context)
         del run_method
     summary = run(config, out_dir, progress=progress and context.is_main, retry_failed=retry_failed,
@@ -674,7 +799,9 @@ def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistCon
         build_report(out_dir, Path(out_dir) / "report")
     gathered: list[Any] = [None] * context.world_size
     dist.all_gather_object(gathered, (summary.computed, summary.reused, summary.failed, summary.statuses))
-    total = RunSummary(Path(out_dir))
+    # trained above, by all ranks together; run() found them in the cache
+    total = RunSummary(Path(out_dir), trained=trained,
+                       reused_checkpoints=[n for n in summary.reused_checkpoints if n not in trained])
     for computed, reused, failed, statuses in gathered:
         total.computed += computed
         total.reused += reused

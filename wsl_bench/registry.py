@@ -260,20 +260,31 @@ def create_method_with_classifier(name: str, **options: Any) -> tuple[Any, Any |
         UnknownNameError: listing the known method names.
         ValueError: the classifier's method is not a trainable method (it has no classifier).
     """
-    classifier_name = explained_classifier_name(name, options)
+    classifier_method = create_classifier_method(name, **options)
     base, implied = split_method_name(name)
     factory = METHODS.get(base)
     options = {**implied, **options}
-    classifier_method = None
-    if classifier_name is not None and not isinstance(options.get("classifier"), ExplainedClassifier):
+    if classifier_method is not None:
         own = constructor_options(factory)
-        classifier_method = create_method(
-            classifier_name, **{k: v for k, v in options.items() if k not in own or k in COMMON_OPTIONS})
         options = {k: v for k, v in options.items() if k in own}
         options["classifier"] = ExplainedClassifier.of(classifier_method)
     method = factory(**options)
     method.name = name
     return method, classifier_method
+
+
+def create_classifier_method(name: str, **options: Any) -> Any | None:
+    """The method whose classifier the post-hoc explainer ``name`` explains, created with its share of
+    ``options`` as :func:`create_method_with_classifier` creates it, but without the explainer (whose
+    constructor may run the classifier: seconds). ``None`` when ``name`` is not an explainer or
+    ``options`` hand it a ready :class:`~wsl_bench.saliency.ExplainedClassifier`."""
+    classifier_name = explained_classifier_name(name, options)
+    base, implied = split_method_name(name)
+    options = {**implied, **options}
+    if classifier_name is None or isinstance(options.get("classifier"), ExplainedClassifier):
+        return None
+    own = constructor_options(METHODS.get(base))
+    return create_method(classifier_name, **{k: v for k, v in options.items() if k not in own or k in COMMON_OPTIONS})
 
 
 def create_method(name: str, **options: Any) -> Any:

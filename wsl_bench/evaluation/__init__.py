@@ -4,6 +4,7 @@
 Dice counts and histograms), ``metrics`` (Dice, PxAP, AUC from histograms), ``records`` (the JSON
 Lines record file), ``manifest`` (what produced a run folder), ``identity`` (what a method's records
 depend on), ``figure_maps`` (the qualitative figure's small maps), ``run_lock`` (one run per
-folder), ``profiling`` (time, memory, FLOPs) and ``bench`` (speed and memory benchmarks).
+folder), ``run_folder`` (what a run folder holds; ``--overwrite``), ``profiling`` (time, memory,
+FLOPs) and ``bench`` (speed and memory benchmarks).
 Nothing here builds or trains a method: ``wsl_bench.pipeline`` does, and hands them over ready.
 """

@@ -357,6 +357,8 @@ def format_bench(results: Sequence[dict[str, Any]]) -> str:
     if not results:
         return "(no results)"
     first = results[0]
+    labels = [r["method"] + (f" [{r['options']}]" if r["options"] else "") for r in results]
+    width = max(24, *(len(label) for label in labels))  # a long label widens the column, not the row
     lines = [
         f"device {first['device']}, {first['precision']}, {first['image_size'][0]}×{first['image_size'][1]}, batch 1, "
         f"{first['repeats']} repeats, {first['threads']} threads (OMP_WAIT_POLICY {first['omp_wait_policy']}), "
@@ -364,15 +366,14 @@ def format_bench(results: Sequence[dict[str, Any]]) -> str:
         f"conv ceiling ({first['ceiling_conv']}): NCHW {first['ceiling_nchw_gflops']:.0f} GFLOP/s, "
         f"channels-last {first['ceiling_channels_last_gflops']:.0f} GFLOP/s",
         "",
-        f"{'method':<24} {'median s':>9} {'p90 s':>8} {'min s':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'of ceiling':>10} "
+        f"{'method':<{width}} {'median s':>9} {'p90 s':>8} {'min s':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'of ceiling':>10} "
         f"{'(at min)':>8} {'peak MiB':>9} {'+MiB':>7}",
     ]
-    for r in results:
-        label = r["method"] + (f" [{r['options']}]" if r["options"] else "")
+    for label, r in zip(labels, results, strict=True):  # each value as wide as its column's header above
         lines.append(
-            f"{label:<24} {r['median_s']:>9.3f} {r['p90_s']:>8.3f} {r['min_s']:>8.3f} {r['gflop']:>8.1f} "
+            f"{label:<{width}} {r['median_s']:>9.3f} {r['p90_s']:>8.3f} {r['min_s']:>8.3f} {r['gflop']:>8.1f} "
             f"{r['achieved_gflops']:>8.0f} "
-            f"{r['fraction_of_ceiling']:>9.0%} {r['fraction_of_ceiling_at_min']:>8.0%} {r['peak_memory_mb']:>9.0f} "
+            f"{r['fraction_of_ceiling']:>10.0%} {r['fraction_of_ceiling_at_min']:>8.0%} {r['peak_memory_mb']:>9.0f} "
             f"{r['working_memory_mb']:>7.0f}"
         )
     return "\n".join(lines)

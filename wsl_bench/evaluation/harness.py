@@ -52,6 +52,7 @@ from wsl_bench.evaluation.manifest import (
 )
 from wsl_bench.evaluation.profiling import count_gflops, measure, memory_kind
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
+from wsl_bench.evaluation.run_folder import has_records, settings_differences
 from wsl_bench.evaluation.scoring import ScoredImage, image_level_fields, score_batch, score_image
 from wsl_bench.evaluation.writer import BackgroundWriter
 from wsl_bench.presets import get_preset
@@ -117,17 +118,21 @@ class RunConfig:
 
 @dataclass
 class RunSummary:
-    """What :func:`run` did."""
+    """What :func:`run` did: records computed, kept from earlier runs (``reused``) and failed
+    (failed or out of memory); per method the statuses of the records it wrote; the trained methods
+    it trained (``trained``) and those whose checkpoints it loaded from the cache (``reused_checkpoints``)."""
 
     out_dir: Path
     computed: int = 0
     reused: int = 0
     failed: int = 0
     statuses: dict[str, dict[str, int]] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+    reused_checkpoints: list[str] = field(default_factory=list)
 
 
 class RunConfigMismatch(ValueError):
-    """The output folder holds a run with another configuration."""
+    """The output folder holds a run (with records) with other run-wide settings; the message names them."""
 
 
 def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -135,10 +140,17 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     identity = config.identity()
     if path.exists():
         manifest = read_json(path)
+        if manifest.get("config_hash") != config_hash(identity) and not has_records(out_dir):
+            # a run that failed before its first record (a wrong --data-root...) protects nothing
+            log.warning("%s: replacing the manifest of a run with other settings that recorded nothing", out_dir)
+            path.unlink()
+            return open_manifest(config, out_dir)
         if manifest.get("config_hash") != config_hash(identity):
+            differences = settings_differences(manifest.get("config") or {}, identity)
             raise RunConfigMismatch(
-                f"{out_dir} holds a run with another configuration ({manifest.get('config')}); "
-                f"this one is {identity}. Use a new --out folder to start a new run."
+                f"{out_dir} holds a run with another configuration ({'; '.join(differences) or 'another hash'}); "
+                "rerun with --overwrite to replace it (its records, maps and report are deleted), or choose "
+                "another --out folder"
             )
         # methods in the order they were first run (the report's row order), new ones appended
         known = list(manifest["config"].get("methods", []))
@@ -351,6 +363,7 @@ def evaluate_method(
                 continue
             try:
                 images = _to_device(loaded, device)
+                first_call = not warmed_up
                 if not warmed_up:
                     # One untimed call first: lazy initialisation, allocator growth and oneDNN/cuDNN
                     # kernel selection must not count as the first image's time. It also yields the
@@ -360,7 +373,8 @@ def evaluate_method(
                     if device.type == "cpu":
                         cpu_histograms.warm_up()  # the scorer's compiled loops, likewise
                     warmed_up = True
-                with measure(device) as cost:
+                # the first measured call starts with the allocator's free memory handed back: it counts all it uses
+                with measure(device, release_free=first_call) as cost:
                     output: SaliencyOutput = method.predict(images)
                 output.validate(len(loaded))
                 # The maps stay on the method's device: they are scored there and only histograms come back.

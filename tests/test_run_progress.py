@@ -1,0 +1,110 @@
+"""``wsl-bench run`` says what it will do, how far it is, and what it did (issue 16, items 6 and 8a)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from wsl_bench.cli import main
+from wsl_bench.estimates import TRAINING_OVERHEAD_S, timing_facts, training_estimate
+from wsl_bench.run_progress import RunPlan, RunProgress, report_top_lines
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_first_run_prints_its_plan_then_a_summary_and_a_second_one_reuses_the_checkpoint(toy_dataset, tmp_path,
+                                                                                           capsys, isolated_cache):
+    common = ["--methods", "cam,intensity,random", "--dataset", "toy", "--preset", "tiny", "--no-progress"]
+    code, out, err = run_cli(["run", *common, "--out", str(tmp_path / "first")], capsys)
+    assert code == 0, err
+    plan = [line for line in err.splitlines() if line.startswith(("plan:", "  "))]
+    assert plan[0].startswith("plan: train 1 method(s) first, about ")
+    assert any(line.strip().startswith("train cam") and "(reference)" in line for line in plan)
+    assert any("then score 3 method(s) on 6 test + 8 val images each (42 images in all" in line for line in plan)
+    assert "|" not in err  # --no-progress: no bar, the plan only
+    summary = out.splitlines()[0]
+    assert summary.startswith("done in ") and "trained 1 (cam)" in summary and "checkpoints reused 0" in summary
+    assert "evaluated 3 (cam, intensity, random): 42 image(s) scored" in summary and "failed 0" in summary
+    assert f"report:  {tmp_path / 'first' / 'report' / 'results.md'}" in out
+    lines = out.splitlines()
+    lead = next(i for i, line in enumerate(lines) if line.startswith(f"from {tmp_path / 'first' / 'report'}"))
+    assert any(line.startswith("  | ") for line in lines[lead + 1:])  # the report's lead tables follow
+
+    # the training kept its work beside its time: the next plan's estimate of it is measured here
+    timing = json.loads(next(isolated_cache.glob("checkpoints/cam/*/timing.json")).read_text())
+    assert timing["device"] == "cpu" and timing["epochs"] == 2 and timing["train_images"] == 24
+    assert timing["image_size"] == [256, 160]
+    same = training_estimate("cam", "cpu", 2, 24, (256, 160), isolated_cache / "checkpoints")
+    double = training_estimate("cam", "cpu", 2, 48, (256, 160), isolated_cache / "checkpoints")
+    assert same.source == "measured here" and same.seconds == pytest.approx(timing["training_seconds"], rel=1e-6)
+    assert double.seconds == pytest.approx(2 * same.seconds)
+    assert training_estimate("cam", "cuda", 2, 24, (256, 160), isolated_cache / "checkpoints").source == "reference"
+
+    code, out, err = run_cli(["run", *common, "--out", str(tmp_path / "second")], capsys)
+    assert code == 0, err
+    assert "plan: nothing to train" in err and "reused from the checkpoint cache: cam" in err
+    assert "trained 0; checkpoints reused 1 (cam)" in out.splitlines()[0]
+
+
+def test_estimates_fall_back_to_the_reference_and_scale_with_the_work(tmp_path):
+    small = training_estimate("gmic", "cpu", 12, 320, (368, 240), tmp_path)
+    assert small.source == "reference" and small.seconds == pytest.approx(TRAINING_OVERHEAD_S + 380.7)
+    large = training_estimate("gmic", "cpu", 12, 320, (736, 480), tmp_path)
+    assert large.seconds - TRAINING_OVERHEAD_S == pytest.approx(4 * 380.7)
+    facts = timing_facts(12.34, "cuda:1", 3, 10, (64, 48))
+    assert facts == {"training_seconds": 12.3, "device": "cuda", "epochs": 3, "train_images": 10,
+                     "image_size": [64, 48]}
+
+
+def test_the_overall_bar_counts_estimated_seconds_across_items_and_reaches_the_end():
+    stream = io.StringIO()
+    progress = RunProgress(stream, bars=True)
+    progress.expect(("train", "k"), 30.0)
+    progress.expect(("evaluate", "cam"), 10.0)
+    progress.show_plan(RunPlan())
+    progress.stage("train cam")
+    progress.done(("train", "k"))
+    assert progress._bar.n == pytest.approx(30.0) and progress._bar.total == pytest.approx(40.0)
+    progress.expect(("evaluate", "cam"), 4.0)  # the run found fewer images to score than planned
+    for _ in range(10):
+        progress.tick(("evaluate", "cam"), 1.0)  # never beyond what the item was expected to cost
+    assert progress._bar.n == pytest.approx(34.0) and progress._bar.total == pytest.approx(34.0)
+    progress.close()
+    assert "plan: nothing to train" in stream.getvalue() and "100%" in stream.getvalue()
+
+
+def test_a_silent_tracker_prints_nothing():
+    progress = RunProgress(None)
+    progress.expect("x", 1.0)
+    progress.show_plan(RunPlan())
+    progress.done("x")
+    progress.close()  # nothing to show, nothing raised
+
+
+def test_a_subset_run_says_the_report_covers_every_method_of_the_folder(toy_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--dataset", "toy", "--preset", "tiny", "--out", str(out), "--no-progress"]
+    code, stdout, _ = run_cli(["run", "--methods", "intensity,random,centre_prior", *common], capsys)
+    assert code == 0 and "report rebuilt for all" not in stdout
+    code, stdout, _ = run_cli(["run", "--methods", "intensity", *common], capsys)
+    assert code == 0
+    assert ("report rebuilt for all 3 methods of the folder, not only this run's 1: also random, centre_prior "
+            "(from earlier runs)") in stdout
+
+
+def test_the_report_lead_is_the_section_of_its_first_tables_each_shortened(tmp_path):
+    rows = "\n".join(f"| {i} | m{i} |" for i in range(1, 10))
+    (tmp_path / "results.md").write_text(
+        "# results\n\nintro\n\n## Summary: ranked\n\n### benign lesions\n\n| rank | method |\n|---|---|\n"
+        f"{rows}\n\nnot clearly above the floor\n\n### malignant lesions\n\n| rank | method |\n|---|---|\n| 1 | x |\n"
+        "\n## All results\n\n| method | class |\n|---|---|\n| y | benign |\n")
+    lines = report_top_lines(tmp_path, rows=2)
+    assert lines == [f"from {tmp_path / 'results.md'}, Summary: ranked:", "  benign lesions", "  | rank | method |",
+                     "  |---|---|", "  | 1 | m1 |", "  | 2 | m2 |", "  ...", "  malignant lesions",
+                     "  | rank | method |", "  |---|---|", "  | 1 | x |"]
