@@ -101,6 +101,28 @@ def _read_json_exam_list(path: Path) -> Any:
         raise DatasetError(f"{path}: malformed JSON exam list ({type(exc).__name__}: {exc})") from None
 
 
+def load_exam_list(path: Path) -> list[dict[str, Any]]:
+    """The exams of an exam list — a pickle read with the restricted unpickler, or the JSON copy
+    ``wsl-bench data prepare nyu`` writes — checked to be a list of dicts (possibly empty).
+
+    Raises:
+        DatasetError: unsafe or malformed file, not a list of dicts; the message names the file.
+    """
+    if path.suffix.lower() == ".json":
+        exams = _read_json_exam_list(path)
+    else:
+        try:
+            exams = safe_load(path)
+        except UnsafePickleError as exc:
+            raise DatasetError(str(exc)) from exc
+    if not isinstance(exams, list):
+        raise DatasetError(f"{path}: expected a list of exams, got {type(exams).__name__}")
+    for number, exam in enumerate(exams):
+        if not isinstance(exam, dict):
+            raise DatasetError(f"{path}: exam #{number} is a {type(exam).__name__}, not a dict")
+    return exams
+
+
 def _png_size(path: Path) -> tuple[int, int] | None:
     """``(H, W)`` from an image file's header (nothing decoded), or None when it cannot be read."""
     try:
@@ -204,18 +226,7 @@ class NYUDataset(RawDataset):
 
     def build_index(self) -> dict[str, IndexEntry]:
         where = self.exam_list_path
-        if where.suffix.lower() == ".json":
-            exams = _read_json_exam_list(where)
-        else:
-            try:
-                exams = safe_load(where)
-            except UnsafePickleError as exc:
-                raise DatasetError(str(exc)) from exc
-        if not isinstance(exams, list):
-            raise DatasetError(f"{where}: expected a list of exams, got {type(exams).__name__}")
-        for number, exam in enumerate(exams):
-            if not isinstance(exam, dict):
-                raise DatasetError(f"{where}: exam #{number} is a {type(exam).__name__}, not a dict")
+        exams = load_exam_list(where)
         self._refuse_raw_list(exams)
         index: dict[str, IndexEntry] = {}
         for number, exam in enumerate(exams):

@@ -45,8 +45,7 @@ from wsl_bench.atomic_io import write_bytes_atomic, write_json_atomic
 from wsl_bench.data import DatasetError, SampleError
 from wsl_bench.datasets._files import name_problem, text_problem
 from wsl_bench.datasets._imageio import read_image, write_png16
-from wsl_bench.datasets._safe_pickle import UnsafePickleError
-from wsl_bench.datasets._safe_pickle import load as safe_load
+from wsl_bench.datasets.nyu import load_exam_list
 from wsl_bench.datasets.nyu_centers import MODEL_FRAME, best_center, flip_for_view
 from wsl_bench.datasets.nyu_cropping import BUFFER_SIZE, ERODE_ITERATIONS, NoBreastError, crop_mammogram
 from wsl_bench.datasets.prepare import MANIFEST_NAME, pool_map, sha256_file
@@ -145,20 +144,12 @@ def find_exam_list(root: str | os.PathLike, name: str | None = None) -> Path:
 
 
 def read_exam_list(path: Path) -> list[dict[str, Any]]:
-    """The exams of a pickled exam list, read with the restricted unpickler.
+    """The exams of an exam list (:func:`wsl_bench.datasets.nyu.load_exam_list`), which must not be empty.
 
     Raises:
         DatasetError: unsafe or malformed pickle, not a list of dicts, or empty.
     """
-    try:
-        exams = safe_load(path)
-    except UnsafePickleError as exc:
-        raise DatasetError(str(exc)) from exc
-    if not isinstance(exams, list):
-        raise DatasetError(f"{path}: expected a list of exams, got {type(exams).__name__}")
-    for number, exam in enumerate(exams):
-        if not isinstance(exam, dict):
-            raise DatasetError(f"{path}: exam #{number} is a {type(exam).__name__}, not a dict")
+    exams = load_exam_list(path)
     if not exams:
         raise DatasetError(f"{path}: the exam list is empty")
     return exams
