@@ -1,5 +1,6 @@
 """Run records: one JSON object per (split, image, method) in ``records.jsonl``, written so a kill
-loses at most the record being written.
+loses at most the record being written (the harness writes them from one background thread, a batch
+at a time: :mod:`wsl_bench.evaluation.writer`).
 
 Each record is appended as one line, flushed and ``fsync``-ed before the next image is scored.
 A killed run can leave a partial last line; :class:`RecordWriter` cuts it off when the file is
