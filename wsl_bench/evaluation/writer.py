@@ -15,20 +15,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from wsl_bench.data import Sample
-from wsl_bench.evaluation.figure_maps import save_figure_maps
 from wsl_bench.evaluation.records import RecordWriter
 
 _STOP = object()
 
 
 class BackgroundWriter:
-    """Writes records and figure maps in a thread, at most one job in flight.
+    """Runs jobs (scoring a batch, writing records and figure maps) in a thread, at most one in flight.
 
     Args:
         records: where records go (its :meth:`RecordWriter.write` runs in the thread).
@@ -87,10 +82,6 @@ class BackgroundWriter:
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` (in the thread; it is durable before the next job starts)."""
         self._hand_over(lambda: self.records.write(record))
-
-    def save_figure_maps(self, out_dir: Path, method: str, sample: Sample, maps: torch.Tensor) -> None:
-        """Keep one image's normalised maps for the qualitative figure (``maps``: ``C×H×W``, CPU)."""
-        self._hand_over(lambda: save_figure_maps(out_dir, method, sample, maps))
 
     def flush(self) -> None:
         """Wait until every job is written; raise the error of one that failed."""
