@@ -365,7 +365,8 @@ def test_cli_trains_every_stage_of_glam_and_gmic(tmp_path, capsys):
     assert cli.main(["train", "--method", "gmic", *common, "--out", str(tmp_path / "gmic")]) == 0
     assert "stages main" in capsys.readouterr().out
     assert (tmp_path / "gmic" / "final.pt").exists() and (tmp_path / "gmic" / "log.csv").exists()
-    assert cli.main(["train", "--method", "intensity", *common]) == 2
+    assert cli.main(["train", "--method", "intensity", *common]) == 0  # nothing to train: information, not an error
+    assert "has nothing to train" in capsys.readouterr().out
 
 
 def test_first_images_limits_the_split_and_says_so(toy_dataset):
