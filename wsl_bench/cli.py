@@ -127,6 +127,11 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+DATASET_OPTION_HELP = ("constructor option of the dataset, part of the run's identity and of every checkpoint's "
+                       "cache key (repeatable), e.g. conspicuity=obvious|clear|real|faint for the synthetic set "
+                       "(default real: lesions as hard to see as on real mammograms; datasets/synthetic.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wsl-bench",
@@ -166,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="extra constructor option passed to every selected method (repeatable)")
+    p.add_argument("--dataset-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help=DATASET_OPTION_HELP)
     p.add_argument("--validation-split", default="val", metavar="SPLIT",
                    help="annotated split whose best Dice threshold is applied to the evaluated split (the headline "
                         "Dice; default val; 'none' leaves that column empty)")
@@ -193,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's epochs (each stage trains its share of them)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's (global) batch size")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+                   help="override the preset's learning-rate schedule (cosine: warm-up, then decay to 0)")
     p.add_argument("--balance", default=None, choices=["none", "pos_weight", "sampler"],
                    help="class-imbalance handling (default none)")
     p.add_argument("--criterion", default=None, choices=["mean_auc", "loss", "mean_dice", "mean_pxap"],
@@ -205,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default=None, help="train only this stage of the recipe (earlier ones must be done)")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="constructor option of the method, e.g. stage=sep, beta=1e-4 (repeatable)")
+    p.add_argument("--dataset-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help=DATASET_OPTION_HELP)
     p.add_argument("--out", default=None, help="training folder (default: runs/train-<method>-<preset>-seed<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue every stage from its last checkpoint in --out (finished stages are kept)")
@@ -345,6 +356,7 @@ def _run_config(args: argparse.Namespace):
         method_options=method_options,
         image_size=args.image_size,
         validation_split=None if args.validation_split.lower() == "none" else args.validation_split,
+        dataset_options=tuple(sorted(dict(args.dataset_option).items())),
     )
 
 
@@ -438,8 +450,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed, image_size=args.image_size,
-                       method_options=((args.method, tuple(sorted(dict(args.option).items()))),))
+                       method_options=((args.method, tuple(sorted(dict(args.option).items()))),),
+                       dataset_options=tuple(sorted(dict(args.dataset_option).items())))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "balance": args.balance,
+                 "lr_schedule": args.lr_schedule,
                  "best_criterion": args.criterion, "checkpoint_every_steps": args.checkpoint_every,
                  "amp": False if args.no_amp else None}
     out = Path(args.out or f"runs/train-{args.method}-{args.preset}{_size_suffix(args)}-seed{args.seed}")

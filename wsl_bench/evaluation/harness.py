@@ -83,6 +83,9 @@ class RunConfig:
         loader_workers: processes reading images ahead of the model (``None``:
             :func:`~wsl_bench.evaluation.loading.default_workers`; 0: read in the main process).
             Changes no result, so it is not part of the run's identity.
+        dataset_options: extra constructor options of the dataset (``--dataset-option``, e.g. the
+            synthetic set's ``conspicuity``), as ``((key, value), ...)``; they override what the
+            preset sets (``options_for``) and are part of the run's identity.
     """
 
     methods: tuple[str, ...]
@@ -99,6 +102,7 @@ class RunConfig:
     method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     image_size: tuple[int, int] | None = None
     loader_workers: int | None = None
+    dataset_options: tuple[tuple[str, Any], ...] = ()
 
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of every image and method of the run."""
