@@ -121,7 +121,8 @@ def conspicuity_named(level: str, **fields: float | None) -> Conspicuity:
     try:
         base = CONSPICUITY_LEVELS[level]
     except KeyError:
-        raise ValueError(f"unknown conspicuity level {level!r}; known levels: {', '.join(CONSPICUITY_LEVELS)}") from None
+        known = ", ".join(CONSPICUITY_LEVELS)
+        raise ValueError(f"unknown conspicuity level {level!r}; known levels: {known}") from None
     return dataclasses.replace(base, **{k: float(v) for k, v in fields.items() if v is not None})
 
 # Random streams of one image (the third element of the SeedSequence spawn key).
@@ -679,7 +680,8 @@ def _render_mass(
         t = (dx * c + dy * si) / radius_px  # along the spicule, in radii
         p = (-dx * si + dy * c) / radius_px  # across
         half_width = np.maximum(width * (1.0 - t / length), 0.8 / radius_px)  # ≥ ~1.5 px wide
-        spike = contrast * amp * lesion.amplitude * np.clip(1.0 - t / length, 0.0, 1.0) * np.exp(-((p / half_width) ** 2))
+        along = np.clip(1.0 - t / length, 0.0, 1.0)
+        spike = contrast * amp * lesion.amplitude * along * np.exp(-((p / half_width) ** 2))
         add = np.maximum(add, np.where(t > 0, spike, 0.0))
     add *= 1.0 + 0.12 * np.clip(texture[rows, cols], -2.5, 2.5)
     region = density[rows, cols]
