@@ -68,6 +68,7 @@ from wsl_bench.training.cache import (
     load_method_weights,
     stage_checkpoint,
     stage_folder,
+    stage_regressions,
     train_config_for,
     train_stages,
     training_seconds,
@@ -154,7 +155,7 @@ def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDatase
     load_builtins()  # the registry lookup below comes before create_dataset, which would load them
     preset = get_preset(config.preset)
     split = split or config.split
-    options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
+    options = {**DATASETS.get(config.dataset).options_for(preset, split, config.seed), **dict(config.dataset_options)}
     return create_dataset(config.dataset, root=config.data_root, split=split, image_size=config.size(), **options)
 
 
@@ -346,6 +347,7 @@ def ensure_trained(
         "train_metrics": meta.get("metrics"),
         "training_seconds": training_seconds(folder),
         "learning_check": problems,
+        "localisation_check": stage_regressions(folder, job.stages),
         **({"initialised_from": initialised_from} if initialised_from else {}),
     }
 

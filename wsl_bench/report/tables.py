@@ -336,6 +336,13 @@ def learning_warnings(manifest: dict[str, Any]) -> list[str]:
         subject = ", ".join(methods)
         scores = "Its scores measure" if len(methods) == 1 else "Their scores measure"
         notes.append(f"{subject} did not learn: {'; '.join(problems)}. {scores} this training run, not the method.")
+    regressed: dict[tuple[str, ...], list[str]] = {}
+    for method, facts in sorted((manifest.get("checkpoints") or {}).items()):
+        problems = (facts or {}).get("localisation_check") or []
+        if problems:
+            regressed.setdefault(tuple(problems), []).append(method)
+    for problems, methods in regressed.items():
+        notes.append(f"{', '.join(methods)}: training lost localisation it started with ({'; '.join(problems)}).")
     return notes
 
 

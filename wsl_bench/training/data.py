@@ -150,16 +150,38 @@ class ValidationImages:
         return out
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The data order of one epoch: a permutation of ``range(n)`` fixed by ``(seed, epoch)``."""
-    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+def epoch_order(n: int, seed: int, epoch: int, epoch_images: int | None = None) -> list[int]:
+    """The data order of one epoch, fixed by ``(seed, epoch)``.
+
+    Without ``epoch_images`` an epoch is one pass: a permutation of ``range(n)``. With it, an epoch is
+    the next ``epoch_images`` positions of a stream of passes, each pass its own permutation of
+    ``range(n)``: over a split of ``n = epochs · epoch_images`` distinct images (the ``cpu`` preset's
+    data regime) every image is seen exactly once, and validation still comes every ``epoch_images``.
+    """
+    if epoch_images is None:
+        return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    if epoch_images < 1:
+        raise ValueError(f"epoch_images must be at least 1, got {epoch_images}")
+    start, stop = epoch * epoch_images, (epoch + 1) * epoch_images
+    order: list[int] = []
+    for stream_pass in range(start // n, (stop - 1) // n + 1):
+        permutation = np.random.default_rng([seed, stream_pass, _STREAM_KEY]).permutation(n)
+        order += permutation[max(start - stream_pass * n, 0) : min(stop - stream_pass * n, n)].tolist()
+    return order
 
 
-def balanced_order(labels: np.ndarray, seed: int, epoch: int) -> list[int]:
-    """``n`` indices drawn with replacement so that every label pattern present is equally likely.
+_STREAM_KEY = 2
+"""Third element of the generator key of a pass of :func:`epoch_order`'s stream (``[seed, epoch]`` orders
+whole-pass epochs, ``[seed, epoch, 1]`` the balanced sampler)."""
+
+
+def balanced_order(labels: np.ndarray, seed: int, epoch: int, size: int | None = None) -> list[int]:
+    """``size`` (default ``n``) indices drawn with replacement so that every label pattern present is
+    equally likely.
 
     Args:
         labels: ``n×C`` {0, 1} labels (rows with NaN, unloadable samples, are never drawn).
+        size: images in the epoch (``TrainConfig.epoch_images``; default the split's ``n``).
 
     Returns:
         the epoch's order, fixed by ``(seed, epoch)``.
@@ -171,4 +193,4 @@ def balanced_order(labels: np.ndarray, seed: int, epoch: int) -> list[int]:
     counts = np.bincount(patterns[valid], minlength=2 ** labels.shape[1])
     weights = np.where(valid, 1.0 / np.maximum(counts[patterns], 1), 0.0)
     rng = np.random.default_rng([seed, epoch, 1])
-    return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum()).tolist()
+    return rng.choice(len(labels), size=size or len(labels), replace=True, p=weights / weights.sum()).tolist()

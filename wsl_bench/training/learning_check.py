@@ -71,6 +71,41 @@ def learning_problems(metrics: dict[str, Any] | None) -> list[str]:
     return problems
 
 
+def localisation_regressions(
+    stage: str, maps: tuple[str, ...] | list[str], metrics: dict[str, Any] | None, start: dict[str, Any] | None
+) -> list[str]:
+    """One sentence per map and class that the selected checkpoint of ``stage`` localises worse than the
+    network the stage started from did, on the validation split.
+
+    A stage that starts from trained weights (GMIC and GLAM from CAM's network, GLAM's later stages from
+    the earlier ones) should keep or improve what it starts with; a selected checkpoint whose trained
+    map lost localisation says the stage destroyed its start (for example a learning rate that erases
+    the initialisation within an epoch). Only a start that localised counts (validation PxAP at least
+    :data:`PXAP_CHANCE_FACTOR` times chance): below that, a random start's PxAP is noise.
+
+    Args:
+        stage: the stage's name, for the sentence.
+        maps: the maps the stage trains (``TrainingStage.maps``; empty: the output map).
+        metrics: the validation row stored with the selected checkpoint.
+        start: the stage's epoch-0 row (the validation of its starting network).
+    """
+    if not metrics or not start:
+        return []
+    problems = []
+    for name in maps or ("",):
+        for cls in CLASSES:
+            key = f"val_pxap_{name}_{cls}" if name else f"val_pxap_{cls}"
+            chosen, begun = _finite(metrics.get(key)), _finite(start.get(key))
+            chance = _finite(start.get(f"val_pxap_chance_{cls}"))
+            if chosen is None or begun is None or chance is None or begun < PXAP_CHANCE_FACTOR * chance:
+                continue
+            if chosen < begun:
+                what = f"{name} map" if name else "map"
+                problems.append(f"stage {stage}: {what} {cls} validation PxAP {chosen:.4f} at the selected checkpoint "
+                                f"(epoch {metrics.get('epoch', '?')}), below {begun:.4f} at the stage's start")
+    return problems
+
+
 def _finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else ``None``."""
     try:
@@ -80,4 +115,4 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-__all__ = ["AUC_P_VALUE", "PXAP_CHANCE_FACTOR", "learning_problems"]
+__all__ = ["AUC_P_VALUE", "PXAP_CHANCE_FACTOR", "learning_problems", "localisation_regressions"]

@@ -74,6 +74,7 @@ from wsl_bench.training.policies import (  # noqa: F401  (CRITERIA, plot_curves:
     TrainingLog,
     plot_curves,
 )
+from wsl_bench.training.validation import TrainingMapScores
 from wsl_bench.weights import atomic_torch_save, file_sha256, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,24 @@ log = logging.getLogger(__name__)
 TRAINER_STATE_FORMAT = "wsl_bench.trainer_state/2"
 METHOD_CHECKPOINT_FORMAT = weights_io.FORMAT  # the one checkpoint format (wsl_bench.weights)
 BALANCE_MODES: tuple[str, ...] = ("none", "pos_weight", "sampler")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+WARMUP_FRACTION = 0.05
+"""Share of a stage's steps the ``"cosine"`` schedule warms up over."""
+
+
+def scheduled_lr(schedule: str, peak: float, step: int, total: int) -> float:
+    """The learning rate of optimisation step ``step`` (0-based) of ``total`` under ``schedule``.
+
+    ``"cosine"``: ``peak·(step+1)/w`` for the first ``w = max(1, round(WARMUP_FRACTION·total))`` steps,
+    then ``peak·(1 + cos(π·t))/2`` with ``t`` going from 0 to 1 over the remaining steps.
+    """
+    if schedule == "constant" or total <= 1:
+        return peak
+    warmup = max(1, round(WARMUP_FRACTION * total))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,12 @@ class TrainConfig:
             of the narrow networks of the cpu preset on an AVX512-BF16 CPU (measured, CAM at 368×240).
         val_bins: histogram bins of the validation Dice/PxAP (the harness's default is 1000).
         max_cached_images: training images kept decoded in memory (0: reload every time).
+        epoch_images: images per epoch (the validation interval), drawn in turn from a stream of
+            passes over the split (:func:`~wsl_bench.training.data.epoch_order`); ``None``: an epoch
+            is one pass over the split.
+        lr_schedule: ``"constant"``: ``lr`` at every step; ``"cosine"``: a linear warm-up over the first
+            :data:`WARMUP_FRACTION` of a stage's steps to ``lr``, then a cosine decay to 0 at its last
+            step (:func:`scheduled_lr`). A function of the step, so a resumed run follows it exactly.
     """
 
     epochs: int = 8
@@ -124,6 +149,8 @@ class TrainConfig:
     cpu_amp: bool = False
     val_bins: int = 1000
     max_cached_images: int = 4000
+    epoch_images: int | None = None
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_MODES:
@@ -134,6 +161,10 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.lr <= 0 or self.checkpoint_every_steps < 0 or self.val_bins < 2:
             raise ValueError("lr must be positive, checkpoint_every_steps non-negative and val_bins at least 2")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.epoch_images is not None and self.epoch_images < 1:
+            raise ValueError(f"epoch_images must be at least 1 (or None: a pass per epoch), got {self.epoch_images}")
 
 
 def training_stages(method: TrainableMethod) -> tuple[TrainingStage, ...]:
@@ -415,6 +446,7 @@ class Trainer:
         else:
             if self.init_from is not None:
                 load_network_weights(self.method, self.init_from)
+            self._validate_start(val)
             torch.manual_seed(self.config.seed)
 
         already_done = self.epoch >= self.epochs
@@ -455,10 +487,25 @@ class Trainer:
         self.network.eval()
         return TrainResult(final_path, best_path, self.history, sorted(train.failed), [self.stage.name])
 
+    def _validate_start(self, val: ValidationImages | None) -> None:
+        """The validation row of the network the stage starts from, as epoch 0 of its history (rank 0):
+        the reference its selected checkpoint is compared with (``learning_check.localisation_regressions``)."""
+        if val is None or not self.context.is_main:
+            return
+        self.network.eval()
+        row = {"stage": self.stage.name, "epoch": 0, "train_loss": float("nan"),
+               "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": 0.0}
+        row.update(self.validate(val, None))
+        self.history.append(row)
+
+    def start_row(self) -> dict[str, Any] | None:
+        """The epoch-0 row of this stage's history (:meth:`_validate_start`), if validated."""
+        return next((row for row in self.history if row.get("epoch") == 0), None)
+
     def _epoch_order(self, train: LabelledImages, labels: np.ndarray | None) -> list[int]:
         if self.config.balance == "sampler":
-            return balanced_order(labels, self.config.seed, self.epoch)
-        return epoch_order(len(train.ids), self.config.seed, self.epoch)
+            return balanced_order(labels, self.config.seed, self.epoch, self.config.epoch_images)
+        return epoch_order(len(train.ids), self.config.seed, self.epoch, self.config.epoch_images)
 
     def _set_train_mode(self) -> None:
         """Train mode for what this stage trains; eval mode (fixed BatchNorm statistics) elsewhere."""
@@ -479,6 +526,9 @@ class Trainer:
         loss_module: nn.Module,
     ) -> None:
         batch_size = self.config.batch_size
+        epoch_length = self.config.epoch_images or len(train.ids)
+        total_steps = self.epochs * math.ceil(epoch_length / batch_size)  # the stage's, for the schedule
+        peak = self.config.lr * self.stage.lr_factor
         while self.epoch < self.epochs:
             order = self._epoch_order(train, labels)
             steps = math.ceil(len(order) / batch_size)
@@ -492,6 +542,8 @@ class Trainer:
             self._set_train_mode()
             while self.step_in_epoch < steps:
                 started = time.perf_counter()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = scheduled_lr(self.config.lr_schedule, peak, self.global_step, total_steps)
                 positions = list(range(self.step_in_epoch * batch_size, min((self.step_in_epoch + 1) * batch_size,
                                                                              len(order))))
                 loss = self._train_step(train, order, positions, pos_weight, augment, loss_module)
@@ -576,7 +628,9 @@ class Trainer:
         """Validation loss, AUC per class (image-level labels) and Dice/PxAP per class (masks).
 
         Dice (at τ = 0.5, mean over the images holding a lesion of the class) and PxAP (pixel
-        histograms pooled over the same images) are computed exactly as the harness scores a run:
+        histograms pooled over the same images; also ``val_pxap_<map>_<class>`` of each of the method's
+        :meth:`~wsl_bench.saliency.TrainableMethod.training_maps`, see :mod:`wsl_bench.training.validation`)
+        are computed exactly as the harness scores a run:
         :func:`wsl_bench.evaluation.scoring.score_image` on the method's ``predict`` output, its
         histograms pooled by :class:`wsl_bench.evaluation.metrics.PxAPMetric`; AUC by
         :class:`~wsl_bench.evaluation.metrics.AUCMetric`. Dice is the mean of ``score_image``'s values
@@ -586,6 +640,7 @@ class Trainer:
         losses, sizes = [], []
         aucs = {c: AUCMetric() for c in CLASSES}
         pxaps = {c: PxAPMetric(self.config.val_bins) for c in CLASSES}
+        training_maps = TrainingMapScores(self.config.val_bins)
         dice: dict[str, list[float]] = {c: [] for c in CLASSES}
         for start in range(0, len(val.ids), self.config.batch_size):
             samples = val.samples(val.ids[start : start + self.config.batch_size])
@@ -606,6 +661,7 @@ class Trainer:
                     if scored["has_lesion"][name]:  # both metrics score the images holding a lesion of the class
                         dice[name].append(scored["dice"][name])
                         pxaps[name].update_histograms(*(decode_counts(scored["hist"][name][k]) for k in ("pos", "neg")))
+            training_maps.update(self.method.training_maps(output), samples)
         if not sizes:
             return {}
         row: dict[str, float] = {"val_loss": float(np.average(losses, weights=sizes))}
@@ -617,6 +673,7 @@ class Trainer:
         for name in CLASSES:
             row[f"val_dice_{name}"] = float(np.mean(dice[name])) if dice[name] else float("nan")
             row[f"val_pxap_{name}"] = pxaps[name].compute()  # NaN without a lesion pixel
+        row.update(training_maps.row())
         for metric in ("auc", "dice", "pxap"):
             values = [row[f"val_{metric}_{name}"] for name in CLASSES]
             finite = [v for v in values if np.isfinite(v)]
@@ -637,6 +694,7 @@ class Trainer:
                 "stage": self.stage.to_dict(),
                 "seed": self.config.seed,
                 "metrics": dict(metrics),
+                "start_metrics": dict(self.start_row() or {}),
                 "epochs_completed": self.epoch,
             },
         }
