@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wsl_bench"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("interface", ("wsl_bench.cli", "wsl_bench.__main__", "wsl_bench.testing")),
-    ("pipeline", ("wsl_bench.pipeline",)),
+    ("pipeline", ("wsl_bench.pipeline", "wsl_bench.sweep")),
     ("report", ("wsl_bench.report",)),
     ("methods", ("wsl_bench.methods",)),
     ("training", ("wsl_bench.training",)),
