@@ -1,6 +1,7 @@
 """The ``wsl-bench`` command line.
 
-Sub-commands: ``list``, ``run``, ``train``, ``report``, ``data synth``, ``data prepare``, ``bench``, ``verify``.
+Sub-commands: ``list``, ``run``, ``train``, ``report``, ``sweep``, ``data synth``, ``data prepare``, ``bench``,
+``verify``.
 Exit codes: 0 success, 1 a run finished with failed images or a command failed, 2 bad usage
 (unknown method, dataset or preset name, malformed or out-of-range option, an option a method does
 not take, a missing or malformed dataset). Usage errors print one line, ``wsl-bench: error: ...``
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="where to write (default: RUN_DIR/report)")
 
+    _add_sweep_parser(sub)
+
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command")
     p = data.add_parser("synth", help="write the synthetic set to disk in the folder format")
     p.add_argument("--out", required=True)
@@ -295,6 +298,43 @@ def build_parser() -> argparse.ArgumentParser:
                          help="scratch run folder to keep (default: a temporary folder in the cache, removed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+SWEEP_LEVELS = ("obvious", "clear", "real", "faint")
+"""The synthetic set's named conspicuity levels, most conspicuous first, for ``sweep --help`` (written out so
+that help does not import the generator; ``tests/test_sweep.py`` checks it against ``CONSPICUITY_LEVELS``)."""
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    """``wsl-bench sweep``: the same methods at several conspicuity levels (wsl_bench.sweep)."""
+    p = sub.add_parser("sweep", help="run methods at several conspicuity levels of the synthetic set; where they break",
+                       description="Run the methods at each conspicuity level of the synthetic set, one ordinary run "
+                                   "folder per level (OUT/<level>, resumable, its own report, checkpoints cached per "
+                                   "level), then write OUT/sweep.md, sweep.csv and sweep.png: headline Dice and PxAP "
+                                   "against measured conspicuity, and per class the first level at which each method "
+                                   "no longer beats the floor.")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated names or wildcards (default: glam, gmic, cam, gradcam++, intensity, "
+                        "centre_prior, and fsl and supervised where registered)")
+    p.add_argument("--levels", default=None,
+                   help=f"comma-separated conspicuity levels, at least two (default: all, {', '.join(SWEEP_LEVELS)})")
+    p.add_argument("--dataset", default="synthetic", help="must be synthetic (the sweep varies its conspicuity)")
+    p.add_argument("--preset", default="cpu", help="run size: tiny, cpu (default) or full")
+    p.add_argument("--image-size", type=parse_image_size, default=None, metavar="HxW",
+                   help="replace the preset's image size (its split sizes and training budget stay)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per predict call")
+    p.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
+                   help="processes reading images ahead of the model (default as for run); changes no result")
+    p.add_argument("--dataset-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help="further synthetic-set option shared by every level (dense_placement, masking; repeatable)")
+    p.add_argument("--retry-failed", action="store_true", help="recompute records that failed or ran out of memory")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (plans and summaries stay)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help="sweep folder (default: runs/sweep-<preset>-seed<seed>)")
+    where.add_argument("--report", default=None, metavar="OUT",
+                       help="run nothing: rebuild OUT/sweep.md, sweep.csv and the figure from its level folders")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -606,8 +646,43 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``wsl-bench sweep``: each level's line, plan and bar on stderr; its summary and the report's path on stdout."""
+    from wsl_bench.pipeline import parse_methods
+    from wsl_bench.sweep import SweepError, SweepSpec, check_dataset, default_sweep_methods, parse_levels, run_sweep
+    from wsl_bench.sweep import write_report as write_sweep_report
+
+    try:
+        if args.report:
+            out = write_sweep_report(args.report)
+            print(f"sweep report: {out / 'sweep.md'} (sweep.csv, sweep.png in {out})")
+            return 0
+        check_dataset(args.dataset, args.dataset_option)
+        levels = parse_levels(args.levels)
+    except SweepError as exc:
+        raise UsageError(str(exc)) from None
+    from wsl_bench.presets import get_preset
+
+    get_preset(args.preset)
+    methods = parse_methods(args.methods, args.preset) if args.methods else default_sweep_methods()
+    spec = SweepSpec(methods=tuple(methods), levels=levels, preset=args.preset, seed=args.seed, device=args.device,
+                     image_size=args.image_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
+                     dataset_options=tuple(sorted(dict(args.dataset_option).items())))
+    out = Path(args.out or f"runs/sweep-{args.preset}{_size_suffix(args)}-seed{args.seed}")
+    left_out = [] if args.methods else [m for m in ("fsl", "supervised") if m not in methods]
+    print(f"wsl-bench sweep: {len(methods)} methods ({', '.join(methods)}) at {len(levels)} conspicuity levels "
+          f"({', '.join(levels)}) -> {out}" + (f"; {', '.join(left_out)} not registered here, left out" if left_out
+                                              else ""), file=sys.stderr)
+    result = run_sweep(spec, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    print(f"sweep report: {result.report / 'sweep.md'} (sweep.csv, sweep.png in {result.report})")
+    if result.failed:
+        print(f"{result.failed} image(s) failed; their errors are in the level folders' records", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "train": cmd_train, "report": cmd_report, "data": cmd_data,
-            "describe": cmd_describe, "bench": cmd_bench, "verify": cmd_verify}
+            "describe": cmd_describe, "bench": cmd_bench, "verify": cmd_verify, "sweep": cmd_sweep}
 
 
 def _refused_option(exc: TypeError, args: argparse.Namespace) -> str | None:
