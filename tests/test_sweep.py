@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -258,3 +260,11 @@ def test_where_a_method_breaks(verdicts, breaks_at, words):
     item = Breakdown("cam", tuple(zip(("obvious", "clear", "real"), verdicts, strict=True)))
     assert item.breaks_at == breaks_at
     assert words in item.sentence()
+
+
+def test_sweep_help_does_not_import_torch():
+    probe = ("import atexit, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, "
+             "file=sys.stderr)); from wsl_bench.cli import main; sys.exit(main(['sweep', '--help']))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "torch imported: False" in done.stderr, done.stderr
+    assert "--levels" in done.stdout and ", ".join(SWEEP_LEVELS) in " ".join(done.stdout.split())

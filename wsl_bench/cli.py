@@ -649,7 +649,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``wsl-bench sweep``: each level's line, plan and bar on stderr; its summary and the report's path on stdout."""
     from wsl_bench.pipeline import parse_methods
-    from wsl_bench.sweep import SweepError, SweepSpec, check_dataset, default_sweep_methods, parse_levels, run_sweep
+    from wsl_bench.sweep import (
+        SWEEP_METHODS,
+        SweepError,
+        SweepSpec,
+        check_dataset,
+        default_sweep_methods,
+        parse_levels,
+        run_sweep,
+    )
     from wsl_bench.sweep import write_report as write_sweep_report
 
     try:
@@ -669,7 +677,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      image_size=args.image_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
                      dataset_options=tuple(sorted(dict(args.dataset_option).items())))
     out = Path(args.out or f"runs/sweep-{args.preset}{_size_suffix(args)}-seed{args.seed}")
-    left_out = [] if args.methods else [m for m in ("fsl", "supervised") if m not in methods]
+    left_out = [] if args.methods else [m for m in SWEEP_METHODS if m not in methods]
     print(f"wsl-bench sweep: {len(methods)} methods ({', '.join(methods)}) at {len(levels)} conspicuity levels "
           f"({', '.join(levels)}) -> {out}" + (f"; {', '.join(left_out)} not registered here, left out" if left_out
                                               else ""), file=sys.stderr)
