@@ -244,21 +244,21 @@ def test_default_methods_are_the_registered_ones_of_the_list():
             METHODS.unregister("fsl")
 
 
-@pytest.mark.parametrize("verdicts, breaks_at, words", [
-    ((summary.ABOVE, summary.UNCLEAR, summary.ABOVE), None, "beats the floor at every level judged (not "
-                                                            "distinguishable from it at `clear`)"),
-    ((summary.ABOVE, summary.UNCLEAR, summary.BELOW), "real", "beats the floor down to `clear` and first fails at "
-                                                              "`real`"),
-    ((summary.ABOVE, summary.BELOW, summary.ABOVE), "clear", "(it beats it again at `real`)"),
-    ((summary.BELOW, summary.BELOW, summary.BELOW), "obvious", "does not beat the floor at any level judged, not "
-                                                               "even `obvious`"),
-    ((summary.UNJUDGED, summary.BELOW, summary.ABOVE), "clear", "does not beat the floor at `clear`, the most "
-                                                                "conspicuous level judged, but beats it at `real`"),
-    ((summary.UNJUDGED,) * 3, None, "not judged at any level"),
+@pytest.mark.parametrize("verdicts, breaks_at, cell, words", [
+    ((summary.ABOVE, summary.UNCLEAR, summary.ABOVE), None, "none",
+     "beats the floor at every level judged (not distinguishable from it at `clear`)"),
+    ((summary.ABOVE, summary.UNCLEAR, summary.BELOW), "real", "`real`",
+     "beats the floor down to `clear` and first fails at `real`"),
+    ((summary.ABOVE, summary.BELOW, summary.ABOVE), "clear", "`clear`", "(it beats it again at `real`)"),
+    ((summary.BELOW, summary.BELOW, summary.BELOW), "obvious", "never beats it",
+     "does not beat the floor at any level judged, not even `obvious`"),
+    ((summary.UNJUDGED, summary.BELOW, summary.ABOVE), "clear", "`clear`",
+     "does not beat the floor at `clear`, the most conspicuous level judged, but beats it at `real`"),
+    ((summary.UNJUDGED,) * 3, None, "–", "not judged at any level"),
 ])
-def test_where_a_method_breaks(verdicts, breaks_at, words):
+def test_where_a_method_breaks(verdicts, breaks_at, cell, words):
     item = Breakdown("cam", tuple(zip(("obvious", "clear", "real"), verdicts, strict=True)))
-    assert item.breaks_at == breaks_at
+    assert item.breaks_at == breaks_at and item.cell() == cell
     assert words in item.sentence()
 
 

@@ -141,6 +141,13 @@ class Breakdown:
         """The first level at which the method does not beat the floor (``None``: none)."""
         return next((level for level, v in self.verdicts if v == summary.BELOW), None)
 
+    def cell(self) -> str:
+        """The breakdown table's last cell: the level it breaks at, ``never beats it``, ``none`` or ``–``."""
+        beats_somewhere = any(v in BEATS for _, v in self.verdicts)
+        if self.breaks_at:
+            return f"`{self.breaks_at}`" if beats_somewhere else "never beats it"
+        return "none" if beats_somewhere else fmt.MISSING
+
     def sentence(self) -> str:
         """Where the method breaks, in words (Markdown)."""
         name = f"`{self.method}`"
@@ -228,9 +235,7 @@ def _breakdown_markdown(table: pd.DataFrame, methods: Sequence[str]) -> list[str
             marks = dict(item.verdicts)
             family = rows.loc[rows["method"] == item.method, "family"].iloc[0]
             cells = " | ".join(MARKS.get(marks.get(level, summary.UNJUDGED), "–") for level in levels)
-            breaks = f"`{item.breaks_at}`" if item.breaks_at else (
-                "none" if any(v in BEATS for _, v in item.verdicts) else "–")
-            lines.append(f"| {item.method} | {family} | {cells} | {breaks} |")
+            lines.append(f"| {item.method} | {family} | {cells} | {item.cell()} |")
         lines += ["", *(f"- {item.sentence()}" for item in found), ""]
         if floors:
             lines += [f"The floor ({cls}): " + "; ".join(floors) + ".", ""]
