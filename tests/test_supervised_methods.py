@@ -181,3 +181,89 @@ def test_masks_reach_only_a_method_that_declares_the_split(toy_dataset, tmp_path
     Trainer(cam, config, tmp_path / "c", progress=False).fit(toy_dataset(split="train", n=4))
     with pytest.raises(ValueError, match="trains with masks"):
         SupervisedSegmentation(image_size=(64, 48)).training_loss(torch.zeros(1, 1, 64, 48), torch.zeros(1, 2))
+
+
+# -- the report: their own family, apart like the floor, never ranked -------------------------------------------
+REPORTED = ("glam", "gmic", "cam", "fsl", "supervised", "intensity", "centre_prior", "random")
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A fabricated run where the supervised reference points localise best of all, and its report."""
+    from report_fixtures import fake_run
+
+    from wsl_bench.report.tables import build_report
+
+    # below 0.5 a map's lesion and background values overlap (report_fixtures): no ranked method is perfect
+    quality = {"glam": 0.4, "gmic": 0.2, "cam": 0.3, "intensity": 0.25, "centre_prior": 0.1, "random": 0.0,
+               "fsl": 0.7, "supervised": 0.9}
+    run_dir = fake_run(tmp_path_factory.mktemp("supervised") / "run", methods=REPORTED, n_images=9,
+                       quality=quality, figure_images=3)
+    return run_dir, build_report(run_dir)
+
+
+def test_the_family_is_its_own_and_sits_between_the_ranked_methods_and_the_floor():
+    from wsl_bench.report.families import BASELINES, LEARNED, SUPERVISED, UNRANKED, family_of, ordered
+
+    assert family_of("fsl") is SUPERVISED and family_of("supervised") is SUPERVISED
+    assert family_of("cam") is LEARNED and family_of("intensity") is BASELINES and SUPERVISED in UNRANKED
+    assert ordered(["random", "fsl", "cam", "supervised", "glam", "intensity"], {}) == [
+        "glam", "cam", "fsl", "supervised", "intensity", "random"]
+
+
+def test_the_summary_sets_them_apart_and_never_calls_them_the_best(reported):
+    import pandas as pd
+
+    from wsl_bench.report import summary
+    from wsl_bench.report.tables import RunData
+
+    run_dir, out = reported
+    results, details = pd.read_csv(out / "results.csv"), pd.read_csv(out / "details.csv")
+    for cls_summary in summary.summarise(results, details, RunData.load(run_dir).manifest):
+        assert [e.name for e in cls_summary.references] == ["fsl", "supervised"]
+        assert not {"fsl", "supervised"} & {m for e in cls_summary.ranked for m in e.methods}
+        # they localise best of all in this run, yet the best value of a column is a ranked method's or the floor's
+        assert max(e.dice for e in cls_summary.references) > cls_summary.best("dice")
+        assert cls_summary.ranked[0].name == "glam"
+        sentence = summary.reference_sentence(cls_summary)
+        assert sentence.startswith(f"Supervised reference points ({cls_summary.cls}; trained with masks, not ranked)")
+        assert "The best weakly-supervised method, `glam`," in sentence and "% of `fsl`'s" in sentence
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "| uses masks | fsl | supervised (uses masks) |" in markdown
+    assert "| 1 | glam |" in markdown and "| 4 |" not in markdown.split("## Summary", 1)[1].split("###", 2)[1]
+    assert summary.SUPERVISED_DEFINITION in markdown
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count("supervised reference points (trained with masks, not ranked)</th>") == 2  # one per class
+
+
+def test_every_figure_shows_the_family(reported):
+    _, out = reported
+    assert (out / "qualitative_supervised.png").exists()
+    for name in ("dice_boxplot", "dice_vs_lesion_size", "cost_vs_dice"):
+        assert (out / f"{name}.png").exists(), name
+    from wsl_bench.report.families import SUPERVISED, families
+    from wsl_bench.report.styles import FAMILY_MARKERS, styles
+
+    family = families(REPORTED, {})
+    style = styles(list(REPORTED), family)
+    assert style["fsl"].colour != style["supervised"].colour and style["fsl"].linestyle == style["supervised"].linestyle
+    assert style["fsl"].marker == FAMILY_MARKERS[SUPERVISED.key] != FAMILY_MARKERS["learned"]
+
+
+def test_the_evidence_lines_say_where_they_stand_and_never_count_them_as_the_best_other_method():
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[1] / "reports" / "evidence.py"
+    spec = importlib.util.spec_from_file_location("report_evidence", path)
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    rows = [{"method": m, "class": cls, "dice_val_tau": d, "pxap": p} for cls in ("benign", "malignant")
+            for m, d, p in [("glam", 0.30, 0.20), ("cam", 0.25, 0.15), ("fsl", 0.60, 0.50), ("supervised", 0.75, 0.70),
+                            ("intensity", 0.12, 0.08), ("centre_prior", 0.04, 0.02), ("random", 0.02, 0.01)]]
+    text = evidence.evidence_markdown(pd.DataFrame(rows))
+    assert "GLAM 0.300 against cam 0.250: +20.0 %" in text  # not against fsl or supervised
+    assert ("- benign: fsl 0.600 / 0.500 (the best weakly-supervised at 50 %); supervised 0.750 / 0.700 "
+            "(the best weakly-supervised at 40 %); best weakly-supervised: glam 0.300") in text
