@@ -35,14 +35,14 @@ def _size_suffix(args: argparse.Namespace) -> str:
 
 
 DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
-    "cpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "glam", "gmic", "gradcam", "gradcam++", "hirescam",
-            "intensity", "layercam", "random", "xgradcam"),
-    "gpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fullgrad", "glam", "gmic", "gradcam", "gradcam++",
-            "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients", "intensity", "layercam",
-            "random", "saliency", "xgradcam"),
-    "every": ("ablationcam", "cam", "captum_gradcam", "centre_prior", "eigencam", "fullgrad", "glam", "gmic",
+    "cpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fsl", "glam", "gmic", "gradcam", "gradcam++",
+            "hirescam", "intensity", "layercam", "random", "supervised", "xgradcam"),
+    "gpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fsl", "fullgrad", "glam", "gmic", "gradcam",
+            "gradcam++", "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients", "intensity",
+            "layercam", "random", "saliency", "supervised", "xgradcam"),
+    "every": ("ablationcam", "cam", "captum_gradcam", "centre_prior", "eigencam", "fsl", "fullgrad", "glam", "gmic",
               "gradcam", "gradcam++", "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients",
-              "intensity", "layercam", "occlusion", "random", "saliency", "scorecam", "xgradcam"),
+              "intensity", "layercam", "occlusion", "random", "saliency", "scorecam", "supervised", "xgradcam"),
 }
 """The default ``--methods`` of each preset (``every``: tiny and full), for ``run --help``: written out
 here because computing it (``wsl_bench.pipeline.default_methods``) imports every method and torch,

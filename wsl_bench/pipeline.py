@@ -224,7 +224,8 @@ class TrainingJob:
         method: the method the trainer fits (a run method's :attr:`RunMethod.trainee`).
         train_config: the preset's budget, the method's recipe, then any overrides (``wsl-bench train``).
         stages: the method's training stages.
-        train_set, val_set: the run's training and validation splits.
+        train_set, val_set: the run's training and validation splits; for a method trained with masks
+            (:func:`mask_training`), the split it names and ``None``.
         key: the checkpoint cache key (a hash of ``key_data``).
         key_data: what decides the weights: method and configuration, data, training configuration,
             stages, code and, for a method that starts from another's weights, that method's key.
@@ -235,7 +236,7 @@ class TrainingJob:
     train_config: TrainConfig
     stages: tuple[TrainingStage, ...]
     train_set: MammogramDataset
-    val_set: MammogramDataset
+    val_set: MammogramDataset | None
     key: str
     key_data: dict[str, Any]
     donor: TrainingJob | SaliencyMethod | None = None
@@ -261,7 +262,10 @@ def training_job(method: TrainableMethod, config: RunConfig, **overrides: Any) -
         train_config = train_config_for(method, config.preset, config.seed, **overrides)
     except (TypeError, ValueError) as exc:
         raise TrainingConfigError(f"{method.name}: {exc}") from None
-    train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
+    if method.mask_split is None:
+        train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
+    else:
+        train_set, val_set, train_config = mask_training(method, config, train_config, overrides)
     key_data = checkpoint_key_data(method, train_config, train_set, val_set)
     donor = _donor(method, config)
     donor_job: TrainingJob | SaliencyMethod | None = None
@@ -276,6 +280,27 @@ def training_job(method: TrainableMethod, config: RunConfig, **overrides: Any) -
             key_data["initialised_from"] = {"method": donor.name, "cache_key": donor_job.key}
     return TrainingJob(method, train_config, training_stages(method), train_set, val_set,
                        config_hash(key_data), key_data, donor_job)
+
+
+def mask_training(
+    method: TrainableMethod, config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any]
+) -> tuple[MammogramDataset, None, TrainConfig]:
+    """Training data and budget of a method trained with masks (``TrainableMethod.mask_split``): the
+    split it names; no validation split (validating would read the validation masks, which ``supervised``
+    must never see and on which ``fsl`` trains), so it keeps its final checkpoint; and a fixed budget,
+    the image passes of one weakly-supervised training (the preset's epochs over the training split)
+    spread over its own split's images, unless ``overrides`` name the epochs (``wsl-bench train --epochs``).
+
+    Returns:
+        ``(its training split, None, the training configuration with that budget)``.
+    """
+    own = open_dataset(config, method.mask_split)
+    if overrides.get("epochs") is None:
+        own_images = len(own.ids())
+        weak_images = own_images if method.mask_split == "train" else len(open_dataset(config, "train").ids())
+        epochs = max(1, round(train_config.epochs * (weak_images or own_images) / max(own_images, 1)))
+        train_config = replace(train_config, epochs=epochs)
+    return own, None, train_config
 
 
 def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | None:
@@ -403,7 +428,8 @@ def train(
     job = training_job(run_method.trainee, config, **(overrides or {}))
     train_set, val_set = job.train_set, job.val_set
     if max_images is not None:
-        train_set, val_set = FirstImages(train_set, max_images), FirstImages(val_set, max_images)
+        train_set = FirstImages(train_set, max_images)
+        val_set = FirstImages(val_set, max_images) if val_set is not None else None
     initialise_from_donor(job, config, progress=progress, context=context)
     if context.is_main:
         write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})

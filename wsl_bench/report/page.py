@@ -26,7 +26,15 @@ from wsl_bench.report import formatting as fmt
 from wsl_bench.report.equivalence import IDENTICAL_DEFINITION, IdenticalGroup
 from wsl_bench.report.families import families
 from wsl_bench.report.markup import inline, to_html
-from wsl_bench.report.summary import FLOOR_ROW, ClassSummary, Entry
+from wsl_bench.report.summary import (
+    FLOOR_ROW,
+    NOT_MARKED,
+    REFERENCE_ROW,
+    SUPERVISED_DEFINITION,
+    ClassSummary,
+    Entry,
+    reference_sentence,
+)
 
 
 @dataclass(frozen=True)
@@ -233,7 +241,7 @@ def _summary_row(rank: str, entry: Entry, best: dict[str, float]) -> str:
         f" ≡ {html.escape(', '.join(entry.methods[1:]))}" if len(entry.methods) > 1 else "")
     # the flagship's name in its figure colour (GLAM blue, GMIC orange, darkened for text contrast)
     classes = ["flagship", f"flagship-{entry.name.split('.', 1)[0]}"] if entry.flagship else []
-    rank_sort = "" if rank == FLOOR_ROW else rank
+    rank_sort = "" if rank in (FLOOR_ROW, REFERENCE_ROW) else rank
     cells = [
         _cell(html.escape(rank), rank_sort, ["text"]),
         _cell(label, entry.name, ["text"]),
@@ -255,17 +263,22 @@ def summary_section(summaries: Sequence[ClassSummary], groups: Sequence[Identica
     columns = [Column(h, tip, lambda v: v, str, numeric) for h, tip, numeric, _ in _SUMMARY_HEAD]
     keys = [key for *_, key in _SUMMARY_HEAD]
     parts = ["<section id='summary'><h2>Summary: ranked on the headline metrics</h2>",
-             "<p>Per class, every method other than the trivial baselines ranked by Dice (val τ), the headline, "
-             "with PxAP beside it (test images; 95% bootstrap intervals in grey). Highlighted: the best value of "
-             "each column, baselines included. Methods with identical maps share a row (≡). Click a column "
-             "heading to sort; the floor stays apart.</p>",
+             "<p>Per class, every method other than the trivial baselines and the supervised reference points "
+             "ranked by Dice (val τ), the headline, with PxAP beside it (test images; 95% bootstrap intervals in "
+             "grey). Highlighted: the best value of each column, baselines included. Methods with identical maps "
+             "share a row (≡). Click a column heading to sort; the supervised reference points and the floor stay "
+             "apart.</p>",
              to_html(floor_definition)]
     for summary in summaries:
         best = {c: summary.best(c) for c in ("dice", "pxap", "auc")}
         table_id = f"summary-{summary.cls}"
         rows = [_summary_row(str(i), e, best) for i, e in enumerate(summary.ranked, start=1)]
         floor_rows = [_summary_row(FLOOR_ROW, e, best) for e in summary.floor_entries]
+        reference_rows = [_summary_row(REFERENCE_ROW, e, NOT_MARKED) for e in summary.references]
         body = f"<tbody>{''.join(rows)}</tbody>"
+        if reference_rows:  # apart like the floor, never ranked
+            body += (f"<tbody class='floor'><tr class='group-head'><th colspan='{len(columns)}'>supervised reference "
+                     f"points (trained with masks, not ranked)</th></tr>{''.join(reference_rows)}</tbody>")
         if floor_rows:
             body += (f"<tbody class='floor'><tr class='group-head'><th colspan='{len(columns)}'>trivial baselines "
                      f"(the floor)</th></tr>{''.join(floor_rows)}</tbody>")
@@ -278,6 +291,10 @@ def summary_section(summaries: Sequence[ClassSummary], groups: Sequence[Identica
             parts.append(f"<p>Not clearly above the floor ({html.escape(summary.cls)}):</p><ul>{items}</ul>")
         elif summary.ranked:
             parts.append(f"<p>Every ranked method is above the floor for {html.escape(summary.cls)} lesions.</p>")
+        if summary.references:
+            parts.append(f"<p>{inline(reference_sentence(summary))}</p>")
+    if any(s.references for s in summaries):
+        parts.append(to_html(SUPERVISED_DEFINITION))
     if groups:
         items = "".join(f"<li>{inline(' ≡ '.join(f'`{m}`' for m in g.methods))}: {inline(g.reason)}</li>"
                         for g in groups)

@@ -2,9 +2,12 @@
 
 For each class, every method other than the trivial baselines is ranked by the headline Dice
 (at the validation-selected τ) with PxAP beside it; methods whose maps are identical on every
-image (:mod:`wsl_bench.report.equivalence`) share one row. The baselines follow, set apart, as
-the floor. :data:`FLOOR_DEFINITION` states what "beats the floor" means; each method gets a
-verdict, and every one that does not clearly beat the floor gets a sentence saying by how much.
+image (:mod:`wsl_bench.report.equivalence`) share one row. The supervised reference points
+(``fsl``, ``supervised``: trained with masks, :data:`SUPERVISED_DEFINITION`) follow, set apart and never
+ranked, with a sentence saying where they stand against the best weakly-supervised method; then the
+baselines, set apart, as the floor. :data:`FLOOR_DEFINITION` states what "beats the floor" means; each
+method gets a verdict, and every ranked one that does not clearly beat the floor gets a sentence saying
+by how much.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import pandas as pd
 
 from wsl_bench.report import formatting as fmt
 from wsl_bench.report.equivalence import IDENTICAL_DEFINITION, IdenticalGroup
-from wsl_bench.report.families import FLOOR, Family, classifier_of, family_of, is_flagship, method_options
+from wsl_bench.report.families import (
+    FLOOR,
+    SUPERVISED,
+    Family,
+    classifier_of,
+    family_of,
+    is_flagship,
+    method_options,
+)
 from wsl_bench.saliency import CLASSES
 
 ABOVE = "above the floor"
@@ -25,6 +36,9 @@ UNCLEAR = "not distinguishable from the floor"
 BELOW = "does not beat the floor"
 UNJUDGED = "not judged"
 FLOOR_ROW = "floor"
+REFERENCE_ROW = "uses masks"
+NOT_MARKED: dict[str, float] = {"dice": float("nan"), "pxap": float("nan"), "auc": float("nan")}
+"""The "best value" of each column for the supervised reference points' rows: none, they are never marked best."""
 
 FLOOR_DEFINITION = (
     "The *floor* of a class is, for each headline metric, the best value any trivial baseline "
@@ -32,6 +46,14 @@ FLOOR_DEFINITION = (
     "Dice (val τ) and its PxAP are both above the floor's; it is *above the floor* when, besides, both of its "
     "95% bootstrap intervals lie above the floor's values, and *not distinguishable from the floor* when a "
     "value is above but its interval reaches the floor's value. A method without a headline Dice is not judged."
+)
+
+SUPERVISED_DEFINITION = (
+    "The *supervised reference points* are U-Nets trained with lesion masks, not weakly supervised: `fsl` on "
+    "the validation split's masks only (the annotations every weakly-supervised method here already uses to choose "
+    "its checkpoint and its threshold τ; Choe et al., CVPR 2020, found such a few-shot learner above every "
+    "weakly-supervised method they tested) and `supervised` on the training split's masks (the ceiling). They are "
+    "shown apart and never ranked; `fsl`'s τ is chosen on the very validation images it was trained on."
 )
 
 WHY_POINTER = (
@@ -82,16 +104,19 @@ class Floor:
 
 @dataclass(frozen=True)
 class ClassSummary:
-    """A class's ranking (best headline Dice first, missing last), its floor rows and the floor."""
+    """A class's ranking (best headline Dice first, missing last), its floor rows and the floor, and the
+    rows of the supervised reference points (never ranked)."""
 
     cls: str
     n_images: int
     ranked: tuple[Entry, ...]
     floor_entries: tuple[Entry, ...]
     floor: Floor | None
+    references: tuple[Entry, ...] = ()
 
     def best(self, column: str) -> float:
-        """The highest value of ``column`` ("dice", "pxap", "auc") over every row, NaN when none."""
+        """The highest value of ``column`` ("dice", "pxap", "auc") over the ranked and the floor rows (the
+        supervised reference points left out: they are no competitor), NaN when none."""
         values = [getattr(e, column) for e in (*self.ranked, *self.floor_entries)
                   if not fmt.is_missing(getattr(e, column))]
         return max(values) if values else float("nan")
@@ -169,13 +194,14 @@ def summarise(
             ))
         floor_entries = sorted((e for e in entries if e.name in FLOOR), key=lambda e: FLOOR.index(e.name))
         floor = _floor(floor_entries)
-        ranked = [e for e in entries if e.name not in FLOOR]
+        references = tuple(replace(e, verdict=verdict(e, floor)) for e in entries if e.family is SUPERVISED)
+        ranked = [e for e in entries if e.name not in FLOOR and e.family is not SUPERVISED]
         ranked = [replace(e, verdict=verdict(e, floor)) for e in ranked]
         # best headline Dice first; a missing one last; ties by PxAP, then the run's order (stable sort)
         ranked.sort(key=lambda e: (fmt.is_missing(e.dice), -(0 if fmt.is_missing(e.dice) else e.dice),
                                    -(0 if fmt.is_missing(e.pxap) else e.pxap)))
         n_images = int(results.loc[results["class"] == cls, "n_images"].max())
-        summaries.append(ClassSummary(cls, n_images, tuple(ranked), tuple(floor_entries), floor))
+        summaries.append(ClassSummary(cls, n_images, tuple(ranked), tuple(floor_entries), floor, references))
     return summaries
 
 
@@ -203,6 +229,23 @@ def shortfall_sentence(entry: Entry, summary: ClassSummary) -> str:
     return text + "."
 
 
+def reference_sentence(summary: ClassSummary) -> str:
+    """Where the supervised reference points stand for the class, against the best ranked
+    (weakly-supervised) method's headline Dice (Markdown); empty when the run has none."""
+    if not summary.references:
+        return ""
+    shown = "; ".join(f"`{e.name}` Dice {fmt.score(e.dice)} {fmt.interval(e.dice_low, e.dice_high)}, PxAP "
+                      f"{fmt.score(e.pxap)}".replace("  ", " ") for e in summary.references)
+    text = f"Supervised reference points ({summary.cls}; trained with masks, not ranked): {shown}"
+    best = next((e for e in summary.ranked if not fmt.is_missing(e.dice)), None)
+    if best is not None:
+        shares = [f"{100 * best.dice / e.dice:.0f} % of `{e.name}`'s" for e in summary.references
+                  if not fmt.is_missing(e.dice) and e.dice > 0]
+        text += (f". The best weakly-supervised method, `{best.name}`, reaches Dice {fmt.score(best.dice)}"
+                 + (f": {' and '.join(shares)}" if shares else ""))
+    return text + "."
+
+
 def _bold_if(text: str, value: float, best: float) -> str:
     return f"**{text}**" if not fmt.is_missing(value) and value == best else text
 
@@ -222,10 +265,11 @@ def to_markdown(summaries: Sequence[ClassSummary], groups: Sequence[IdenticalGro
     lines = [
         "## Summary: ranked on the headline metrics",
         "",
-        "Per class, every method other than the trivial baselines ranked by Dice (val τ), the headline, with "
-        "PxAP beside it (test images; 95% bootstrap intervals in brackets); **bold**: the best value of each "
-        "column, baselines included. Methods with identical maps share a row (`≡`). The baselines follow, set "
-        "apart, as the floor. " + FLOOR_DEFINITION,
+        "Per class, every method other than the trivial baselines and the supervised reference points ranked by "
+        "Dice (val τ), the headline, with PxAP beside it (test images; 95% bootstrap intervals in brackets); "
+        "**bold**: the best value of each column, baselines included. Methods with identical maps share a row "
+        "(`≡`). The supervised reference points (rank `uses masks`) and the baselines follow, set apart; the "
+        "baselines are the floor. " + FLOOR_DEFINITION,
         "",
     ]
     for summary in summaries:
@@ -238,15 +282,20 @@ def to_markdown(summaries: Sequence[ClassSummary], groups: Sequence[IdenticalGro
         ]
 
         lines += [_markdown_row(str(i), e, best) for i, e in enumerate(summary.ranked, start=1)]
+        lines += [_markdown_row(REFERENCE_ROW, e, NOT_MARKED) for e in summary.references]
         lines += [_markdown_row(FLOOR_ROW, e, best) for e in summary.floor_entries]
         shortfalls = summary.shortfalls()
         lines += [""]
+        if summary.references:
+            lines += [reference_sentence(summary), ""]
         if shortfalls:
             lines += [f"Not clearly above the floor ({summary.cls}):", ""]
             lines += [f"- {shortfall_sentence(e, summary)}" for e in shortfalls]
         elif summary.ranked:
             lines += [f"Every ranked method is above the floor for {summary.cls} lesions."]
         lines += [""]
+    if any(s.references for s in summaries):
+        lines += [SUPERVISED_DEFINITION, ""]
     if groups:
         lines += [f"**Identical maps** ({IDENTICAL_DEFINITION}; one row each above):", ""]
         lines += [f"- {' ≡ '.join(f'`{m}`' for m in g.methods)}: {g.reason}" for g in groups]

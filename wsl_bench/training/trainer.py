@@ -1,6 +1,9 @@
 """The weakly-supervised trainer shared by every trainable method.
 
-Only image-level labels reach the loss: masks are never read during training. Validation reads them
+Only image-level labels reach the loss: masks are never read during training, except by a method that
+declares a ``mask_split`` (the supervised reference points ``fsl`` and ``supervised``): its loss receives
+the masks of that one split (:class:`~wsl_bench.training.data.MaskedImages`, built for no other method),
+and it is not validated while it trains. Validation reads them
 to report Dice and PxAP per epoch (computed by :mod:`wsl_bench.evaluation.scoring` and
 :mod:`wsl_bench.evaluation.metrics`, the harness's own definitions) and, when asked, to pick the
 best checkpoint by one of them. One trainer for all methods keeps the comparison fair: same
@@ -62,6 +65,7 @@ from wsl_bench.training.augment import Augmentation
 from wsl_bench.training.data import (  # noqa: F401  (re-exported: the trainer's data API)
     FirstImages,
     LabelledImages,
+    MaskedImages,
     ValidationImages,
     balanced_order,
     epoch_order,
@@ -315,8 +319,10 @@ class _LossModule(nn.Module):
         self._method = method  # not a module: only the network's parameters belong to this one
         self._loss_kwargs = loss_kwargs
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
-        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None,
+                masks: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if masks is None else {"masks": masks}  # only a method with a mask_split gets masks
+        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs, **extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +494,13 @@ class Trainer:
         """Train this stage for its epochs (continuing from ``last.pt`` when ``resume`` and it exists)."""
         context, device = self.context, self.method.device
         self.train_set = train_set
-        train = LabelledImages(train_set, self.config.max_cached_images)
+        mask_split = getattr(self.method, "mask_split", None)
+        if mask_split is not None and val_set is not None:
+            raise ValueError(f"{self.method.name} trains with the masks of the {mask_split!r} split and is not "
+                             "validated while it trains (validation reads the validation masks): pass no "
+                             "validation split")
+        train = (LabelledImages(train_set, self.config.max_cached_images) if mask_split is None
+                 else MaskedImages(train_set, self.config.max_cached_images, mask_split))
         val = ValidationImages(val_set) if val_set is not None else None
         if context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -644,9 +656,9 @@ class Trainer:
                 self._skip_warned = True
             return None
         total = float(counts.sum())
-        images, target = (t.to(device=device, dtype=self.input_dtype) for t in batch)
+        images, target, *masks = (t.to(device=device, dtype=self.input_dtype) for t in batch)  # masks: MaskedImages
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.uses_amp):
-            loss = loss_module(images, target, pos_weight)
+            loss = loss_module(images, target, pos_weight, *masks)
         summed = torch.stack([loss.detach().double() * n_local]).to(counts)
         mean_loss = float(context.all_reduce_sum(summed)[0]) / total
         if not math.isfinite(mean_loss):
