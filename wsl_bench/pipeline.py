@@ -297,8 +297,10 @@ def mask_training(
     own = open_dataset(config, method.mask_split)
     if overrides.get("epochs") is None:
         own_images = len(own.ids())
-        weak_images = own_images if method.mask_split == "train" else len(open_dataset(config, "train").ids())
-        epochs = max(1, round(train_config.epochs * (weak_images or own_images) / max(own_images, 1)))
+        train_images = own_images if method.mask_split == "train" else len(open_dataset(config, "train").ids())
+        # image passes of one weakly-supervised training; an epoch is epoch_images of them, or a pass over the split
+        weak_passes = train_config.epochs * (train_config.epoch_images or train_images or own_images)
+        epochs = max(1, round(weak_passes / max(train_config.epoch_images or own_images, 1)))
         train_config = replace(train_config, epochs=epochs)
     return own, None, train_config
 
