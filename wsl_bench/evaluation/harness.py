@@ -2,9 +2,11 @@
 
 A run folder holds::
 
-    manifest.json     schema, configuration and its hash, seed, package versions, git commit and
-                      dirty flag, device, checkpoint checksums, per-method facts (parameters, ...)
-    records.jsonl     one JSON object per (split, image, method) — see :func:`make_record`
+    manifest.json     schema, configuration and its hash, dataset seed and training seeds, package
+                      versions, git commit and dirty flag, device and the CPU's arithmetic, checkpoint
+                      checksums and training precision (per training seed), per-method facts
+    records.jsonl     one JSON object per (split, image, method, training seed) — see :func:`make_record`
+                      and :mod:`wsl_bench.evaluation.seeds`
     maps/             normalised maps of a few lesion images per method (evaluated split only), for
                       the qualitative figure
     done              written when every (split, image, method) has a record
@@ -17,8 +19,9 @@ images. When the validation split is missing or holds no annotated lesion, nothi
 and ``manifest.json`` ``validation.reason`` says why (the report shows that reason).
 
 Running the same command on the same folder resumes: records already there are kept and only the
-missing (split, image, method) triples are computed. A failure on one image (unreadable file, NaN
-map, out of memory) becomes a record with ``status`` "failed"/"oom" and its error, and the run goes on.
+missing (split, image, method, seed) records are computed (with ``--seeds``, per training seed). A
+failure on one image (unreadable file, NaN map, out of memory) becomes a record with ``status``
+"failed"/"oom" and its error, and the run goes on.
 """
 
 from __future__ import annotations
