@@ -23,7 +23,7 @@ from wsl_bench.evaluation import manifest as manifest_module
 from wsl_bench.evaluation.harness import RunConfig, RunConfigMismatch
 from wsl_bench.evaluation.metrics import bootstrap_ci, bootstrap_pxap_ci
 from wsl_bench.evaluation.records import read_records
-from wsl_bench.evaluation.seeds import legacy_seeds
+from wsl_bench.evaluation.seeds import checkpoint_facts, legacy_seeds
 from wsl_bench.report import seeds as report_seeds
 from wsl_bench.report import summary
 from wsl_bench.report.tables import RunData, build_report, results_tables
@@ -236,6 +236,9 @@ def test_a_killed_seeds_run_resumes_per_seed_and_a_folder_may_gain_seeds_but_not
     assert again.trained == [] and again.reused_checkpoints == ["cam (seed 1)"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seeds"] == [0, 1] and (out / "done").exists()
+    # both seeds' checkpoints are in the manifest, seed 0's from the one-seed run
+    assert sorted(seed for method, seed, _ in checkpoint_facts(manifest) if method == "cam") == [0, 1]
+    assert manifest["checkpoints_by_seed"]["cam"]["0"] == manifest["checkpoints"]["cam"]
     records = read_records(out / "records.jsonl", default_seed=legacy_seeds(manifest))
     counts = pd.Series([(r["method"], r["seed"]) for r in records]).value_counts()
     assert counts.to_dict() == {("cam", 0): 12, ("cam", 1): 12, ("random", None): 12}
@@ -375,3 +378,7 @@ def test_records_without_a_seed_belong_to_the_one_training_seed_of_their_run(tmp
     # the seed-less cam record is seed 4's, superseded by the later one; a negative seed is not a record
     assert sorted((r["method"], r["seed"]) for r in records) == [("cam", 4), ("cam", 5), ("random", None)]
     assert "seed -1 is not a non-negative integer" in caplog.text
+    # a folder that gained seeds: the first seed's checkpoint facts were written before it had company
+    gained = {"seeds": [4, 5], "checkpoints": {"cam": {"learning_check": []}, "random": {}},
+              "checkpoints_by_seed": {"cam": {"5": {"learning_check": ["benign: ..."]}}}}
+    assert [(m, s) for m, s, _ in checkpoint_facts(gained)] == [("cam", 4), ("cam", 5), ("random", None)]

@@ -711,7 +711,11 @@ def run(
                     if figures_here:  # the first seed's, where a one-seed run keeps them
                         manifest["checkpoints"][name] = checkpoint
                     if seed is not None and len(seeds) > 1:
-                        manifest.setdefault("checkpoints_by_seed", {}).setdefault(name, {})[str(seed)] = checkpoint
+                        per_seed = manifest.setdefault("checkpoints_by_seed", {}).setdefault(name, {})
+                        per_seed[str(seed)] = checkpoint
+                        if str(seeds[0]) not in per_seed and name in manifest["checkpoints"]:
+                            # the first seed's, made before the folder gained seeds
+                            per_seed[str(seeds[0])] = manifest["checkpoints"][name]
                 write_json_atomic(out_dir / "manifest.json", manifest)
                 counts = {"ok": 0, "failed": 0, "oom": 0}
                 ticking = TickingWriter(writer, functools.partial(tracker.tick, ("evaluate", label), per_image))

@@ -63,10 +63,13 @@ def checkpoint_facts(manifest: Mapping[str, Any]) -> list[tuple[str, int | None,
     """``(method, seed, facts)`` of every training the manifest records, methods in its order and
     seeds in the run's; ``seed`` is ``None`` for facts written before they carried one."""
     by_seed = manifest.get("checkpoints_by_seed") or {}
+    first = run_seeds(manifest)[0]
     found: list[tuple[str, int | None, dict[str, Any]]] = []
     for name, facts in (manifest.get("checkpoints") or {}).items():
         seeds = by_seed.get(name) if isinstance(by_seed, dict) else None
         if isinstance(seeds, dict) and seeds:
+            if str(first) not in seeds and isinstance(facts, dict):  # the first seed's, from before it had company
+                found.append((name, first, facts))
             found += [(name, int(seed), dict(f or {})) for seed, f in seeds.items()]
         elif isinstance(facts, dict):
             found.append((name, facts.get("seed"), facts))
