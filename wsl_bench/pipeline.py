@@ -636,7 +636,6 @@ def run(
             try:
                 run_method: RunMethod | None = create_run_method(name, config.for_seed(seeds[0]))
                 created_at: int | None = seeds[0]
-                assert run_method is not None
                 identity_data = run_identity(run_method, config, data, type(dataset).__module__)
             except (FileNotFoundError, NotImplementedError) as exc:
                 # A method that cannot be built here (weights the user has not supplied, a missing
@@ -664,7 +663,7 @@ def run(
             write_json_atomic(out_dir / "manifest.json", manifest)
             # a trained method once per training seed; one with nothing to train once, at the dataset seed,
             # its records (seed None) shared by every seed
-            for seed in seeds if run_method is None or run_method.needs_training else (None,):
+            for seed in seeds if run_method.needs_training else (None,):
                 label = seed_label(name, seed, seeds)
                 figures_here = seed is None or seed == seeds[0]
                 done = {(r["split"], r["image_id"]) for r in existing
