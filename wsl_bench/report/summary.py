@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from wsl_bench.evaluation.seeds import checkpoint_facts
 from wsl_bench.report import formatting as fmt
 from wsl_bench.report.equivalence import IDENTICAL_DEFINITION, IdenticalGroup
 from wsl_bench.report.families import (
@@ -56,6 +57,12 @@ SUPERVISED_DEFINITION = (
     "shown apart and never ranked; `fsl`'s τ is chosen on the very validation images it was trained on."
 )
 
+SEEDS_SENTENCE = (
+    " With several training seeds, each value is the mean over the seeds ± their standard deviation (the "
+    "training variation), the interval a bootstrap over test images of that mean, and methods are ranked by the "
+    "means; the line under each table says how often the leaders rank first in a single seed."
+)
+
 WHY_POINTER = (
     "Why a method falls below the floor is not measured here: the figures show where its maps go "
     "(qualitative maps per class and family, Dice against lesion size), a method whose training failed its "
@@ -81,6 +88,11 @@ class Entry:
     auc: float
     verdict: str = ""
     note: str = ""
+    dice_sd: float = float("nan")
+    pxap_sd: float = float("nan")
+    auc_sd: float = float("nan")
+    seed_dice: tuple[float, ...] = ()
+    seed_pxap: tuple[float, ...] = ()
 
     @property
     def name(self) -> str:
@@ -104,8 +116,9 @@ class Floor:
 
 @dataclass(frozen=True)
 class ClassSummary:
-    """A class's ranking (best headline Dice first, missing last), its floor rows and the floor, and the
-    rows of the supervised reference points (never ranked)."""
+    """A class's ranking (best headline Dice first, missing last), its floor rows and the floor, the
+    rows of the supervised reference points (never ranked), and ``seeds``: the run's training seeds when it
+    has several (each entry's ``seed_dice`` follows them)."""
 
     cls: str
     n_images: int
@@ -113,6 +126,7 @@ class ClassSummary:
     floor_entries: tuple[Entry, ...]
     floor: Floor | None
     references: tuple[Entry, ...] = ()
+    seeds: tuple[int, ...] = ()
 
     def best(self, column: str) -> float:
         """The highest value of ``column`` ("dice", "pxap", "auc") over the ranked and the floor rows (the
@@ -153,8 +167,19 @@ def verdict(entry: Entry, floor: Floor | None) -> str:
     return ABOVE if clear else UNCLEAR
 
 
-def _not_converged(manifest: Mapping[str, Any]) -> set[str]:
-    return {m for m, facts in (manifest.get("checkpoints") or {}).items() if (facts or {}).get("learning_check")}
+def _not_converged(manifest: Mapping[str, Any]) -> dict[str, list[int | None]]:
+    """method → the training seeds whose checkpoint failed its learning check (``[None]``: no seed recorded)."""
+    failed: dict[str, list[int | None]] = {}
+    for method, seed, facts in checkpoint_facts(manifest):
+        if facts.get("learning_check"):
+            failed.setdefault(method, []).append(seed)
+    return failed
+
+
+def _seeds_of(results: pd.DataFrame) -> tuple[int, ...]:
+    """The training seeds of ``results``' per-seed columns (``dice_val_tau_seed<s>``), in order."""
+    prefix = "dice_val_tau_seed"
+    return tuple(int(c[len(prefix):]) for c in results.columns if c.startswith(prefix) and c[len(prefix):].isdigit())
 
 
 def summarise(
@@ -171,6 +196,7 @@ def summarise(
         pxap_ci = {(d["method"], d["class"]): (d["pxap_ci_low"], d["pxap_ci_high"]) for _, d in details.iterrows()}
     grouped = {m: g.methods for g in groups for m in g.methods}
     not_converged = _not_converged(manifest)
+    seeds = _seeds_of(results)
     summaries = []
     for cls in [c for c in CLASSES if (results["class"] == c).any()]:
         rows = {r["method"]: r for _, r in results[results["class"] == cls].iterrows()}
@@ -184,13 +210,19 @@ def summarise(
             classifier = classifier_of(method, options)
             # an explainer's checkpoint is its classifier's: name the network whose training failed
             trained = classifier if classifier in not_converged else method if method in not_converged else ""
+            failed_seeds = [s for s in not_converged.get(trained, []) if s is not None] if len(seeds) > 1 else []
+            in_seeds = f" in seed{'s' if len(failed_seeds) > 1 else ''} {', '.join(map(str, failed_seeds))}" \
+                if failed_seeds else ""
             entries.append(Entry(
                 methods=tuple(m for m in members if m in rows), family=family_of(method, options),
                 flagship=is_flagship(method), dice=_value(row, "dice_val_tau"),
                 dice_low=_value(row, "dice_val_tau_ci_low"), dice_high=_value(row, "dice_val_tau_ci_high"),
                 pxap=_value(row, "pxap"), pxap_low=_value({"v": low}, "v"), pxap_high=_value({"v": high}, "v"),
                 auc=_value(row, "auc"),
-                note=f"training of {trained} did not converge" if trained else "",
+                note=f"training of {trained} did not converge{in_seeds}" if trained else "",
+                dice_sd=_value(row, "dice_val_tau_sd"), pxap_sd=_value(row, "pxap_sd"), auc_sd=_value(row, "auc_sd"),
+                seed_dice=tuple(_value(row, f"dice_val_tau_seed{s}") for s in seeds),
+                seed_pxap=tuple(_value(row, f"pxap_seed{s}") for s in seeds),
             ))
         floor_entries = sorted((e for e in entries if e.name in FLOOR), key=lambda e: FLOOR.index(e.name))
         floor = _floor(floor_entries)
@@ -201,8 +233,41 @@ def summarise(
         ranked.sort(key=lambda e: (fmt.is_missing(e.dice), -(0 if fmt.is_missing(e.dice) else e.dice),
                                    -(0 if fmt.is_missing(e.pxap) else e.pxap)))
         n_images = int(results.loc[results["class"] == cls, "n_images"].max())
-        summaries.append(ClassSummary(cls, n_images, tuple(ranked), tuple(floor_entries), floor, references))
+        summaries.append(ClassSummary(cls, n_images, tuple(ranked), tuple(floor_entries), floor, references,
+                                      seeds if len(seeds) > 1 else ()))
     return summaries
+
+
+def seed_ranks(summary: ClassSummary) -> dict[str, list[int]]:
+    """Entry name → its rank among the ranked (weakly-supervised) methods in each seed of the run, by
+    that seed's headline Dice (ties by its PxAP; a missing value last), as the summary ranks the means."""
+    ranks: dict[str, list[int]] = {e.name: [] for e in summary.ranked}
+    for k in range(len(summary.seeds)):
+        def key(e: Entry, k: int = k) -> tuple[bool, float, float]:
+            dice = e.seed_dice[k] if k < len(e.seed_dice) else float("nan")
+            pxap = e.seed_pxap[k] if k < len(e.seed_pxap) else float("nan")
+            return fmt.is_missing(dice), -(0 if fmt.is_missing(dice) else dice), -(0 if fmt.is_missing(pxap) else pxap)
+
+        for rank, entry in enumerate(sorted(summary.ranked, key=key), start=1):
+            ranks[entry.name].append(rank)
+    return ranks
+
+
+def stability_sentence(summary: ClassSummary) -> str:
+    """Rank stability over seeds (Markdown), e.g. "`cam` ranks first among weakly-supervised methods in 2
+    of 3 seeds; `glam` in 0 of 3 (ranks 4, 3, 5)": for the first method by the seed means, and for GLAM
+    whatever its rank. Empty with fewer than two seeds or nothing ranked."""
+    if len(summary.seeds) < 2 or not summary.ranked:
+        return ""
+    ranks = seed_ranks(summary)
+    n = len(summary.seeds)
+    top = summary.ranked[0]
+    parts = [f"`{top.label}` (first by the seed means) ranks first among weakly-supervised methods in "
+             f"{ranks[top.name].count(1)} of {n} seeds (ranks {', '.join(map(str, ranks[top.name]))})"]
+    glam = next((e for e in summary.ranked if "glam" in e.methods), None)
+    if glam is not None and glam is not top:
+        parts.append(f"`glam` in {ranks[glam.name].count(1)} of {n} (ranks {', '.join(map(str, ranks[glam.name]))})")
+    return f"Rank stability ({summary.cls}, seeds {', '.join(map(str, summary.seeds))}): " + "; ".join(parts) + "."
 
 
 def shortfall_sentence(entry: Entry, summary: ClassSummary) -> str:
@@ -216,8 +281,9 @@ def shortfall_sentence(entry: Entry, summary: ClassSummary) -> str:
     else:
         against = (f"the floor's Dice {fmt.score(floor.dice)} (`{floor.dice_by}`) and PxAP {fmt.score(floor.pxap)} "
                    f"(`{floor.pxap_by}`)")
-        mine = (f"Dice {fmt.score(entry.dice)} {fmt.interval(entry.dice_low, entry.dice_high)} and PxAP "
-                f"{fmt.score(entry.pxap)} {fmt.interval(entry.pxap_low, entry.pxap_high)}").replace("  ", " ")
+        mine = (f"Dice {fmt.score_sd(entry.dice, entry.dice_sd)} {fmt.interval(entry.dice_low, entry.dice_high)} and "
+                f"PxAP {fmt.score_sd(entry.pxap, entry.pxap_sd)} {fmt.interval(entry.pxap_low, entry.pxap_high)}"
+                ).replace("  ", " ")
         if entry.verdict == BELOW:
             lower = [name for name, mine_v, floor_v in (("Dice", entry.dice, floor.dice),
                                                           ("PxAP", entry.pxap, floor.pxap)) if mine_v <= floor_v]
@@ -251,9 +317,9 @@ def _bold_if(text: str, value: float, best: float) -> str:
 
 
 def _markdown_row(rank: str, e: Entry, best: dict[str, float]) -> str:
-    dice = _bold_if(fmt.score(e.dice), e.dice, best["dice"])
-    pxap = _bold_if(fmt.score(e.pxap), e.pxap, best["pxap"])
-    auc = _bold_if(fmt.score(e.auc), e.auc, best["auc"])
+    dice = _bold_if(fmt.score_sd(e.dice, e.dice_sd), e.dice, best["dice"])
+    pxap = _bold_if(fmt.score_sd(e.pxap, e.pxap_sd), e.pxap, best["pxap"])
+    auc = _bold_if(fmt.score_sd(e.auc, e.auc_sd), e.auc, best["auc"])
     return (f"| {rank} | {e.label} | {e.family.short} | {dice} {fmt.interval(e.dice_low, e.dice_high)} "
             f"| {pxap} {fmt.interval(e.pxap_low, e.pxap_high)} | {auc} | {e.verdict} |")
 
@@ -269,7 +335,7 @@ def to_markdown(summaries: Sequence[ClassSummary], groups: Sequence[IdenticalGro
         "Dice (val τ), the headline, with PxAP beside it (test images; 95% bootstrap intervals in brackets); "
         "**bold**: the best value of each column, baselines included. Methods with identical maps share a row "
         "(`≡`). The supervised reference points (rank `uses masks`) and the baselines follow, set apart; the "
-        "baselines are the floor. " + FLOOR_DEFINITION,
+        "baselines are the floor. " + FLOOR_DEFINITION + SEEDS_SENTENCE * bool(summaries[0].seeds),
         "",
     ]
     for summary in summaries:
@@ -293,6 +359,8 @@ def to_markdown(summaries: Sequence[ClassSummary], groups: Sequence[IdenticalGro
             lines += [f"- {shortfall_sentence(e, summary)}" for e in shortfalls]
         elif summary.ranked:
             lines += [f"Every ranked method is above the floor for {summary.cls} lesions."]
+        stability = stability_sentence(summary)
+        lines += ["", stability] if stability else []
         lines += [""]
     if any(s.references for s in summaries):
         lines += [SUPERVISED_DEFINITION, ""]

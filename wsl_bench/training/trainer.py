@@ -411,6 +411,12 @@ class Trainer:
         self.callbacks: list[EpochCallback] = [self.best_checkpoint, self.training_log, *callbacks]
 
     @property
+    def precision(self) -> str:
+        """The training arithmetic: ``"bfloat16 autocast"`` (:func:`uses_amp`), else the network's
+        dtype (``"float32"``)."""
+        return "bfloat16 autocast" if self.uses_amp else str(self.input_dtype).removeprefix("torch.")
+
+    @property
     def best_value(self) -> float | None:
         """The best criterion value so far, times its sign (see :class:`BestCheckpoint`)."""
         return self.best_checkpoint.best_value
@@ -772,6 +778,8 @@ class Trainer:
                 "train_config": asdict(self.config),
                 "stage": self.stage.to_dict(),
                 "seed": self.config.seed,
+                # the arithmetic actually used (it depends on the CPU: ``cpu_amp`` needs native bfloat16)
+                "precision": self.precision,
                 "metrics": dict(metrics),
                 "start_metrics": dict(self.start_row() or {}),
                 "epochs_completed": self.epoch,
