@@ -276,7 +276,8 @@ class TrainableMethod(SaliencyMethod):
     Every hook the trainer and the pipeline call is declared here with its default, so a subclass
     overrides only what its recipe changes: :attr:`train_overrides`, :meth:`training_stages`,
     :meth:`training_augmentation`, :attr:`global_init` with :meth:`initialise_global_backbone`,
-    :meth:`config_dict`, :meth:`training_identity`, :meth:`classifier`.
+    :meth:`config_dict`, :meth:`training_identity`, :meth:`classifier`, and :attr:`mask_split` for the
+    supervised reference points that train with masks.
     """
 
     trainable: ClassVar[bool] = True
@@ -289,6 +290,14 @@ class TrainableMethod(SaliencyMethod):
     """Registered name of a trainable method whose trained weights this one starts from (trained
     first, or loaded from the cache, then passed to :meth:`initialise_global_backbone`); ``None``:
     start from the network built in ``__init__``. May be a property."""
+
+    mask_split: ClassVar[str | None] = None
+    """``None`` for every weakly-supervised method: only image-level labels reach its loss. A method
+    trained with masks (a supervised reference point, never ranked with the weakly-supervised ones)
+    names the one split whose masks it trains on (``"train"`` or ``"val"``): the pipeline's training job
+    opens that split as its training data, the trainer hands its loss the masks of that split alone
+    (``training_loss(..., masks=N×C×H×W)``) and runs no validation during its training (validation
+    reads the validation split's masks), so it trains a fixed budget and keeps its final checkpoint."""
 
     @abstractmethod
     def network(self) -> torch.nn.Module:
@@ -308,7 +317,9 @@ class TrainableMethod(SaliencyMethod):
                 trainer to counter class imbalance.
 
         A method whose :meth:`training_stages` give a stage a ``loss`` also accepts the keyword
-        ``stage`` (that ``loss`` string).
+        ``stage`` (that ``loss`` string). A method with a :attr:`mask_split` also receives ``masks``:
+        ``N×C×H×W`` float, 1 on the lesions of each class, 0 elsewhere, NaN where the image has no
+        annotation of that class; no other method ever receives masks.
         """
 
     def classifier(self) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -22,6 +22,7 @@ model frame, at 736×480) the contrast is 0.46 and 0.25 and the percentile 0.73 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +104,37 @@ def lesion_percentiles(measures: list[LesionConspicuity]) -> np.ndarray:
     return np.array([m.percentile for m in measures], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class ClassConspicuity:
+    """Medians over the lesions of one class in a set of images.
+
+    Attributes:
+        contrast: median :attr:`LesionConspicuity.contrast`.
+        percentile: median :attr:`LesionConspicuity.percentile`.
+        lesions: how many lesions were measured.
+    """
+
+    contrast: float
+    percentile: float
+    lesions: int
+
+
+def summarise(items: Iterable[tuple[np.ndarray, dict[str, np.ndarray | None]]]) -> dict[str, ClassConspicuity]:
+    """Per class, the medians of both measures over every lesion of ``items`` (``(H×W image, class →
+    H×W mask)`` pairs, e.g. a synthetic split's ``(image_u16, masks)``); classes without a lesion are left out."""
+    measured: dict[str, list[LesionConspicuity]] = {}
+    for image, masks in items:
+        for cls, mask in masks.items():
+            if mask is not None and mask.any():
+                measured.setdefault(cls, []).extend(measure_image(image, mask))
+    return {cls: ClassConspicuity(float(np.median(lesion_contrasts(ms))), float(np.median(lesion_percentiles(ms))),
+                                  len(ms))
+            for cls, ms in measured.items() if ms}
+
+
 __all__ = [
+    "ClassConspicuity",
+    "summarise",
     "LesionConspicuity",
     "breast_region",
     "lesion_components",

@@ -163,15 +163,16 @@ def training_code_fingerprint(method: TrainableMethod) -> str:
 
 
 def checkpoint_key_data(
-    method: TrainableMethod, train_config: TrainConfig, train_set: MammogramDataset, val_set: MammogramDataset
+    method: TrainableMethod, train_config: TrainConfig, train_set: MammogramDataset, val_set: MammogramDataset | None
 ) -> dict[str, Any]:
-    """Everything that determines the trained weights (hashed into the cache folder's name)."""
+    """Everything that determines the trained weights (hashed into the cache folder's name); no
+    ``val_set`` for a method trained with masks, which is not validated while it trains."""
     identity = method.training_identity()
     return {
         "method": identity["method"],
         "method_config": identity["config"],
         "train_data": train_set.describe(),
-        "val_data": val_set.describe(),
+        "val_data": val_set.describe() if val_set is not None else None,
         "train_config": train_config.__dict__,
         "stages": [s.to_dict() for s in training_stages(method)],
         "code": training_code_fingerprint(method),

@@ -1,6 +1,9 @@
 """The weakly-supervised trainer shared by every trainable method.
 
-Only image-level labels reach the loss: masks are never read during training. Validation reads them
+Only image-level labels reach the loss: masks are never read during training, except by a method that
+declares a ``mask_split`` (the supervised reference points ``fsl`` and ``supervised``): its loss receives
+the masks of that one split (:class:`~wsl_bench.training.data.MaskedImages`, built for no other method),
+and it is not validated while it trains. Validation reads them
 to report Dice and PxAP per epoch (computed by :mod:`wsl_bench.evaluation.scoring` and
 :mod:`wsl_bench.evaluation.metrics`, the harness's own definitions) and, when asked, to pick the
 best checkpoint by one of them. One trainer for all methods keeps the comparison fair: same
@@ -41,7 +44,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,7 @@ from wsl_bench.training.augment import Augmentation
 from wsl_bench.training.data import (  # noqa: F401  (re-exported: the trainer's data API)
     FirstImages,
     LabelledImages,
+    MaskedImages,
     ValidationImages,
     balanced_order,
     epoch_order,
@@ -85,6 +90,47 @@ BALANCE_MODES: tuple[str, ...] = ("none", "pos_weight", "sampler")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 WARMUP_FRACTION = 0.05
 """Share of a stage's steps the ``"cosine"`` schedule warms up over."""
+
+
+class WeightAverage:
+    """An exponential moving average of a network's floating-point weights and buffers.
+
+    ``update()`` after every optimisation step; ``swapped_in()`` is a context in which the network holds
+    the average (validation, checkpoints) and afterwards its own weights again. Integer buffers (BatchNorm's
+    step counters) follow the network.
+
+    Args:
+        network: the trained network (its ``state_dict`` keys are the average's).
+        decay: ``d`` of ``average ← d·average + (1 − d)·weights``.
+    """
+
+    def __init__(self, network: nn.Module, decay: float) -> None:
+        self.network, self.decay = network, decay
+        self.average = {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for key, value in self.network.state_dict().items():
+            if value.is_floating_point():
+                self.average[key].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                self.average[key].copy_(value)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        own = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        self.network.load_state_dict(self.average)
+        try:
+            yield
+        finally:
+            self.network.load_state_dict(own)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            self.average[key].copy_(value)
 
 
 def scheduled_lr(schedule: str, peak: float, step: int, total: int) -> float:
@@ -132,6 +178,11 @@ class TrainConfig:
         epoch_images: images per epoch (the validation interval), drawn in turn from a stream of
             passes over the split (:func:`~wsl_bench.training.data.epoch_order`); ``None``: an epoch
             is one pass over the split.
+        ema_decay: 0: the network trained is the network kept. Otherwise an exponential moving average of
+            its weights (and BatchNorm statistics), ``ema ← d·ema + (1 − d)·weights`` after every step, is
+            what every epoch validates and what ``best.pt`` and ``final.pt`` hold (Polyak averaging): the
+            average over the last ``1/(1 − d)`` steps moves far less from one epoch to the next than the
+            weights themselves (see :class:`WeightAverage`).
         lr_schedule: ``"constant"``: ``lr`` at every step; ``"cosine"``: a linear warm-up over the first
             :data:`WARMUP_FRACTION` of a stage's steps to ``lr``, then a cosine decay to 0 at its last
             step (:func:`scheduled_lr`). A function of the step, so a resumed run follows it exactly.
@@ -151,6 +202,7 @@ class TrainConfig:
     max_cached_images: int = 4000
     epoch_images: int | None = None
     lr_schedule: str = "constant"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_MODES:
@@ -161,6 +213,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.lr <= 0 or self.checkpoint_every_steps < 0 or self.val_bins < 2:
             raise ValueError("lr must be positive, checkpoint_every_steps non-negative and val_bins at least 2")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.epoch_images is not None and self.epoch_images < 1:
@@ -265,8 +319,10 @@ class _LossModule(nn.Module):
         self._method = method  # not a module: only the network's parameters belong to this one
         self._loss_kwargs = loss_kwargs
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
-        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None,
+                masks: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if masks is None else {"masks": masks}  # only a method with a mask_split gets masks
+        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs, **extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,9 +405,16 @@ class Trainer:
         self.init_sha256: str | None = None
         self.train_set: MammogramDataset | None = None  # the training split of the current fit()
         self._skip_warned = False
+        self.average = WeightAverage(self.network, config.ema_decay) if config.ema_decay else None
         self.best_checkpoint = BestCheckpoint(self.criterion, self.out_dir / "best.pt")
         self.training_log = TrainingLog(self.out_dir, title=f"training {method.name}, stage {self.stage.name}")
         self.callbacks: list[EpochCallback] = [self.best_checkpoint, self.training_log, *callbacks]
+
+    @property
+    def precision(self) -> str:
+        """The training arithmetic: ``"bfloat16 autocast"`` (:func:`uses_amp`), else the network's
+        dtype (``"float32"``)."""
+        return "bfloat16 autocast" if self.uses_amp else str(self.input_dtype).removeprefix("torch.")
 
     @property
     def best_value(self) -> float | None:
@@ -380,6 +443,7 @@ class Trainer:
             **{k: v for cb in self.callbacks if isinstance(cb, StatefulCallback) for k, v in cb.state_dict().items()},
             "history": self.history,
             "rng": _rng_state(),
+            **({"weight_average": self.average.state_dict()} if self.average is not None else {}),
         }
 
     def save_state(self) -> None:
@@ -425,6 +489,8 @@ class Trainer:
                 callback.load_state_dict(state)
         self.epoch_losses, self.epoch_seconds = list(state["epoch_losses"]), float(state["epoch_seconds"])
         self.history = list(state["history"])
+        if self.average is not None:
+            self.average.load_state_dict(state["weight_average"])
         _set_rng_state(state["rng"])
 
     # -- training --------------------------------------------------------------------------------
@@ -434,7 +500,13 @@ class Trainer:
         """Train this stage for its epochs (continuing from ``last.pt`` when ``resume`` and it exists)."""
         context, device = self.context, self.method.device
         self.train_set = train_set
-        train = LabelledImages(train_set, self.config.max_cached_images)
+        mask_split = getattr(self.method, "mask_split", None)
+        if mask_split is not None and val_set is not None:
+            raise ValueError(f"{self.method.name} trains with the masks of the {mask_split!r} split and is not "
+                             "validated while it trains (validation reads the validation masks): pass no "
+                             "validation split")
+        train = (LabelledImages(train_set, self.config.max_cached_images) if mask_split is None
+                 else MaskedImages(train_set, self.config.max_cached_images, mask_split))
         val = ValidationImages(val_set) if val_set is not None else None
         if context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -446,6 +518,8 @@ class Trainer:
         else:
             if self.init_from is not None:
                 load_network_weights(self.method, self.init_from)
+            if self.average is not None:  # the average starts from the stage's starting weights
+                self.average = WeightAverage(self.network, self.config.ema_decay)
             self._validate_start(val)
             torch.manual_seed(self.config.seed)
 
@@ -473,6 +547,8 @@ class Trainer:
         finally:
             for p in self.network.parameters():
                 p.requires_grad_(True)
+            if self.average is not None:  # what training hands on is the weight average
+                self.network.load_state_dict(self.average.state_dict())
             # Hand the network back in the layout a loaded checkpoint has: bfloat16 training on a CPU
             # switched it to channels-last, whose convolutions round differently in the last bit, so
             # a network evaluated right after training would not score as the cached one does.
@@ -586,9 +662,9 @@ class Trainer:
                 self._skip_warned = True
             return None
         total = float(counts.sum())
-        images, target = (t.to(device=device, dtype=self.input_dtype) for t in batch)
+        images, target, *masks = (t.to(device=device, dtype=self.input_dtype) for t in batch)  # masks: MaskedImages
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.uses_amp):
-            loss = loss_module(images, target, pos_weight)
+            loss = loss_module(images, target, pos_weight, *masks)
         summed = torch.stack([loss.detach().double() * n_local]).to(counts)
         mean_loss = float(context.all_reduce_sum(summed)[0]) / total
         if not math.isfinite(mean_loss):
@@ -601,6 +677,8 @@ class Trainer:
         # of the global batch (times the world size) makes that average the gradient of the global mean.
         (loss * (n_local * context.world_size / total)).backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return mean_loss
 
     def _end_epoch(self, train: LabelledImages, val: ValidationImages | None, pos_weight: torch.Tensor | None) -> None:
@@ -612,16 +690,23 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": round(self.epoch_seconds, 3),
         }
-        if val is not None and self.context.is_main:
-            row.update(self.validate(val, pos_weight))
-        self.history.append(row)
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_losses, self.epoch_seconds = [], 0.0
+        with self._kept_weights():  # the weight average, when there is one, is what is validated and kept
+            if val is not None and self.context.is_main:
+                row.update(self.validate(val, pos_weight))
+            self.history.append(row)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.epoch_losses, self.epoch_seconds = [], 0.0
+            if self.context.is_main:
+                for callback in self.callbacks:  # best.pt, log.csv and curves.png, then anything added
+                    callback.on_epoch_end(self, row)
         if self.context.is_main:
-            for callback in self.callbacks:  # best.pt, log.csv and curves.png, then anything added
-                callback.on_epoch_end(self, row)
             self.save_state()
+
+    def _kept_weights(self) -> AbstractContextManager[None]:
+        """A context in which the network holds the weights a checkpoint keeps: the weight average
+        (``TrainConfig.ema_decay``) or the trained weights themselves."""
+        return self.average.swapped_in() if self.average is not None else nullcontext()
 
     @torch.no_grad()
     def validate(self, val: ValidationImages, pos_weight: torch.Tensor | None) -> dict[str, float]:
@@ -693,6 +778,8 @@ class Trainer:
                 "train_config": asdict(self.config),
                 "stage": self.stage.to_dict(),
                 "seed": self.config.seed,
+                # the arithmetic actually used (it depends on the CPU: ``cpu_amp`` needs native bfloat16)
+                "precision": self.precision,
                 "metrics": dict(metrics),
                 "start_metrics": dict(self.start_row() or {}),
                 "epochs_completed": self.epoch,
