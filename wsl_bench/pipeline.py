@@ -10,6 +10,7 @@ place (:func:`run`). The layers below do one job each and know nothing of the ot
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import logging
@@ -23,7 +24,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from wsl_bench.atomic_io import remove_leftover_temporaries
 from wsl_bench.data import MammogramDataset
 from wsl_bench.estimates import Estimate, evaluation_estimate, timing_facts, training_estimate
 from wsl_bench.evaluation.bench_harness import run_harness_bench
@@ -44,7 +44,13 @@ from wsl_bench.evaluation.harness import (
 from wsl_bench.evaluation.identity import changed_fields, current_records, identity_hash, method_identity
 from wsl_bench.evaluation.manifest import config_hash, read_json, write_json_atomic
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
-from wsl_bench.evaluation.run_folder import clear_run_folder, remove_if_untouched
+from wsl_bench.evaluation.run_folder import (
+    RunFolderError,
+    check_run_folder,
+    clear_run_folder,
+    remove_if_untouched,
+    remove_run_temporaries,
+)
 from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
 from wsl_bench.paths import cache_root
 from wsl_bench.presets import get_preset
@@ -65,7 +71,10 @@ from wsl_bench.run_progress import PlannedTraining, RunPlan, RunProgress, Tickin
 from wsl_bench.saliency import SaliencyMethod, TrainableMethod, TrainingStage
 from wsl_bench.training.cache import (
     checkpoint_key_data,
+    checkpoint_lock,
     load_method_weights,
+    names_cache_file,
+    set_aside_damaged,
     stage_checkpoint,
     stage_folder,
     train_config_for,
@@ -304,10 +313,28 @@ def ensure_trained(
     (DistributedDataParallel) into the one cache folder, which must then be on a filesystem every
     rank sees; only rank 0 writes there.
 
+    One process at a time trains or loads a cache key (:func:`~wsl_bench.training.cache.checkpoint_lock`):
+    a second run needing the same weights waits for the first one's training, then loads its
+    checkpoint. A cached checkpoint that cannot be read (the cache is the suite's own, so a damaged
+    file is not the user's to repair) is set aside, with a warning naming where, and trained again.
+
     Returns:
         checkpoint facts for the manifest: path, sha256, cache key, training metrics.
     """
     job = training_job(method, config)
+    with checkpoint_lock(job.folder, context):
+        try:
+            return _ensure_trained_locked(job, method, config, progress, context)
+        except ValueError as exc:
+            if not names_cache_file(exc, job.folder):
+                raise  # not a damaged cached file (a bad dataset, a bad option...)
+            set_aside_damaged(job.folder, exc, context)
+            return _ensure_trained_locked(job, method, config, progress, context)
+
+
+def _ensure_trained_locked(job: TrainingJob, method: TrainableMethod, config: RunConfig, progress: bool,
+                           context: DistContext) -> dict[str, Any]:
+    """:func:`ensure_trained` with the cache key's lock held."""
     folder = job.folder
     last_stage = stage_folder(folder, job.stages, job.stages[-1])
     initialised_from = None
@@ -403,10 +430,12 @@ def train(
     if max_images is not None:
         train_set, val_set = FirstImages(train_set, max_images), FirstImages(val_set, max_images)
     initialise_from_donor(job, config, progress=progress, context=context)
-    if context.is_main:
-        write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
-    return train_stages(job.method, job.train_config, out, train_set, val_set, resume=resume,
-                        only_stage=only_stage, context=context, progress=progress)
+    # the same lock as a run folder's: two trainings into one --out would mix their checkpoints and logs
+    with RunFolderLock(out, what="wsl-bench training") if context.is_main else contextlib.nullcontext():
+        if context.is_main:
+            write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
+        return train_stages(job.method, job.train_config, out, train_set, val_set, resume=resume,
+                            only_stage=only_stage, context=context, progress=progress)
 
 
 def prepare_method(
@@ -546,10 +575,11 @@ def run(
     out_dir = Path(out_dir)
     tracker = tracker or RunProgress()
     if lock:
+        check_run_folder(out_dir)  # a folder of the user's own files is refused before even the lock is written
         created = not out_dir.exists()
         try:
             with RunFolderLock(out_dir):
-                remove_leftover_temporaries(out_dir)  # a killed earlier run's half-written files
+                remove_run_temporaries(out_dir)  # a killed earlier run's half-written files, by name
                 return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False,
                            overwrite=overwrite, tracker=tracker)
         finally:
@@ -577,6 +607,10 @@ def run(
         assert validation.samples is not None
         expected[validation.split] = validation.ids
         data[validation.split] = validation.samples.dataset.describe()
+    # the images this run scores: records of any other image are not counted, and the report says
+    # how many images each method has no record for
+    manifest["image_ids"] = {split: list(ids) for split, ids in expected.items()}
+    write_json_atomic(out_dir / "manifest.json", manifest)
     # split → (this shard's ids, loaded samples, ids whose maps the qualitative figure keeps)
     work: dict[str, tuple[list[str], SampleCache, set[str]]] = {
         config.split: (all_ids[rank::world], samples,
@@ -618,6 +652,13 @@ def run(
                 manifest["methods"][name] = {"identity": None, "skipped": f"{type(exc).__name__}: {exc}"}
                 write_json_atomic(out_dir / "manifest.json", manifest)
                 continue
+            except Exception as exc:
+                if not plugin_failure(name, config, exc):
+                    raise  # a built-in method that cannot be built is a bug, or a usage error main() reports
+                # a plugin's failure is that method's: failed records with the reason, the other methods still run
+                _record_method_failure(name, f"plugin method {name} could not be built: {type(exc).__name__}: {exc}",
+                                       work, writer, summary, tracker, manifest, out_dir)
+                continue
             identity = identity_hash(identity_data)
             previous = manifest["methods"].get(name) or {}
             if previous and previous.get("identity") != identity:
@@ -645,7 +686,14 @@ def run(
                 tracker.expect(("train", job.key), estimate_training(job, config).seconds)
             # (a stage now, trained or not, so the plan is printed before the checkpoint's learning check warns)
             tracker.stage("train " + ", ".join(job.method.name for job in to_train) if to_train else f"evaluate {name}")
-            checkpoint = prepare_method(run_method, config, progress=progress)
+            try:
+                checkpoint = prepare_method(run_method, config, progress=progress)
+            except Exception as exc:
+                if not plugin_failure(name, config, exc):
+                    raise
+                _record_method_failure(name, f"plugin method {name} could not be trained: {type(exc).__name__}: "
+                                       f"{exc}", work, writer, summary, tracker, manifest, out_dir, identity)
+                continue
             for job in to_train:
                 tracker.done(("train", job.key))
             summary.trained += [j.method.name for j in to_train if j.method.name not in summary.trained]
@@ -691,6 +739,37 @@ def run(
         build_report(out_dir, out_dir / "report")
     tracker.finish()
     return summary
+
+
+def plugin_failure(name: str, config: RunConfig, exc: Exception) -> bool:
+    """Whether ``exc``, raised while building or training run method ``name``, is a plugin's own
+    failure (``name``, or the classifier it explains, comes from an installed plugin), which fails
+    that method alone. An option the plugin does not take stays a usage error of the command."""
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+        return False
+    base, implied = split_method_name(name)
+    classifier = implied.get("classifier") or config.options_for(name).get("classifier")
+    return METHODS.is_plugin(base) or (isinstance(classifier, str) and METHODS.is_plugin(classifier))
+
+
+def _record_method_failure(name: str, reason: str, work: dict[str, tuple[list[str], Any, set[str]]],
+                           writer: RecordWriter, summary: RunSummary, tracker: RunProgress, manifest: dict[str, Any],
+                           out_dir: Path, identity: str | None = None) -> None:
+    """A method that failed as a whole (a plugin that raised): one failed record per image with
+    ``reason``, a line in the summary, and the run goes on with the next method."""
+    log.warning("%s", reason)
+    tracker.expect(("evaluate", name), 0.0)  # no work after all: out of the bar's total
+    images = 0
+    for split, (ids, _, _) in work.items():
+        for sample_id in ids:
+            writer.write(make_record(sample_id, name, "failed", reason, split=split, identity=identity))
+            images += 1
+    summary.statuses[name] = {"failed": images}
+    summary.failed += images
+    summary.reasons[name] = reason
+    entry = manifest["methods"].get(name) or {}
+    manifest["methods"][name] = {**entry, "identity": identity, "failed": reason}
+    write_json_atomic(out_dir / "manifest.json", manifest)
 
 
 def _pending_images(methods: Sequence[str], work: dict[str, tuple[list[str], Any, set[str]]],
@@ -764,9 +843,10 @@ def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, pr
     refusal = [None]
     if lock is not None:
         try:
+            check_run_folder(Path(out_dir))
             lock.acquire()
-            remove_leftover_temporaries(out_dir)
-        except RunFolderLocked as exc:
+            remove_run_temporaries(Path(out_dir))
+        except (RunFolderLocked, RunFolderError) as exc:
             refusal = [str(exc)]
     dist.broadcast_object_list(refusal, src=0)
     if refusal[0] is not None:
@@ -819,7 +899,8 @@ def summarise_statuses(summary: RunSummary) -> str:
     lines = []
     for name, counts in summary.statuses.items():
         parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-        lines.append(f"  {name}: {parts or 'nothing new'}")
+        reason = summary.reasons.get(name)
+        lines.append(f"  {name}: {parts or 'nothing new'}" + (f" ({reason})" if reason else ""))
     return "\n".join(lines)
 
 
