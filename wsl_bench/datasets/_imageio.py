@@ -122,13 +122,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"{path}: unsupported image format {suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}",
             path=str(path),
         )
-    if not path.is_file():
+    if not path.exists():  # (anything else than a regular file is refused when it is opened, by name)
         raise SampleError(f"{path}: file not found", path=str(path))
     return _open_pillow(path, _IMAGE_MODES)
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    if not path.is_file():
+    if not path.exists():  # (anything else than a regular file is refused when it is opened, by name)
         raise SampleError(f"{path}: file not found", path=str(path))
     try:
         from wsl_bench.datasets._dicom import read_dicom  # lazy: DICOM support is optional
@@ -168,7 +168,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
             f"{path}: unsupported mask format {suffix or '(no suffix)'!r}; supported: {', '.join(PILLOW_SUFFIXES)}",
             path=str(path),
         )
-    if not path.is_file():
+    if not path.exists():  # (anything else than a regular file is refused when it is opened, by name)
         raise SampleError(f"{path}: file not found", path=str(path))
     mask = _open_pillow(path, _MASK_MODES) != 0
     if shape is not None and tuple(mask.shape) != tuple(shape):
