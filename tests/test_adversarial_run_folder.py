@@ -109,7 +109,8 @@ def test_a_report_folder_linked_elsewhere_is_never_written_through(finished_run,
         path.unlink()
     report.rmdir()
     report.symlink_to(elsewhere, target_is_directory=True)
-    for argv in (["run", *RUN, "--out", str(finished_run)], ["run", *RUN, "--out", str(finished_run), "--overwrite"]):
+    for argv in (["run", *RUN, "--out", str(finished_run)], ["run", *RUN, "--out", str(finished_run), "--overwrite"],
+                 ["report", str(finished_run)]):
         assert exit_code(argv) == 2
         assert "report" in one_error_line(capsys)
     assert listing(elsewhere) == {"keep.txt": b"mine"}
@@ -192,18 +193,22 @@ def test_the_lock_refusal_is_one_line(finished_run, capsys):
     assert "in use by another wsl-bench run" in line and str(os.getpid()) in line
 
 
-def test_a_full_disk_is_one_line(finished_run, monkeypatch, capsys):
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_is_one_line(finished_run, monkeypatch, capsys, code):
+    """The operating system's refusal to write (simulated: a test running as root may write anywhere)."""
     import errno
 
     from wsl_bench import atomic_io
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(finished_run / "manifest.json"))
+    number = getattr(errno, code)
 
-    monkeypatch.setattr(atomic_io.tempfile, "mkstemp", full)
+    def refuse(*args, **kwargs):
+        raise OSError(number, os.strerror(number), str(finished_run / "manifest.json"))
+
+    monkeypatch.setattr(atomic_io.tempfile, "mkstemp", refuse)
     assert exit_code(["run", *RUN, "--out", str(finished_run)]) == 2
     line = one_error_line(capsys)
-    assert "manifest.json" in line and "No space left on device" in line
+    assert "manifest.json" in line and os.strerror(number) in line
 
 
 def test_data_synth_into_a_foreign_folder_is_one_line(tmp_path, capsys):

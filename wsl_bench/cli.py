@@ -493,8 +493,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from wsl_bench.evaluation.run_folder import check_run_folder
     from wsl_bench.report.tables import build_report
 
+    if args.out is None:  # RUN_DIR/report: never through a link planted in the run folder
+        check_run_folder(Path(args.run_dir))
     out = build_report(args.run_dir, args.out)
     print(f"report written to {out}")
     return 0

@@ -60,14 +60,23 @@ def decode_counts(text: str, max_bins: int = MAX_RECORD_HISTOGRAM_BINS) -> np.nd
     Raises:
         ValueError: not base64 or zlib data, a partial count, or more than ``max_bins`` counts.
     """
-    inflater = zlib.decompressobj()
-    data = inflater.decompress(base64.b64decode(text, validate=True), 4 * max_bins + 1)
+    return np.frombuffer(_inflate_counts(text, max_bins), dtype="<u4").astype(np.int64)
+
+
+def _inflate_counts(text: str, max_bins: int = MAX_RECORD_HISTOGRAM_BINS) -> bytes:
+    """The little-endian uint32 counts of an encoded histogram, inflated at most to ``max_bins``
+    counts (see :func:`decode_counts`)."""
+    try:
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(base64.b64decode(text), 4 * max_bins + 1)
+    except (zlib.error, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"not an encoded histogram ({exc})") from None
     if len(data) > 4 * max_bins or inflater.unconsumed_tail:
         raise ValueError(f"histogram of more than {max_bins:,} bins, above "
                          f"{describe_bound('MAX_RECORD_HISTOGRAM_BINS', max_bins, 'bins')}")
     if not inflater.eof or len(data) % 4:
         raise ValueError("truncated histogram data")
-    return np.frombuffer(data, dtype="<u4").astype(np.int64)
+    return data
 
 
 def _json_default(value: Any) -> Any:
@@ -241,8 +250,8 @@ def record_problem(record: Any) -> str | None:
             return f"hist[{_short(cls)}] is not an object with text 'pos' and 'neg'"
         for part in ("pos", "neg") if counts is not None else ():
             try:
-                decode_counts(counts[part])
-            except (ValueError, zlib.error) as exc:
+                _inflate_counts(counts[part])  # bounded: a 2 MB field must not become 2 GiB
+            except ValueError as exc:
                 return f"hist[{_short(cls)}][{part!r}] is not a usable histogram ({exc})"
     for key in _OPTIONAL_NUMBERS:
         value = record.get(key)
