@@ -147,6 +147,8 @@ class RaisesInterrupt(Flat):
 
 
 class BrokenConstructor(Flat):
+    trainable = True  # so that even the run's plan, which looks for what to train, builds it
+
     def __init__(self, **kwargs):
         raise RuntimeError("the plugin's constructor is broken")
 
@@ -270,8 +272,10 @@ def test_nan_weights_are_refused_at_load_naming_the_file(toy_dataset, tmp_path, 
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "[1, NaN]"])
-def test_a_non_finite_option_is_refused(value, capsys):
-    assert exit_code(["run", "--methods", "centre_prior", "--option", f"sigma_fraction={value}"]) == 2
+def test_a_non_finite_option_is_refused(toy_dataset, tmp_path, value, capsys):
+    assert exit_code(["run", "--methods", "centre_prior", *RUN, "--option", f"sigma_fraction={value}", "--out",
+                      str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
     assert "not a finite number" in capsys.readouterr().err
 
 

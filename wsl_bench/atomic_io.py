@@ -147,8 +147,8 @@ TEMPORARY_PATTERN = ".*.tmp"
 ``.tmp`` files the suite writes before a rename (``records.rewrite_records``); which of them are
 the suite's own is decided by :func:`temporary_target`, on the whole name."""
 
-_TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.(?:[a-z0-9_]{8}|rewrite)\.tmp$")
-"""``.<target>.<8 characters of tempfile.mkstemp>.tmp`` or ``.<target>.rewrite.tmp``."""
+_TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]+\.tmp$")
+"""``.<target>.<random letters of tempfile.mkstemp>.tmp``, or ``.<target>.rewrite.tmp``."""
 
 
 def temporary_target(name: str) -> str | None:

@@ -511,6 +511,10 @@ def plan_run(config: RunConfig, pending: dict[str, int], splits: str) -> RunPlan
             to_train, cached = training_chain(trainee, config) if trainee is not None else ([], [])
         except (FileNotFoundError, NotImplementedError):
             continue
+        except Exception as exc:
+            if plugin_failure(name, config, exc):
+                continue  # the run records that plugin's failure when it gets there
+            raise
         for job in to_train:
             if job.key not in planned:
                 planned[job.key] = PlannedTraining(job.method.name, job.key, [], estimate_training(job, config))
@@ -866,6 +870,10 @@ def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistCon
             run_method = create_run_method(name, config)  # as a single process creates it: the same key
         except (FileNotFoundError, NotImplementedError):
             continue  # run() records this method as skipped, with the reason
+        except Exception as exc:
+            if plugin_failure(name, config, exc):
+                continue  # run() records that plugin's failure, with the reason
+            raise
         if run_method.needs_training:
             to_train = training_chain(run_method.trainee, config)[0]
             trained += [j.method.name for j in to_train if j.method.name not in trained]
