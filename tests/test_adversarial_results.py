@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -43,10 +44,31 @@ def results(run: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(r["method"], r["class"]): r for r in csv.DictReader(handle)}
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One finished run of the module, made once (with ``toy`` registered and a cache of its own)."""
+    from conftest import ToyDataset
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    saved = os.environ.get("WSL_BENCH_CACHE")
+    os.environ["WSL_BENCH_CACHE"] = str(tmp_path_factory.mktemp("reference_cache"))
+    DATASETS.register("toy", ToyDataset)
+    try:
+        assert exit_code(["run", "--methods", "intensity,random", *RUN, "--out", str(out)]) == 0
+    finally:
+        DATASETS.unregister("toy")
+        if saved is None:
+            os.environ.pop("WSL_BENCH_CACHE")
+        else:
+            os.environ["WSL_BENCH_CACHE"] = saved
+    return out
+
+
 @pytest.fixture
-def finished_run(toy_dataset, tmp_path):
+def finished_run(toy_dataset, reference_run, tmp_path):
+    """A copy of the module's finished run, for one test to damage."""
     out = tmp_path / "run"
-    assert exit_code(["run", "--methods", "intensity,random", *RUN, "--out", str(out)]) == 0
+    shutil.copytree(reference_run, out, symlinks=True)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from wsl_bench.cli import main
 from wsl_bench.evaluation.records import read_records
+from wsl_bench.registry import DATASETS
 
 RUN = ["--methods", "intensity", "--dataset", "toy", "--preset", "tiny", "--no-progress"]
 
@@ -45,10 +47,31 @@ def listing(folder: Path) -> dict[str, bytes | None]:
             for p in sorted(folder.rglob("*"))}
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One finished run of the module, made once (with ``toy`` registered and a cache of its own)."""
+    from conftest import ToyDataset
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    saved = os.environ.get("WSL_BENCH_CACHE")
+    os.environ["WSL_BENCH_CACHE"] = str(tmp_path_factory.mktemp("reference_cache"))
+    DATASETS.register("toy", ToyDataset)
+    try:
+        assert exit_code(["run", *RUN, "--out", str(out)]) == 0
+    finally:
+        DATASETS.unregister("toy")
+        if saved is None:
+            os.environ.pop("WSL_BENCH_CACHE")
+        else:
+            os.environ["WSL_BENCH_CACHE"] = saved
+    return out
+
+
 @pytest.fixture
-def finished_run(toy_dataset, tmp_path):
+def finished_run(toy_dataset, reference_run, tmp_path):
+    """A copy of the module's finished run, for one test to damage."""
     out = tmp_path / "run"
-    assert exit_code(["run", *RUN, "--out", str(out)]) == 0
+    shutil.copytree(reference_run, out, symlinks=True)
     return out
 
 
