@@ -761,6 +761,7 @@ def _record_method_failure(name: str, reason: str, work: dict[str, tuple[list[st
                            out_dir: Path, identity: str | None = None) -> None:
     """A method that failed as a whole (a plugin that raised): one failed record per image with
     ``reason``, a line in the summary, and the run goes on with the next method."""
+    reason = " ".join(reason.split())[:500]  # one line, whatever the plugin's message holds
     log.warning("%s", reason)
     tracker.expect(("evaluate", name), 0.0)  # no work after all: out of the bar's total
     images = 0
