@@ -142,6 +142,33 @@ def test_a_report_from_part_of_the_records_says_what_is_missing(finished_run):
     assert "no record for 3 of 6 evaluated images" in (finished_run / "report" / "index.html").read_text()
 
 
+def test_a_report_over_training_seeds_counts_the_missing_records_of_every_seed(tmp_path):
+    """A run of several training seeds reports what each seed lacks: part of one seed's records, or a
+    seed with no record at all (the missing count of the first seed alone said nothing)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_seeds import _fake_seed_run
+
+    from wsl_bench.report.tables import build_report
+
+    run_dir = _fake_seed_run(tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    records = read_records(run_dir / "records.jsonl")
+    manifest["image_ids"] = {split: sorted({r["image_id"] for r in records if r["split"] == split})
+                             for split in ("test", "val")}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    tests = manifest["image_ids"]["test"]
+    kept = [r for r in records
+            if not (r["method"] == "cam" and r["seed"] == 1 and r["split"] == "test" and r["image_id"] in tests[:5])
+            and not (r["method"] == "glam" and r["seed"] == 2)]
+    (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    build_report(run_dir, run_dir / "report")
+    markdown = (run_dir / "report" / "results.md").read_text()
+    n, v = len(tests), len(manifest["image_ids"]["val"])
+    assert f"- cam: no record for 5 of {3 * n} evaluated images" in markdown
+    assert f"- glam: no record for {n} of {3 * n} evaluated images and {v} of {3 * v} validation images" in markdown
+    assert "- random:" not in markdown.split("Incomplete", 1)[1].split("\n\n", 2)[1]
+
+
 # ------------------------------------------------------------------------------- 5: plugins
 PLUGINS = '''
 import os
@@ -149,7 +176,7 @@ import signal
 import sys
 
 import torch
-from wsl_bench.saliency import SaliencyMethod, SaliencyOutput
+from wsl_bench.saliency import SaliencyMethod, SaliencyOutput, TrainableMethod
 
 
 class Flat(SaliencyMethod):
@@ -185,9 +212,25 @@ class CtrlC(Flat):
     def predict(self, images):
         os.kill(os.getpid(), signal.SIGINT)  # the user pressing Ctrl-C while the method runs
         return super().predict(images)
+
+
+class TrainingBreaks(TrainableMethod):
+    def __init__(self, device="cpu", seed=0, image_size=None):
+        super().__init__(device=device, seed=seed, image_size=image_size)
+        self.net = torch.nn.Conv2d(1, 2, 1)
+
+    def network(self):
+        return self.net
+
+    def training_loss(self, images, labels, pos_weight=None):
+        raise RuntimeError("the plugin's training is broken")
+
+    def predict(self, images):
+        n = images.shape[0]
+        return SaliencyOutput(torch.full((n, 2, 4, 4), 0.5), torch.full((n, 2), 0.5))
 '''
 PLUGIN_NAMES = {"exits-plugin": "Exits", "interrupt-plugin": "RaisesInterrupt", "broken-plugin": "BrokenConstructor",
-                "huge-map-plugin": "HugeMap", "ctrl-c-plugin": "CtrlC"}
+                "huge-map-plugin": "HugeMap", "ctrl-c-plugin": "CtrlC", "train-broken-plugin": "TrainingBreaks"}
 
 
 def _site(root: Path) -> Path:
@@ -235,6 +278,29 @@ def test_a_plugins_failure_is_that_methods_failure(toy_dataset, hostile_plugins,
     summary = {line.split(":")[0].strip(): line for line in captured.out.splitlines() if line.startswith("  ")}
     assert "failed 14" in summary["exits-plugin"] and "failed 14" in summary["interrupt-plugin"]
     assert "failed 14" in summary["broken-plugin"] and "constructor is broken" in summary["broken-plugin"]
+
+
+def test_a_plugin_whose_training_fails_fails_each_training_seed_and_the_run_goes_on(toy_dataset, hostile_plugins,
+                                                                                     tmp_path, capsys):
+    """With ``--seeds`` a plugin's failed training is that seed's failure: failed records of each seed
+    with the reason, a summary line per seed; the method after it runs and the report is written."""
+    out = tmp_path / "run"
+    status = exit_code(["run", "--methods", "train-broken-plugin,intensity", "--seeds", "0,1", *RUN,
+                        "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 1, captured.err
+    assert "Traceback" not in captured.err
+    records = read_records(out / "records.jsonl")
+    broken = [r for r in records if r["method"] == "train-broken-plugin"]
+    assert sorted({r["seed"] for r in broken}) == [0, 1] and len(broken) == 2 * 14  # 6 test + 8 validation
+    assert all(r["status"] == "failed" and "could not be trained" in r["error"]
+               and "the plugin's training is broken" in r["error"] for r in broken)
+    assert {r["status"] for r in records if r["method"] == "intensity"} == {"ok"}
+    assert (out / "report" / "index.html").is_file()
+    summary = {line.split(":")[0].strip(): line for line in captured.out.splitlines() if line.startswith("  ")}
+    for seed in (0, 1):
+        line = summary[f"train-broken-plugin (seed {seed})"]
+        assert "failed 14" in line and "training is broken" in line
 
 
 def test_a_real_ctrl_c_still_stops_the_run(toy_dataset, hostile_plugins, tmp_path, capsys):
