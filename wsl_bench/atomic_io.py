@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +26,7 @@ _TEXT_MODES = ("w", "wt")
 _BINARY_MODES = ("wb",)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it where Linux allows."""
     try:
         with open("/proc/self/status", encoding="ascii") as handle:
@@ -43,7 +44,7 @@ def _mode_for(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
-        return 0o666 & ~_umask()
+        return 0o666 & ~current_umask()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -142,18 +143,38 @@ def savez_atomic(path: str | os.PathLike, compressed: bool = True, **arrays: Any
 
 
 TEMPORARY_PATTERN = ".*.tmp"
-"""The names of this module's temporary files (``.<name>.<random>.tmp``), and of other hidden
-``.tmp`` files the suite writes before a rename (``records.rewrite_records``)."""
+"""A glob matching this module's temporary files (``.<name>.<random>.tmp``), and the other hidden
+``.tmp`` files the suite writes before a rename (``records.rewrite_records``); which of them are
+the suite's own is decided by :func:`temporary_target`, on the whole name."""
+
+_TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]+\.tmp$")
+"""``.<target>.<random letters of tempfile.mkstemp>.tmp``, or ``.<target>.rewrite.tmp``."""
 
 
-def remove_leftover_temporaries(folder: str | os.PathLike) -> int:
-    """Delete the temporary files a killed writer left under ``folder`` (a SIGKILL between the
+def temporary_target(name: str) -> str | None:
+    """The file a temporary file of the suite's writers was to replace (``".results.csv.k2j4_x9a.tmp"``
+    → ``"results.csv"``), or ``None`` when ``name`` is not named like one (a user's ``.draft.tmp``)."""
+    match = _TEMPORARY_NAME.match(name)
+    return match.group("target") if match else None
+
+
+def remove_leftover_temporaries(folder: str | os.PathLike, is_target: Callable[[str], bool] = lambda name: True) -> int:
+    """Delete the temporary files a killed writer left in ``folder`` (a SIGKILL between the
     temporary file's creation and its rename leaves one behind; nothing else can clean it up).
-    Call it only while no other process writes there (a run holds its folder's lock). Returns the
-    number of files removed."""
+
+    Only ``folder`` itself is looked at (never the folders below it, never through a symbolic
+    link), and only regular files named as this module names its temporary files
+    (:func:`temporary_target`) whose target name satisfies ``is_target``: a user's own ``.tmp``
+    files are never touched. Call it only while no other process writes there (a run holds its
+    folder's lock). Returns the number of files removed."""
     removed = 0
-    for path in Path(folder).rglob(TEMPORARY_PATTERN):
-        if path.is_file():
-            path.unlink(missing_ok=True)
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        target = temporary_target(entry.name)
+        if target is not None and is_target(target) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
             removed += 1
     return removed

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from wsl_bench._version import __version__
+from wsl_bench.limits import MAX_IMAGE_PIXELS, describe_bound
 
 EXIT_USAGE = 2
 
@@ -76,6 +77,11 @@ def parse_image_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must look like 2944x1920, got {text!r}") from None
     if h <= 0 or w <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    if h * w > MAX_IMAGE_PIXELS:  # refused before anything is allocated (20000x20000 took 6 GB before the plan)
+        raise argparse.ArgumentTypeError(
+            f"size {h}x{w} is {h * w / 1e6:.0f} Mpx, above "
+            f"{describe_bound('MAX_IMAGE_PIXELS', MAX_IMAGE_PIXELS, 'pixels')} (mammography detectors are at most "
+            "about 29 Mpx)")
     return h, w
 
 
@@ -153,9 +159,23 @@ def parse_option(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"--option must look like key=value, got {text!r}")
     key, value = text.split("=", 1)
     try:
-        return key.strip(), json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
         return key.strip(), value
+    if not _finite(parsed):  # JSON reads NaN and Infinity; no option means them (NaN failed every record)
+        raise argparse.ArgumentTypeError(f"--option {key.strip()}={value}: not a finite number")
+    return key.strip(), parsed
+
+
+def _finite(value: Any) -> bool:
+    """Whether no number in ``value`` (a parsed JSON value) is NaN or infinite."""
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 DATASET_OPTION_HELP = ("constructor option of the dataset, part of the run's identity and of every checkpoint's "
@@ -295,15 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run's manifest.json whose training times fill that preset's column (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("verify", help="compare GLAM or GMIC with your own checkout of the published code",
+    p = sub.add_parser("verify", help="compare GLAM or GMIC with your own checkout of the published code (imports "
+                                      "and runs that checkout's Python code)",
                        description="Import the published model from your checkout of nyukat/GLAM or nyukat/GMIC "
                                    "(never copied), give it and ours the same random weights, run both on the same "
                                    "random image (the published window-search defect corrected in memory) and print "
                                    "the largest difference per output and the patch locations. Exit 1 when an "
-                                   "output differs by more than the tolerance or a patch location differs.")
+                                   "output differs by more than the tolerance or a patch location differs. "
+                                   "Warning: this imports and runs the Python code of the checkout given to "
+                                   "--published, with your permissions; verify only a checkout you trust.")
     p.add_argument("model", choices=["glam", "gmic"])
     p.add_argument("--published", required=True, type=existing_path, metavar="PATH",
-                   help="your clone of https://github.com/nyukat/GLAM or https://github.com/nyukat/GMIC")
+                   help="your clone of https://github.com/nyukat/GLAM or https://github.com/nyukat/GMIC (its code is "
+                        "imported and run)")
     p.add_argument("--size", type=parse_image_size, default=None, metavar="HxW",
                    help="input size (default: the published 2944x1920; both models keep the published strides)")
     p.add_argument("--crop", type=positive_int, default=None, metavar="PIXELS",
@@ -565,8 +589,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from wsl_bench.evaluation.run_folder import check_run_folder
     from wsl_bench.report.tables import build_report
 
+    if args.out is None:  # RUN_DIR/report: never through a link planted in the run folder
+        check_run_folder(Path(args.run_dir))
     out = build_report(args.run_dir, args.out)
     print(f"report written to {out}")
     return 0
@@ -752,6 +779,14 @@ def _refused_option(exc: TypeError, args: argparse.Namespace) -> str | None:
     return f"{flags[key]}: {which} takes no option {key!r} ({exc})"
 
 
+def _os_error_line(exc: OSError) -> str:
+    """``PATH: the system's reason`` for an operating-system error (a disk full, read-only, ...)."""
+    if exc.filename is None:
+        return str(exc)
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{where}: {exc.strerror or exc}"
+
+
 def _error(exc: BaseException, args: argparse.Namespace, code: int, message: str | None = None) -> int:
     """Report an expected error as one ``wsl-bench: error:`` line (after its traceback with ``-v``)."""
     if args.verbose:
@@ -767,8 +802,12 @@ def main(argv: list[str] | None = None) -> int:
     # these modules import torch (seconds): only a command that runs pays for them
     from wsl_bench.data import DatasetError
     from wsl_bench.evaluation.harness import RunConfigMismatch
+    from wsl_bench.evaluation.manifest import DamagedFileError
+    from wsl_bench.evaluation.run_folder import RunFolderError
+    from wsl_bench.evaluation.run_lock import RunFolderLocked
     from wsl_bench.registry import UnknownNameError
     from wsl_bench.report.tables import ReportError
+    from wsl_bench.weights import CheckpointError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -777,8 +816,9 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     try:
         return COMMANDS[command](args)
-    except (UnknownNameError, UsageError, RunConfigMismatch, DatasetError) as exc:
-        # bad names, flags or dataset files (a DatasetError names the file): the user's to fix
+    except (UnknownNameError, UsageError, RunConfigMismatch, DatasetError, RunFolderError, RunFolderLocked,
+            CheckpointError, DamagedFileError) as exc:
+        # bad names, flags, dataset or weights files, an unusable or busy --out (each names the file): the user's to fix
         return _error(exc, args, EXIT_USAGE)
     except TypeError as exc:
         message = _refused_option(exc, args)
@@ -787,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         return _error(exc, args, EXIT_USAGE, message)
     except (FileNotFoundError, ReportError) as exc:
         return _error(exc, args, 1)
+    except OSError as exc:  # a read-only or full disk, a name too long, a folder where a file should be...
+        return _error(exc, args, EXIT_USAGE, _os_error_line(exc))
     except KeyboardInterrupt:
         print("\ninterrupted; finished records are kept: run the same command again to resume", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ place (:func:`run`). The layers below do one job each and know nothing of the ot
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import logging
@@ -23,7 +24,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from wsl_bench.atomic_io import remove_leftover_temporaries
 from wsl_bench.data import MammogramDataset
 from wsl_bench.estimates import Estimate, evaluation_estimate, timing_facts, training_estimate
 from wsl_bench.evaluation.bench_harness import run_harness_bench
@@ -44,7 +44,13 @@ from wsl_bench.evaluation.harness import (
 from wsl_bench.evaluation.identity import changed_fields, current_records, identity_hash, method_identity
 from wsl_bench.evaluation.manifest import config_hash, read_json, write_json_atomic
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
-from wsl_bench.evaluation.run_folder import clear_run_folder, remove_if_untouched
+from wsl_bench.evaluation.run_folder import (
+    RunFolderError,
+    check_run_folder,
+    clear_run_folder,
+    remove_if_untouched,
+    remove_run_temporaries,
+)
 from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
 from wsl_bench.evaluation.seeds import legacy_seeds, run_seeds, seed_label
 from wsl_bench.paths import cache_root
@@ -66,7 +72,10 @@ from wsl_bench.run_progress import PlannedTraining, RunPlan, RunProgress, Tickin
 from wsl_bench.saliency import SaliencyMethod, TrainableMethod, TrainingStage
 from wsl_bench.training.cache import (
     checkpoint_key_data,
+    checkpoint_lock,
     load_method_weights,
+    names_cache_file,
+    set_aside_damaged,
     stage_checkpoint,
     stage_folder,
     stage_regressions,
@@ -337,10 +346,28 @@ def ensure_trained(
     (DistributedDataParallel) into the one cache folder, which must then be on a filesystem every
     rank sees; only rank 0 writes there.
 
+    One process at a time trains or loads a cache key (:func:`~wsl_bench.training.cache.checkpoint_lock`):
+    a second run needing the same weights waits for the first one's training, then loads its
+    checkpoint. A cached checkpoint that cannot be read (the cache is the suite's own, so a damaged
+    file is not the user's to repair) is set aside, with a warning naming where, and trained again.
+
     Returns:
         checkpoint facts for the manifest: path, sha256, cache key, training metrics.
     """
     job = training_job(method, config)
+    with checkpoint_lock(job.folder, context):
+        try:
+            return _ensure_trained_locked(job, method, config, progress, context)
+        except ValueError as exc:
+            if not names_cache_file(exc, job.folder):
+                raise  # not a damaged cached file (a bad dataset, a bad option...)
+            set_aside_damaged(job.folder, exc, context)
+            return _ensure_trained_locked(job, method, config, progress, context)
+
+
+def _ensure_trained_locked(job: TrainingJob, method: TrainableMethod, config: RunConfig, progress: bool,
+                           context: DistContext) -> dict[str, Any]:
+    """:func:`ensure_trained` with the cache key's lock held."""
     folder = job.folder
     last_stage = stage_folder(folder, job.stages, job.stages[-1])
     initialised_from = None
@@ -444,10 +471,12 @@ def train(
         train_set = FirstImages(train_set, max_images)
         val_set = FirstImages(val_set, max_images) if val_set is not None else None
     initialise_from_donor(job, config, progress=progress, context=context)
-    if context.is_main:
-        write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
-    return train_stages(job.method, job.train_config, out, train_set, val_set, resume=resume,
-                        only_stage=only_stage, context=context, progress=progress)
+    # the same lock as a run folder's: two trainings into one --out would mix their checkpoints and logs
+    with RunFolderLock(out, what="wsl-bench training") if context.is_main else contextlib.nullcontext():
+        if context.is_main:
+            write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
+        return train_stages(job.method, job.train_config, out, train_set, val_set, resume=resume,
+                            only_stage=only_stage, context=context, progress=progress)
 
 
 def prepare_method(
@@ -520,6 +549,10 @@ def plan_run(config: RunConfig, pending: dict[str, dict[int | None, int]], split
             trainee = create_trainee(name, config)
         except (FileNotFoundError, NotImplementedError):
             trainee = None
+        except Exception as exc:
+            if not plugin_failure(name, config, exc):
+                raise
+            trainee = None  # the run records that plugin's failure when it gets there
         wanted = {seed: by_seed.get(seed, 0) for seed in (seeds if trainee is not None else (None,))}
         if not any(wanted.values()):
             plan.up_to_date.append(name)
@@ -533,7 +566,12 @@ def plan_run(config: RunConfig, pending: dict[str, dict[int | None, int]], split
             if trainee is None or seed is None:
                 continue
             # a training's key depends on the configuration's training seed, not on the trainee object's
-            to_train, cached = training_chain(trainee, config.for_seed(seed))
+            try:
+                to_train, cached = training_chain(trainee, config.for_seed(seed))
+            except Exception as exc:
+                if plugin_failure(name, config, exc):
+                    continue  # the run records that plugin's failure when it gets there
+                raise
             for job in to_train:
                 if job.key not in planned:
                     planned[job.key] = PlannedTraining(seed_label(job.method.name, seed, seeds), job.key, [],
@@ -604,10 +642,11 @@ def run(
     out_dir = Path(out_dir)
     tracker = tracker or RunProgress()
     if lock:
+        check_run_folder(out_dir)  # a folder of the user's own files is refused before even the lock is written
         created = not out_dir.exists()
         try:
             with RunFolderLock(out_dir):
-                remove_leftover_temporaries(out_dir)  # a killed earlier run's half-written files
+                remove_run_temporaries(out_dir)  # a killed earlier run's half-written files, by name
                 return run(config, out_dir, progress, retry_failed, shard, write_report, lock=False,
                            overwrite=overwrite, tracker=tracker)
         finally:
@@ -635,6 +674,10 @@ def run(
         assert validation.samples is not None
         expected[validation.split] = validation.ids
         data[validation.split] = validation.samples.dataset.describe()
+    # the images this run scores: records of any other image are not counted, and the report says
+    # how many images each method has no record for
+    manifest["image_ids"] = {split: list(ids) for split, ids in expected.items()}
+    write_json_atomic(out_dir / "manifest.json", manifest)
     # split → (this shard's ids, loaded samples, ids whose maps the qualitative figure keeps)
     work: dict[str, tuple[list[str], SampleCache, set[str]]] = {
         config.split: (all_ids[rank::world], samples,
@@ -682,6 +725,14 @@ def run(
                 manifest["methods"][name] = {"identity": None, "skipped": f"{type(exc).__name__}: {exc}"}
                 write_json_atomic(out_dir / "manifest.json", manifest)
                 continue
+            except Exception as exc:
+                if not plugin_failure(name, config, exc):
+                    raise  # a built-in method that cannot be built is a bug, or a usage error main() reports
+                # a plugin's failure is that method's: failed records with the reason, the other methods still run
+                _record_method_failure(name, f"plugin method {name} could not be built: {type(exc).__name__}: {exc}",
+                                       {split: ids for split, (ids, _, _) in work.items()}, writer, summary, tracker,
+                                       manifest, out_dir)
+                continue
             identity = identity_hash(identity_data)
             previous = manifest["methods"].get(name) or {}
             if previous and previous.get("identity") != identity:
@@ -721,7 +772,16 @@ def run(
                 trained = [seed_label(j.method.name, seed, seeds) for j in to_train]
                 # (a stage now, trained or not, so the plan is printed before the checkpoint's learning check warns)
                 tracker.stage("train " + ", ".join(trained) if to_train else f"evaluate {label}")
-                checkpoint = prepare_method(run_method, seed_config, progress=progress)
+                try:
+                    checkpoint = prepare_method(run_method, seed_config, progress=progress)
+                except Exception as exc:
+                    if not plugin_failure(name, config, exc):
+                        raise
+                    _record_method_failure(name, f"plugin method {name} could not be trained: "
+                                           f"{type(exc).__name__}: {exc}", todo, writer, summary, tracker, manifest,
+                                           out_dir, identity, seed=seed, label=label)
+                    run_method = created_at = None
+                    continue
                 for job in to_train:
                     tracker.done(("train", job.key))
                 summary.trained += [t for t in trained if t not in summary.trained]
@@ -776,6 +836,41 @@ def run(
         build_report(out_dir, out_dir / "report")
     tracker.finish()
     return summary
+
+
+def plugin_failure(name: str, config: RunConfig, exc: Exception) -> bool:
+    """Whether ``exc``, raised while building or training run method ``name``, is a plugin's own
+    failure (``name``, or the classifier it explains, comes from an installed plugin), which fails
+    that method alone. An option the plugin does not take stays a usage error of the command."""
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+        return False
+    base, implied = split_method_name(name)
+    classifier = implied.get("classifier") or config.options_for(name).get("classifier")
+    return METHODS.is_plugin(base) or (isinstance(classifier, str) and METHODS.is_plugin(classifier))
+
+
+def _record_method_failure(name: str, reason: str, todo: dict[str, list[str]], writer: RecordWriter,
+                           summary: RunSummary, tracker: RunProgress, manifest: dict[str, Any], out_dir: Path,
+                           identity: str | None = None, seed: int | None = None, label: str | None = None) -> None:
+    """A method that failed as a whole (a plugin that raised): one failed record per image of
+    ``todo`` (split → image ids) with ``reason``, under training seed ``seed`` (``None``: before any
+    seed, shared by every seed), a line in the summary under ``label`` (the method's name, with its
+    seed in a run of several), and the run goes on with the next seed or method."""
+    label = label or name
+    reason = " ".join(reason.split())[:500]  # one line, whatever the plugin's message holds
+    log.warning("%s", reason)
+    tracker.expect(("evaluate", label), 0.0)  # no work after all: out of the bar's total
+    images = 0
+    for split, ids in todo.items():
+        for sample_id in ids:
+            writer.write(make_record(sample_id, name, "failed", reason, split=split, identity=identity, seed=seed))
+            images += 1
+    summary.statuses[label] = {"failed": images}
+    summary.failed += images
+    summary.reasons[label] = reason
+    entry = manifest["methods"].get(name) or {}
+    manifest["methods"][name] = {**entry, "identity": identity, "failed": reason}
+    write_json_atomic(out_dir / "manifest.json", manifest)
 
 
 def _pending_images(methods: Sequence[str], work: dict[str, tuple[list[str], Any, set[str]]],
@@ -856,9 +951,10 @@ def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, pr
     refusal = [None]
     if lock is not None:
         try:
+            check_run_folder(Path(out_dir))
             lock.acquire()
-            remove_leftover_temporaries(out_dir)
-        except RunFolderLocked as exc:
+            remove_run_temporaries(Path(out_dir))
+        except (RunFolderLocked, RunFolderError) as exc:
             refusal = [str(exc)]
     dist.broadcast_object_list(refusal, src=0)
     if refusal[0] is not None:
@@ -881,6 +977,10 @@ def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistCon
                 run_method = create_run_method(name, seed_config)  # as a single process creates it: the same key
             except (FileNotFoundError, NotImplementedError):
                 break  # run() records this method as skipped, with the reason
+            except Exception as exc:
+                if plugin_failure(name, config, exc):
+                    break  # run() records that plugin's failure, with the reason
+                raise
             if not run_method.needs_training:
                 break  # nothing to train: run() evaluates it once for every seed
             to_train = training_chain(run_method.trainee, seed_config)[0]
@@ -915,7 +1015,8 @@ def summarise_statuses(summary: RunSummary) -> str:
     lines = []
     for name, counts in summary.statuses.items():
         parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-        lines.append(f"  {name}: {parts or 'nothing new'}")
+        reason = summary.reasons.get(name)
+        lines.append(f"  {name}: {parts or 'nothing new'}" + (f" ({reason})" if reason else ""))
     return "\n".join(lines)
 
 

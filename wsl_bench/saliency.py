@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
 
 import torch
 
+from wsl_bench.limits import MAX_IMAGE_PIXELS, describe_bound
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -70,6 +72,9 @@ class SaliencyOutput:
             raise ValueError(f"maps must be N×{c}×h×w with N={batch_size}, got {tuple(self.maps.shape)}")
         if self.maps.shape[2] < 1 or self.maps.shape[3] < 1:
             raise ValueError(f"maps must have at least one pixel, got {tuple(self.maps.shape)}")
+        if self.maps.shape[2] * self.maps.shape[3] > MAX_IMAGE_PIXELS:  # before anything reads or copies them
+            raise ValueError(f"maps of {self.maps.shape[2]}×{self.maps.shape[3]} pixels, above "
+                             f"{describe_bound('MAX_IMAGE_PIXELS', MAX_IMAGE_PIXELS, 'pixels')}")
         if self.scores.shape != (batch_size, c):
             raise ValueError(f"scores must be N×{c} with N={batch_size}, got {tuple(self.scores.shape)}")
         if not torch.isfinite(self.maps).all():

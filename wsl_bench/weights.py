@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ import torch
 from torch import nn
 
 from wsl_bench.atomic_io import atomic_write
+from wsl_bench.limits import MAX_WEIGHTS_EXPANSION, MIN_WEIGHTS_EXPANSION
+from wsl_bench.regular_files import open_regular, regular_file_problem
 
 FORMAT = "wsl_bench.checkpoint/1"
 """The ``format`` tag of the project's checkpoints (shared with the trainer)."""
@@ -127,8 +130,9 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
             tensors and containers (an unsafe pickle), naming the file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_weights_file(path)  # a FIFO, or a zip entry inflating to gigabytes, refused before loading
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -138,7 +142,7 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (recorded in run manifests)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO or a device would never end
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -149,8 +153,40 @@ def _torch_load(path: Path) -> Any:
         return load_checkpoint_file(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
+    except CheckpointError:
+        raise
     except ValueError as exc:  # weights_only refuses arbitrary pickles; a corrupt file fails to parse
         raise CheckpointError(f"{path}: not a readable weights file ({exc.__cause__ or exc})") from None
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse, before anything is loaded, a weights path that is not a regular file (a FIFO would
+    never end) or a zip (``torch.save``'s format, ``.npz``) whose entries decompress to more than
+    :data:`~wsl_bench.limits.MAX_WEIGHTS_EXPANSION` times its size (plus
+    :data:`~wsl_bench.limits.MIN_WEIGHTS_EXPANSION`): ``torch.load`` allocates a storage as large as
+    its entry says before inflating it, so a 6 MB file could ask for 6 GiB.
+
+    Raises:
+        CheckpointError: naming the file and the problem or the bound.
+    """
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{problem}; refused")
+    try:
+        size = path.stat().st_size
+        if not zipfile.is_zipfile(path):
+            return  # a legacy torch file: its storages are read from the file itself, never inflated
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # unreadable or damaged: the loader below names the problem
+    limit = MAX_WEIGHTS_EXPANSION * size + MIN_WEIGHTS_EXPANSION
+    if expanded > limit:
+        raise CheckpointError(
+            f"{path}: its {size:,} bytes decompress to {expanded:,} bytes, above the limit of "
+            f"wsl_bench.limits.MAX_WEIGHTS_EXPANSION = {MAX_WEIGHTS_EXPANSION} times the file's size plus "
+            f"MIN_WEIGHTS_EXPANSION = {MIN_WEIGHTS_EXPANSION:,} bytes (real weights are stored about as large as "
+            "they load); refused")
 
 
 def read_npz_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -180,6 +216,8 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         CheckpointError: unreadable file, or content that is not a state dict.
     """
     path = Path(path)
+    if path.exists():
+        check_weights_file(path)
     if path.suffix == ".npz":
         return read_npz_state_dict(path), None
     obj = _torch_load(path)
@@ -219,6 +257,20 @@ def map_published_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 # --------------------------------------------------------------------------------------------
 # Matching a state dict to a module
 # --------------------------------------------------------------------------------------------
+def check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinite values: a network loaded with them gives NaN maps on
+    every image, which would surface as one failed record per image instead of one clear error.
+
+    Raises:
+        CheckpointError: naming ``where`` and the first tensors concerned.
+    """
+    bad = [key for key, value in state.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{where}: weights hold NaN or infinite values ({shown}); refused")
+
+
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
     """Require that ``state`` supplies exactly the module's keys, each with the right shape.
 
@@ -243,8 +295,10 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where
 
 
 def load_state_dict_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """:func:`check_state_dict`, then copy every tensor into the module (dtype and device of the module)."""
+    """:func:`check_state_dict` and :func:`check_finite`, then copy every tensor into the module
+    (dtype and device of the module)."""
     check_state_dict(module, state, where)
+    check_finite(state, where)
     expected = module.state_dict()
     converted = {k: v.to(dtype=expected[k].dtype) for k, v in state.items()}
     module.load_state_dict(converted, strict=True)

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from wsl_bench.data import SampleError
+from wsl_bench.limits import MAX_IMAGE_PIXELS, describe_bound
+from wsl_bench.regular_files import NotARegularFile, open_regular
 
 INSTALL_HINT = 'pip install "wsl-bench[dicom]"'
 
@@ -77,10 +79,14 @@ def _dcmread(path: Path, stop_before_pixels: bool) -> Any:
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
-    if not path.is_file():
+    if not path.exists():
         raise SampleError(f"{path}: file not found", path=str(path))
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+        # a regular file only: a FIFO or a device named as a DICOM file would never end
+        with open_regular(path) as handle:
+            return pydicom.dcmread(handle, stop_before_pixels=stop_before_pixels)
+    except NotARegularFile as exc:
+        raise SampleError(str(exc), path=str(path)) from None
     except InvalidDicomError as exc:
         raise SampleError(f"{path}: not a DICOM file ({exc})", path=str(path)) from exc
     except Exception as exc:  # struct.error, EOFError, OSError from a truncated header
@@ -169,6 +175,10 @@ def read_dicom_with_info(path: str | os.PathLike, apply_voi: bool = True) -> tup
             f"install the DICOM extra: {INSTALL_HINT}",
             path=str(path),
         )
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * columns > MAX_IMAGE_PIXELS:  # from the header, before the pixels are decoded
+        raise SampleError(f"{path}: image of {rows}×{columns} = {rows * columns:,} pixels, above "
+                          f"{describe_bound('MAX_IMAGE_PIXELS', MAX_IMAGE_PIXELS, 'pixels')}; refused", path=str(path))
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # ValueError (pixel data shorter than the header says), decoder errors, ...

@@ -29,7 +29,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from wsl_bench.limits import MAX_INDEX_ROWS, describe_bound
 from wsl_bench.paths import cache_root
+from wsl_bench.regular_files import open_regular
 
 __all__ = ["files_digest", "name_problem", "path_inside", "text_problem"]
 
@@ -89,8 +91,10 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 def _sha256_file(path: str) -> str:
+    """Hex sha256 of a regular file's bytes (a FIFO or a device raises :class:`NotARegularFile`,
+    an ``OSError``, instead of blocking or reading forever)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -180,15 +184,19 @@ def files_digest(root: str | os.PathLike, entries: Iterable[tuple[str, Sequence[
     return digest.hexdigest()
 
 
-def checked_csv_rows(reader: Any, path: str | os.PathLike) -> Iterator[Any]:
+def checked_csv_rows(reader: Any, path: str | os.PathLike, max_rows: int = MAX_INDEX_ROWS) -> Iterator[Any]:
     """The rows of a ``csv.reader`` or ``csv.DictReader``; a CSV error (a cell above the csv module's
-    field limit, ...) becomes a :class:`~wsl_bench.data.DatasetError` naming the file and the line."""
+    field limit, ...) becomes a :class:`~wsl_bench.data.DatasetError` naming the file and the line,
+    and so does a data row beyond ``max_rows`` (:data:`~wsl_bench.limits.MAX_INDEX_ROWS`: refused
+    as it is reached, before the rows past it cost memory)."""
     from wsl_bench.data import DatasetError
 
     line_source = getattr(reader, "reader", reader)  # a DictReader counts lines in its inner reader
+    header = 0 if hasattr(reader, "fieldnames") else 1  # a csv.reader yields the header row too
+    count = 0
     while True:
         try:
-            yield next(reader)
+            row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
@@ -196,3 +204,8 @@ def checked_csv_rows(reader: Any, path: str | os.PathLike) -> Iterator[Any]:
                 f"{path}, line {line_source.line_num}: unreadable CSV ({exc}; a cell may hold at most "
                 f"{csv.field_size_limit():,} characters)"
             ) from None
+        count += 1
+        if count > max_rows + header:
+            raise DatasetError(f"{path}, line {line_source.line_num}: more than {max_rows:,} data rows, above "
+                               f"{describe_bound('MAX_INDEX_ROWS', max_rows, 'rows')}; refused")
+        yield row

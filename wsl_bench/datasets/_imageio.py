@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wsl_bench.atomic_io import current_umask
 from wsl_bench.data import SampleError
+from wsl_bench.limits import MAX_IMAGE_PIXELS, describe_bound
+from wsl_bench.regular_files import NotARegularFile, read_regular
 
 PILLOW_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
@@ -52,8 +55,9 @@ def _open_pillow(path: Path, allowed_modes: tuple[str, ...] | dict[str, np.dtype
     """
     kind = "PNG" if path.suffix.lower() == ".png" else "TIFF"
     try:
-        # One read from disk; both passes below work on the bytes in memory.
-        data = path.read_bytes()
+        # One read from disk (a regular file only: a FIFO or a device would never end); both
+        # passes below work on the bytes in memory.
+        data = read_regular(path)
         if kind == "PNG":
             # verify() stops at the IEND chunk's type without reading its CRC, so a file cut in
             # its last 4 bytes passes it; the complete IEND chunk must be there.
@@ -62,6 +66,7 @@ def _open_pillow(path: Path, allowed_modes: tuple[str, ...] | dict[str, np.dtype
             with Image.open(io.BytesIO(data)) as probe:
                 probe.verify()
         with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(path, im.size[1], im.size[0])  # from the header, before decoding
             im.load()
             mode = im.mode
             if mode not in allowed_modes:
@@ -74,6 +79,8 @@ def _open_pillow(path: Path, allowed_modes: tuple[str, ...] | dict[str, np.dtype
         raise
     except FileNotFoundError:
         raise SampleError(f"{path}: file not found", path=str(path)) from None
+    except NotARegularFile as exc:
+        raise SampleError(str(exc), path=str(path)) from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, zlib.error, ...
         raise SampleError(f"{path}: truncated or corrupt {kind} ({type(exc).__name__}: {exc})", path=str(path)) from exc
     if pixels.ndim != 2:
@@ -81,6 +88,15 @@ def _open_pillow(path: Path, allowed_modes: tuple[str, ...] | dict[str, np.dtype
     if mode in ("I;16", "I;16L", "I;16B"):
         pixels = pixels.astype(np.uint16, copy=False)  # native byte order whatever the file's
     return pixels
+
+
+def _check_pixels(path: Path, height: int, width: int) -> None:
+    """Refuse an image whose header declares more than :data:`~wsl_bench.limits.MAX_IMAGE_PIXELS`
+    pixels, before its pixels are decoded (a 386 KB PNG can declare 169 Mpx)."""
+    if height * width > MAX_IMAGE_PIXELS:
+        raise SampleError(
+            f"{path}: image of {height}×{width} = {height * width:,} pixels, above "
+            f"{describe_bound('MAX_IMAGE_PIXELS', MAX_IMAGE_PIXELS, 'pixels')}; refused", path=str(path))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -106,13 +122,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"{path}: unsupported image format {suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}",
             path=str(path),
         )
-    if not path.is_file():
+    if not path.exists():  # (anything else than a regular file is refused when it is opened, by name)
         raise SampleError(f"{path}: file not found", path=str(path))
     return _open_pillow(path, _IMAGE_MODES)
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    if not path.is_file():
+    if not path.exists():  # (anything else than a regular file is refused when it is opened, by name)
         raise SampleError(f"{path}: file not found", path=str(path))
     try:
         from wsl_bench.datasets._dicom import read_dicom  # lazy: DICOM support is optional
@@ -152,7 +168,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
             f"{path}: unsupported mask format {suffix or '(no suffix)'!r}; supported: {', '.join(PILLOW_SUFFIXES)}",
             path=str(path),
         )
-    if not path.is_file():
+    if not path.exists():  # (anything else than a regular file is refused when it is opened, by name)
         raise SampleError(f"{path}: file not found", path=str(path))
     mask = _open_pillow(path, _MASK_MODES) != 0
     if shape is not None and tuple(mask.shape) != tuple(shape):
@@ -164,12 +180,15 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
 
 
 def _atomic_save(path: Path, image: Image.Image, **save_options) -> None:
-    """Save ``image`` as PNG to ``path`` through a temporary file in the same folder."""
+    """Save ``image`` as PNG to ``path`` through a temporary file in the same folder, with the
+    permissions an ordinary ``open(path, "w")`` gives (``0o666`` less the umask; ``mkstemp``
+    alone would leave the file ``0o600`` whatever the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format="PNG", **save_options)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -24,6 +24,8 @@ import numpy as np
 from wsl_bench.data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError
 from wsl_bench.datasets._files import checked_csv_rows, files_digest
 from wsl_bench.datasets._preprocess import DEFAULT_IMAGE_SIZE, PreprocessConfig, Preprocessed, lesion_areas
+from wsl_bench.limits import MAX_INDEX_BYTES, describe_bound
+from wsl_bench.regular_files import open_regular, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +95,15 @@ def read_csv_rows(
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
+        data = read_regular(path, MAX_INDEX_BYTES, describe_bound("MAX_INDEX_BYTES", MAX_INDEX_BYTES, "bytes"))
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
     try:
         header = [h for h in (reader.fieldnames or [])]
@@ -221,7 +227,7 @@ class RawDataset(MammogramDataset):
         d["index_sha256"] = {}
         for path in self.index_files():
             digest = hashlib.sha256()
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     digest.update(block)
             d["index_sha256"][path.name] = digest.hexdigest()

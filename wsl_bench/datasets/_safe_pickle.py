@@ -26,7 +26,10 @@ the data, a memo index beyond the opcodes seen, out-of-band buffers and persiste
 The container stand-ins refuse any argument but an existing container (``bytearray(n)`` and
 ``set(n)`` with a size are refused, never called), and the result may nest at most ``max_depth``
 containers (checked without recursion; cycles are refused), so code walking it never recurses
-deeper than that.
+deeper than that. Nor may it *expand* beyond a bound proportional to its size
+(:data:`wsl_bench.limits.MAX_PICKLE_EXPANSION`): shared references let ``x = [x, x]`` nested 45 deep
+stand for 2**46 objects in 591 bytes, and any code that walks the exam list as a tree (a ``repr``
+in an error message, a JSON copy) would expand them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ import pickle
 import pickletools
 from pathlib import Path
 from typing import Any
+
+from wsl_bench.limits import MAX_PICKLE_EXPANSION, MIN_PICKLE_EXPANSION
+from wsl_bench.regular_files import NotARegularFile, open_regular
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_OBJECTS", "UnsafePickleError", "load", "loads"]
 
@@ -246,7 +252,15 @@ def loads(
         raise UnsafePickleError(f"{source}: {exc}") from exc
     except Exception as exc:  # EOFError, UnpicklingError, ValueError, ... from a damaged file
         raise UnsafePickleError(f"{source}: truncated or malformed pickle ({type(exc).__name__}: {exc})") from exc
-    return _check_plain(obj, source, max_depth)
+    _check_plain(obj, source, max_depth)
+    limit = MAX_PICKLE_EXPANSION * len(data) + MIN_PICKLE_EXPANSION
+    if _expanded_size(obj, limit) > limit:
+        raise UnsafePickleError(
+            f"{source}: its data expands to more than {limit:,} objects and characters (a shared reference "
+            f"counted each time it is reached), above the limit of wsl_bench.limits.MAX_PICKLE_EXPANSION = "
+            f"{MAX_PICKLE_EXPANSION} times its {len(data):,} bytes plus MIN_PICKLE_EXPANSION = "
+            f"{MIN_PICKLE_EXPANSION:,}; refused")
+    return obj
 
 
 def load(
@@ -266,12 +280,52 @@ def load(
     size = path.stat().st_size
     if size > max_bytes:
         raise UnsafePickleError(f"{path}: {size:,} bytes, above the limit of {max_bytes:,} bytes; refused")
-    with open(path, "rb") as fh:
-        data = fh.read(max_bytes + 1)  # the file may have grown since stat
+    try:
+        with open_regular(path) as fh:  # a FIFO or a device would never end
+            data = fh.read(max_bytes + 1)  # the file may have grown since stat
+    except NotARegularFile as exc:
+        raise UnsafePickleError(str(exc)) from None
     return loads(data, source=str(path), max_bytes=max_bytes, max_objects=max_objects, max_depth=max_depth)
 
 
 _PLAIN_SCALARS = (str, int, float, bool, bytes, bytearray, type(None))
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _children(container: Any) -> list[Any]:
+    if isinstance(container, dict):
+        return [*container.keys(), *container.values()]
+    return list(container)
+
+
+def _scalar_size(value: Any) -> int:
+    return 1 + len(value) if isinstance(value, (str, bytes, bytearray)) else 1
+
+
+def _expanded_size(obj: Any, limit: int) -> int:
+    """How big ``obj`` is written out as a tree: containers and scalars count 1, strings and bytes
+    1 + their length, and a shared object counts each time it is reached. Computed on the graph
+    (each container once, post-order, iterative) and capped at ``limit + 1``, so a pickle standing
+    for 2**46 objects costs no more than its own containers to measure. ``obj`` has no cycles
+    (:func:`_check_plain` refuses them first)."""
+    if not isinstance(obj, _CONTAINERS):
+        return _scalar_size(obj)
+    sizes: dict[int, int] = {}
+    stack = [obj]
+    while stack:
+        item = stack[-1]
+        if id(item) in sizes:
+            stack.pop()
+            continue
+        children = _children(item)
+        pending = [c for c in children if isinstance(c, _CONTAINERS) and id(c) not in sizes]
+        if pending:
+            stack.extend(pending)
+            continue
+        total = 1 + sum(sizes[id(c)] if isinstance(c, _CONTAINERS) else _scalar_size(c) for c in children)
+        sizes[id(item)] = min(total, limit + 1)
+        stack.pop()
+    return sizes[id(obj)]
 
 
 def _check_plain(obj: Any, source: str, max_depth: int = MAX_DEPTH) -> Any:

@@ -36,7 +36,9 @@ from PIL import Image
 from wsl_bench.data import SPLITS, DatasetError, MammogramDataset, Sample, SampleError, standardise
 from wsl_bench.datasets._files import checked_csv_rows, files_digest, name_problem, path_inside, text_problem
 from wsl_bench.datasets._imageio import read_image, read_mask, write_mask_png, write_png8, write_png16
+from wsl_bench.limits import MAX_INDEX_BYTES, describe_bound
 from wsl_bench.registry import DATASETS
+from wsl_bench.regular_files import read_regular
 from wsl_bench.saliency import CLASSES
 
 INDEX_FILE = "labels.csv"
@@ -133,9 +135,12 @@ def read_index(root: Path) -> list[_Row]:
             f"{index_path}: index file not found (the folder format needs ROOT/{INDEX_FILE}; see datasets/folder.md)"
         )
     try:
-        text = index_path.read_text(encoding="utf-8-sig")
+        text = read_regular(index_path, MAX_INDEX_BYTES,
+                            describe_bound("MAX_INDEX_BYTES", MAX_INDEX_BYTES, "bytes")).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{index_path}: unreadable ({exc})") from exc
+    except ValueError as exc:  # above the size bound
+        raise DatasetError(str(exc)) from None
     reader = csv.reader(io.StringIO(text))
     rows_in = checked_csv_rows(reader, index_path)
     try:
@@ -326,7 +331,7 @@ class FolderDataset(MammogramDataset):
         image and mask files (their bytes, and which masks exist), so replacing, adding or removing
         any of them changes it. File hashes are remembered by stat in the project cache (see
         ``wsl_bench.datasets._files``), so only changed files are read again."""
-        index = hashlib.sha256((self.path / INDEX_FILE).read_bytes()).hexdigest()
+        index = hashlib.sha256(read_regular(self.path / INDEX_FILE)).hexdigest()
         entries = [(row.id, (row.image, *(p for _, p in row.masks))) for row in self._rows.values()]
         files = files_digest(self.path, entries, content=True, cache_name=f"folder:{self.split}")
         return super().describe() | {"root": str(self.path.resolve()), "index_sha256": index, "files_sha256": files}
@@ -456,13 +461,14 @@ class FolderWriter:
         try:
             rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise ValueError(f"{self.index_path}: cannot resume, unreadable ({exc})") from exc
+            raise DatasetError(f"{self.index_path}: cannot resume, unreadable ({exc})") from exc
         header = [h.strip() for h in rows[0]]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{self.index_path}: cannot resume, missing column(s) {', '.join(missing)}")
+            raise DatasetError(f"{self.index_path}: cannot resume, missing column(s) {', '.join(missing)}")
         if self._columns is not None and header != self._columns:
-            raise ValueError(f"{self.index_path}: existing columns {header} differ from the requested {self._columns}")
+            raise DatasetError(f"{self.index_path}: existing columns {header} differ from the requested "
+                               f"{self._columns}")
         self._columns = header
         id_col = header.index("id")
         self._ids = {r[id_col].strip() for r in rows[1:] if len(r) > id_col and r[id_col].strip()}
@@ -627,12 +633,20 @@ def write_synthetic(
         "split_counts": counts,
     }
     params_path = out / "synthetic.json"
+    # a folder of other files, or another export, is the user's to sort out: one line each (DatasetError)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} is a file, not a folder; choose a folder for --out")
     if params_path.exists():
-        previous = json.loads(params_path.read_text())
+        try:
+            previous = json.loads(read_regular(params_path).decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{params_path}: unreadable ({exc}); remove it or choose another --out") from None
         if previous != params:
-            raise ValueError(f"{params_path}: {out} holds a synthetic export made with {previous}, not {params}")
+            raise DatasetError(f"{params_path}: {out} holds a synthetic export made with {previous}, not {params}; "
+                               "choose another --out or the same settings")
     elif (out / INDEX_FILE).exists():
-        raise ValueError(f"{out / INDEX_FILE} exists but {params_path} does not: {out} is not a synthetic export")
+        raise DatasetError(f"{out / INDEX_FILE} exists but {params_path} does not: {out} is not a synthetic export "
+                           "(nothing was written there); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     params_path.write_text(json.dumps(params, indent=2) + "\n")
     writer = FolderWriter(out, extra_columns=SYNTHETIC_COLUMNS)

@@ -26,6 +26,7 @@ split 70/10/20 by a hash of the patient hash (``wsl_bench.datasets._raw.hash_spl
 from __future__ import annotations
 
 import logging
+import math
 import plistlib
 import re
 from pathlib import Path
@@ -39,6 +40,7 @@ from wsl_bench.datasets._dicom import read_dicom_with_info
 from wsl_bench.datasets._preprocess import PreprocessConfig, preprocess
 from wsl_bench.datasets._raw import DEFAULT_SPLIT_FRACTIONS, IndexEntry, RawDataset, hash_split, read_csv_rows
 from wsl_bench.registry import DATASETS
+from wsl_bench.regular_files import open_regular
 from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,35 @@ _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 def parse_point(text: str, where: str) -> tuple[float, float]:
-    """``"(x, y)"`` or ``"(x, y, z)"`` → ``(x, y)``."""
+    """``"(x, y)"`` or ``"(x, y, z)"`` → ``(x, y)``, finite numbers (``1e400`` reads as infinity)."""
     numbers = _NUMBER.findall(str(text))
     if len(numbers) < 2:
         raise SampleError(f"{where}: malformed point {text!r}", path=where.split(":")[0])
-    return float(numbers[0]), float(numbers[1])
+    x, y = float(numbers[0]), float(numbers[1])
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise SampleError(f"{where}: point {text!r} is not a finite position", path=where.split(":")[0])
+    return x, y
+
+
+POINT_MARGIN = 0.01
+"""How far outside the image (a fraction of its size) an ROI point may lie: an outline traced up to
+the image's edge can end a pixel beyond it; a point further out is not this image's annotation."""
+
+
+def check_points_inside(rois: list[dict[str, Any]], shape: tuple[int, int], xml_path: Path) -> None:
+    """Refuse ROIs with a point outside the ``H×W`` image (beyond :data:`POINT_MARGIN`): drawn, such
+    an outline would fill a large part of the image (a point at 1e300 filled 47 % of it).
+
+    Raises:
+        SampleError: naming the file, the ROI and the point.
+    """
+    h, w = shape
+    mx, my = POINT_MARGIN * w, POINT_MARGIN * h
+    for number, roi in enumerate(rois):
+        for k, (x, y) in enumerate(roi["points"]):
+            if not (-mx <= x <= w + mx and -my <= y <= h + my):
+                raise SampleError(f"{xml_path}: ROI #{number} ({roi['name']}) point #{k} ({x:g}, {y:g}) lies outside "
+                                  f"the {h}×{w} image", path=str(xml_path))
 
 
 def read_osirix_rois(path: Path) -> list[dict[str, Any]]:
@@ -80,7 +106,7 @@ def read_osirix_rois(path: Path) -> list[dict[str, Any]]:
         SampleError: unreadable/malformed XML, or an ROI with no points (naming the file and the ROI).
     """
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             plist = plistlib.load(fh)
     except FileNotFoundError:
         raise SampleError(f"{path}: file not found", path=str(path)) from None
@@ -282,6 +308,7 @@ class INbreastDataset(RawDataset):
             rois = read_osirix_rois(xml_path)
             if self.roi_names is not None:
                 rois = [r for r in rois if r["name"].lower() in self.roi_names]
+            check_points_inside(rois, image.shape, xml_path)
             sources.append(str(xml_path))
             masks = {c: np.zeros(image.shape, dtype=bool) for c in CLASSES}
             if cls is not None:

@@ -53,6 +53,7 @@ from wsl_bench.datasets._raw import IndexEntry, RawDataset
 from wsl_bench.datasets._safe_pickle import MAX_BYTES, UnsafePickleError
 from wsl_bench.datasets._safe_pickle import load as safe_load
 from wsl_bench.registry import DATASETS
+from wsl_bench.regular_files import open_regular, read_regular
 from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _read_json_exam_list(path: Path) -> Any:
     if size > MAX_BYTES:
         raise DatasetError(f"{path}: {size:,} bytes, above the limit of {MAX_BYTES:,} bytes; refused")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular(path, MAX_BYTES).decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # malformed JSON or text, absurd nesting
         raise DatasetError(f"{path}: malformed JSON exam list ({type(exc).__name__}: {exc})") from None
 
@@ -126,7 +127,7 @@ def load_exam_list(path: Path) -> list[dict[str, Any]]:
 def _png_size(path: Path) -> tuple[int, int] | None:
     """``(H, W)`` from an image file's header (nothing decoded), or None when it cannot be read."""
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as handle, Image.open(handle) as image:  # a FIFO would block
             width, height = image.size
     except (OSError, ValueError, SyntaxError):  # missing, not an image, a damaged header
         return None

@@ -137,9 +137,12 @@ def breast_mask(image: np.ndarray, iterations: int = ERODE_ITERATIONS) -> np.nda
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
-    foreground = np.asarray(image) > 0
+    image = np.asarray(image)
+    foreground = image > 0
     if not foreground.any():
         raise NoBreastError("blank image: every pixel is 0, no breast to crop")
+    if image.size and image.min() == image.max():  # all white (or any one value): no background, no outline
+        raise NoBreastError(f"constant image: every pixel is {image.flat[0]}, no breast outline to crop")
     eroded = _erode(foreground, iterations)
     if not eroded.any():
         raise NoBreastError(

@@ -49,6 +49,7 @@ from wsl_bench.datasets.nyu import load_exam_list
 from wsl_bench.datasets.nyu_centers import MODEL_FRAME, best_center, flip_for_view
 from wsl_bench.datasets.nyu_cropping import BUFFER_SIZE, ERODE_ITERATIONS, NoBreastError, crop_mammogram
 from wsl_bench.datasets.prepare import MANIFEST_NAME, pool_map, sha256_file
+from wsl_bench.regular_files import read_regular
 from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def _prepare_one(job: dict[str, Any]) -> dict[str, Any]:
     base = {"key": job["key"], "stem": job["stem"]}
     try:
         try:
-            data = source.read_bytes()
+            data = read_regular(source)  # a FIFO or a device would never end
         except FileNotFoundError:
             raise SampleError(f"{source}: file not found") from None
         except OSError as exc:

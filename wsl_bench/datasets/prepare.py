@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from wsl_bench.atomic_io import current_umask
 from wsl_bench.data import SPLITS, DatasetError, MammogramDataset, SampleError
+from wsl_bench.regular_files import open_regular
 from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ class PrepareSummary:
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file, read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -188,6 +190,7 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, sort_keys=False, default=str)
             fh.write("\n")
+        os.chmod(tmp, 0o666 & ~current_umask())  # as open(path, "w") would (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -164,6 +164,42 @@ def _float(text: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _image_size(row: dict[str, str]) -> tuple[int, int]:
+    """``(height, width)`` of a row: positive whole numbers of pixels ("3518" or "3518.0").
+
+    Raises:
+        ValueError: naming the column and the value (``inf``, ``-1``, ``12.5``, text, ...).
+    """
+    size = []
+    for column in ("height", "width"):
+        text = str(row[column]).strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{column} {text!r} is not a number") from None
+        if not (math.isfinite(value) and value >= 1 and value == int(value)):
+            raise ValueError(f"{column} {text!r} is not a positive whole number of pixels")
+        size.append(int(value))
+    return size[0], size[1]
+
+
+BOX_MARGIN = 0.01
+"""How far outside the image (a fraction of its size) a box edge may lie: an annotation tool may
+draw a box to a pixel beyond the image's edge; further out, it is not this image's box."""
+
+
+def _box_problem(coords: list[float], size: tuple[int, int]) -> str | None:
+    """Why a box ``[xmin, ymin, xmax, ymax]`` cannot be on an image of ``size`` (``None`` when it can)."""
+    h, w = size
+    xmin, ymin, xmax, ymax = coords
+    mx, my = BOX_MARGIN * w, BOX_MARGIN * h
+    if not all(math.isfinite(c) for c in coords):
+        return f"box xmin/ymin/xmax/ymax = {coords} is not finite"
+    if not (-mx <= xmin and xmax <= w + mx and -my <= ymin and ymax <= h + my):
+        return f"box xmin/ymin/xmax/ymax = {coords} lies outside the {h}×{w} image"
+    return None
+
+
 @DATASETS.register("vindr")
 class VinDrDataset(RawDataset):
     """VinDr-Mammo: DICOMs with finding boxes; BI-RADS proxy labels, box-based masks.
@@ -232,7 +268,7 @@ class VinDrDataset(RawDataset):
                     finding_birads = parse_birads(row["finding_birads"])
                     categories = parse_categories(row["finding_categories"])
                     coords = [_float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
-                    size = (int(float(row["height"])), int(float(row["width"])))
+                    size = _image_size(row)
                 except ValueError as exc:
                     problems.append(f"{where}: {exc}")
                     continue
@@ -240,6 +276,10 @@ class VinDrDataset(RawDataset):
                     continue
                 if any(c is None for c in coords) or not (coords[0] < coords[2] and coords[1] < coords[3]):
                     problems.append(f"{where}: malformed box xmin/ymin/xmax/ymax = {coords}")
+                    continue
+                problem = _box_problem(coords, size)
+                if problem is not None:  # drawn, a box at ±1e12 filled the whole image
+                    problems.append(f"{where}: {problem}")
                     continue
                 birads = finding_birads if finding_birads is not None else breast_birads
                 findings.append({"categories": categories, "birads": birads, "box": coords, "line": line})

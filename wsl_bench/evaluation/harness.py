@@ -26,6 +26,7 @@ failure on one image (unreadable file, NaN map, out of memory) becomes a record 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,9 +44,11 @@ from wsl_bench.data import DatasetError, MammogramDataset, Sample, SampleError
 from wsl_bench.evaluation import cpu_histograms
 from wsl_bench.evaluation.figure_maps import save_figure_maps
 from wsl_bench.evaluation.identity import current_records
+from wsl_bench.evaluation.interrupts import is_method_failure, watch_sigint
 from wsl_bench.evaluation.loading import Loaded, default_workers, load_batches, load_one
 from wsl_bench.evaluation.manifest import (
     MANIFEST_SCHEMA,
+    DamagedFileError,
     config_hash,
     device_info,
     git_state,
@@ -164,6 +167,8 @@ class RunSummary:
     statuses: dict[str, dict[str, int]] = field(default_factory=dict)
     trained: list[str] = field(default_factory=list)
     reused_checkpoints: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    """method → why it failed as a whole (a plugin that raised), for the summary."""
 
 
 class RunConfigMismatch(ValueError):
@@ -186,6 +191,9 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     identity = config.identity()
     if path.exists():
         manifest = read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config", {}), dict):
+            raise DamagedFileError(f"{path}: not a run manifest (a JSON {type(manifest).__name__} without its "
+                                   "'config'); restore it, or replace the run with --overwrite")
         seeds = added_seeds(run_seeds(manifest), config.training_seeds())
         same = manifest.get("config_hash") == config_hash(identity) and seeds is not None
         if not same and not has_records(out_dir):
@@ -372,6 +380,7 @@ def evaluate_method(
     bar = tqdm(total=len(ids), desc=desc, disable=not progress, unit="img")
     workers = config.loader_workers if config.loader_workers is not None else default_workers(device)
     background = BackgroundWriter(writer)
+    stack = contextlib.ExitStack()
 
     def write_failed(sample_ids: list[str], status: str, message: str) -> None:
         """(In the background thread.) One failed record per image."""
@@ -409,6 +418,7 @@ def evaluate_method(
             save_figure_maps(out_dir, method.name, sample, normalised)
 
     try:
+        stack.enter_context(watch_sigint())
         batches = load_batches(samples, ids, config.batch_size, workers=workers)
         while True:
             load_start = time.perf_counter()
@@ -443,7 +453,9 @@ def evaluate_method(
                 maps, map_range = output.maps.detach(), output.map_range
                 scores = output.scores.detach().to("cpu")
                 del output  # extras (method-specific tensors for figures) are not kept by the harness
-            except Exception as exc:
+            except BaseException as exc:  # noqa: B036 - a plugin's sys.exit() fails its images, not the run
+                if not is_method_failure(exc):
+                    raise  # a real Ctrl-C (or the interpreter shutting down) ends the run
                 status = "oom" if _is_oom(exc) else "failed"
                 message = f"{type(exc).__name__}: {exc}"
                 if status == "oom":
@@ -461,6 +473,7 @@ def evaluate_method(
             del maps, scores
             bar.update(len(batch))
     finally:
+        stack.close()
         background.close()  # every record handed over is durable before the caller goes on
         bar.close()
     return counts

@@ -115,8 +115,24 @@ def changed_fields(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]
 def current_records(records: list[dict[str, Any]], manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The records that belong to each method's current run identity (``manifest.json``
     ``methods.<name>.identity``): a record made under another identity (other options, weights,
-    checkpoint, code or data) is stale and left out. A method the manifest gives no identity (a run
-    folder from before identities existed) keeps all its records."""
-    identities = {name: entry.get("identity") for name, entry in (manifest.get("methods") or {}).items()
-                  if isinstance(entry, dict)}
-    return [r for r in records if identities.get(r["method"]) is None or r.get("identity") == identities[r["method"]]]
+    checkpoint, code or data) is stale and left out, and so is a record carrying an identity for a
+    method the manifest does not list (a manifest swapped in from another run must not title these
+    records). A method the manifest gives no identity (a run folder from before identities existed,
+    a method that could not be built) keeps its records.
+
+    When the manifest lists the run's images (``image_ids``: split → ids, written by runs since
+    they exist), a record of an image not among them is left out too: it is not of this dataset."""
+    methods = {name: entry for name, entry in (manifest.get("methods") or {}).items() if isinstance(entry, dict)}
+    expected = manifest.get("image_ids")
+    images = ({(split, i) for split, ids in expected.items() if isinstance(ids, list) for i in ids}
+              if isinstance(expected, dict) else None)
+
+    def belongs(record: dict[str, Any]) -> bool:
+        if images is not None and (record["split"], record["image_id"]) not in images:
+            return False
+        entry = methods.get(record["method"])
+        if entry is None:
+            return record.get("identity") is None  # a record of an identity the manifest never gave
+        return entry.get("identity") is None or record.get("identity") == entry["identity"]
+
+    return [r for r in records if belongs(r)]

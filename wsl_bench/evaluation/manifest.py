@@ -130,6 +130,24 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     _write_json_atomic(path, data)
 
 
+class DamagedFileError(ValueError):
+    """A JSON file of a run folder or training folder that cannot be parsed (truncated, edited by
+    hand, not UTF-8); the message names it."""
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """The JSON content of ``path`` (a regular file: a FIFO would block).
+
+    Raises:
+        DamagedFileError: not valid JSON or not UTF-8, naming the file.
+        OSError: the file cannot be read (FileNotFoundError when it is missing).
+    """
+    from wsl_bench.regular_files import open_regular
+
+    with open_regular(path) as handle:
+        data = handle.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DamagedFileError(f"{path}: damaged or truncated, not valid JSON ({exc}); restore it, or remove the "
+                               "folder's run (--overwrite for a run folder)") from None

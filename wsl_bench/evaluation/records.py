@@ -24,9 +24,12 @@ compactly: little-endian uint32 counts, zlib-compressed, base64 text.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
+import math
 import os
+import stat
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -34,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from wsl_bench.limits import MAX_RECORD_HISTOGRAM_BINS, MAX_RECORD_LINE_BYTES, describe_bound
+from wsl_bench.regular_files import open_regular
 from wsl_bench.saliency import CLASSES
 
 log = logging.getLogger(__name__)
@@ -50,9 +55,32 @@ def encode_counts(counts: np.ndarray) -> str:
     return base64.b64encode(zlib.compress(array.astype("<u4").tobytes(), 6)).decode("ascii")
 
 
-def decode_counts(text: str) -> np.ndarray:
-    """Inverse of :func:`encode_counts`: an int64 array."""
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<u4").astype(np.int64)
+def decode_counts(text: str, max_bins: int = MAX_RECORD_HISTOGRAM_BINS) -> np.ndarray:
+    """Inverse of :func:`encode_counts`: an int64 array.
+
+    Decompression stops after ``max_bins`` counts (:data:`~wsl_bench.limits.MAX_RECORD_HISTOGRAM_BINS`):
+    zlib inflates a thousandfold, so a 2 MB field could otherwise become 2 GiB.
+
+    Raises:
+        ValueError: not base64 or zlib data, a partial count, or more than ``max_bins`` counts.
+    """
+    return np.frombuffer(_inflate_counts(text, max_bins), dtype="<u4").astype(np.int64)
+
+
+def _inflate_counts(text: str, max_bins: int = MAX_RECORD_HISTOGRAM_BINS) -> bytes:
+    """The little-endian uint32 counts of an encoded histogram, inflated at most to ``max_bins``
+    counts (see :func:`decode_counts`)."""
+    try:
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(base64.b64decode(text), 4 * max_bins + 1)
+    except (zlib.error, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"not an encoded histogram ({exc})") from None
+    if len(data) > 4 * max_bins or inflater.unconsumed_tail:
+        raise ValueError(f"histogram of more than {max_bins:,} bins, above "
+                         f"{describe_bound('MAX_RECORD_HISTOGRAM_BINS', max_bins, 'bins')}")
+    if not inflater.eof or len(data) % 4:
+        raise ValueError("truncated histogram data")
+    return data
 
 
 def _json_default(value: Any) -> Any:
@@ -86,21 +114,35 @@ class RecordWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_last_line()
-        self._handle = open(self.path, "a", encoding="utf-8")
+        # never through a symbolic link (one planted in a run folder would send records elsewhere),
+        # and only into a regular file
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file: records are written only to one", str(self.path))
+            self._drop_partial_last_line(fd)
+            self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        except BaseException:
+            os.close(fd)
+            raise
 
-    def _drop_partial_last_line(self) -> None:
+    def _drop_partial_last_line(self, fd: int) -> None:
         """Cut a last line that has no newline (a write interrupted by a kill)."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        with open(self.path, "rb+") as handle:
-            data = handle.read()
-            if data.endswith(b"\n"):
-                return
-            keep = data.rfind(b"\n") + 1
-            log.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run",
-                        self.path, len(data) - keep)
-            handle.truncate(keep)
+        end = size
+        keep = 0
+        while end > 0:  # back from the end, a block at a time, to the last newline
+            start = max(0, end - (1 << 16))
+            found = os.pread(fd, end - start, start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            end = start
+        log.warning("%s: dropping an incomplete last record (%d bytes) left by an interrupted run",
+                    self.path, size - keep)
+        os.ftruncate(fd, keep)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record and make it durable before returning."""
@@ -155,6 +197,8 @@ def read_records(
 
 
 _NUMBER = (int, float)
+_UNIT_INTERVAL = ("dice", "score", "lesion_fraction")
+"""Per-class fields that are fractions or probabilities: a value outside [0, 1] is no result."""
 _PER_CLASS_REQUIRED_IF_OK = ("dice", "has_lesion", "score", "label")
 """Per-class fields every ``ok`` record has (the report reads them): objects mapping each class to
 a number, ``true``/``false`` or ``null``."""
@@ -209,6 +253,9 @@ def record_problem(record: Any) -> str | None:
         for cls, item in value.items():
             if item is not None and not isinstance(item, (*_NUMBER, bool)):
                 return f"{key}[{_short(cls)}] is {_short(item)}, not a number, true/false or null"
+            problem = _range_problem(key, item)
+            if problem is not None:
+                return f"{key}[{_short(cls)}] is {_short(item)}, {problem}"
     hist = record.get("hist", {})
     if not isinstance(hist, dict):
         return f"'hist' is {type(hist).__name__}, not an object"
@@ -216,10 +263,28 @@ def record_problem(record: Any) -> str | None:
         if counts is not None and not (isinstance(counts, dict) and all(isinstance(counts.get(k), str)
                                                                         for k in ("pos", "neg"))):
             return f"hist[{_short(cls)}] is not an object with text 'pos' and 'neg'"
+        for part in ("pos", "neg") if counts is not None else ():
+            try:
+                _inflate_counts(counts[part])  # bounded: a 2 MB field must not become 2 GiB
+            except ValueError as exc:
+                return f"hist[{_short(cls)}][{part!r}] is not a usable histogram ({exc})"
     for key in _OPTIONAL_NUMBERS:
         value = record.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
             return f"{key!r} is {_short(value)}, not a number or null"
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            return f"{key!r} is {_short(value)}, not a finite number of at least 0"
+    return None
+
+
+def _range_problem(key: str, value: Any) -> str | None:
+    """Why a per-class value is out of its range (``None`` when it is in range or absent)."""
+    if value is None:
+        return None
+    if key in _UNIT_INTERVAL and not isinstance(value, bool) and not 0.0 <= value <= 1.0:  # NaN fails too
+        return "outside [0, 1]"
+    if key == "label" and value not in (0, 1):
+        return "not 0 or 1"
     return None
 
 
@@ -233,8 +298,12 @@ def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
     """
     if not path.exists():
         return
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
+    with open_regular(path) as handle:
+        for number, raw in enumerate(_bounded_lines(handle), 1):
+            if raw is None:
+                log.warning("%s line %d: longer than %s, skipped", path, number,
+                            describe_bound("MAX_RECORD_LINE_BYTES", MAX_RECORD_LINE_BYTES, "bytes"))
+                continue
             raw = raw.strip()
             if not raw:
                 continue
@@ -251,6 +320,21 @@ def _iter_file(path: Path) -> Iterator[dict[str, Any]]:
                 log.warning("%s line %d: not a valid record (%s), skipped", path, number, problem)
                 continue
             yield record
+
+
+def _bounded_lines(handle: Any, limit: int = MAX_RECORD_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file, each read with at most ``limit`` bytes in memory; a longer line
+    is skipped to its end and given as ``None`` (no line of ``records.jsonl`` is near that long)."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the over-long line, a block at a time
+            line = handle.readline(limit + 1)
+        yield None
 
 
 def rewrite_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -32,29 +33,54 @@ class RunFolderLocked(RuntimeError):
 class RunFolderLock:
     """``with RunFolderLock(folder): ...`` holds ``folder/.lock`` exclusively.
 
+    The lock file is opened without following a symbolic link (a ``.lock`` link planted in the
+    folder would otherwise have the lock truncate the file it points to).
+
+    Args:
+        folder: the folder to hold (created if missing).
+        wait: block until the holder releases it instead of refusing (the checkpoint cache, where a
+            second process waits for the first one's training rather than repeating it);
+            ``on_wait(holder)`` is called once before waiting, with the holder's pid, host and time.
+        what: how the refusal names the holder (``"wsl-bench run"``, ``"wsl-bench training"``).
+        lock_name: the lock file's name in ``folder`` (default ``.lock``).
+
     Raises:
         RunFolderLocked: on entry, when another live process holds it (naming its pid and host).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, wait: bool = False,
+                 on_wait: Callable[[dict[str, object]], None] | None = None, what: str = "wsl-bench run",
+                 lock_name: str = LOCK_FILE) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / lock_name
+        self.wait = wait
+        self.on_wait = on_wait
+        self.what = what
         self._handle: int | None = None
 
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        handle = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         if fcntl is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_holder(handle)
-                os.close(handle)
-                raise RunFolderLocked(
-                    f"{self.folder} is in use by another wsl-bench run (pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish, or "
-                    "use another --out folder"
-                ) from None
+                if self.wait:
+                    if self.on_wait is not None:
+                        self.on_wait(holder)
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX)
+                    except BaseException:
+                        os.close(handle)
+                        raise
+                else:
+                    os.close(handle)
+                    raise RunFolderLocked(
+                        f"{self.folder} is in use by another {self.what} (pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish, or "
+                        "use another --out folder"
+                    ) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(handle, 0)

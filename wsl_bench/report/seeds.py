@@ -184,6 +184,13 @@ def combine(rows: Mapping[int, Mapping[str, Any]], details: Mapping[int, Mapping
     detail["pxap_ci_low"], detail["pxap_ci_high"] = joint_pxap_interval(ordered)
     for key in ("n_failed", "n_oom", "n_skipped", "n_val_not_scored", "n_ok"):
         detail[key] = int(sum(details[s][key] for s in seeds))
+    if "n_missing" in detail:  # images without a record, at every seed the method should have scored
+        for key in ("n_missing", "n_val_missing", "n_expected", "n_val_expected"):
+            detail[key] = int(sum(details[s][key] for s in seeds))
+        for _ in ([] if shared else [s for s in run_seeds if s not in rows]):  # a seed with no record at all
+            for key in ("missing", "expected"):
+                detail[f"n_{key}"] += int(details[seeds[0]]["n_expected"])
+                detail[f"n_val_{key}"] += int(details[seeds[0]]["n_val_expected"])
     detail["n_lesion_images"] = max(int(details[s]["n_lesion_images"]) for s in seeds)
     detail["n_labelled"] = max(int(details[s]["n_labelled"]) for s in seeds)
     detail["dice_val_tau_missing"] = next((details[s]["dice_val_tau_missing"] for s in seeds

@@ -136,9 +136,18 @@ class RunData:
         config = manifest.get("config", {})
         split = config.get("split") or "test"
         # records of a method's earlier identity (other options, weights, code, data) are stale
-        everything = current_records(read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split,
-                                                  default_seed=legacy_seeds(manifest)), manifest)
+        read = read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split,
+                            default_seed=legacy_seeds(manifest))
+        everything = current_records(read, manifest)
+        if len(everything) < len(read):
+            log.warning("%s: %d of %d records left out: made under another method identity than manifest.json "
+                        "lists, by a method it does not list, or for an image not in the run's dataset", run_dir,
+                        len(read) - len(everything), len(read))
         if not everything:
+            if read:
+                raise ReportError(f"{run_dir}: none of its {len(read)} records belongs to the run its manifest.json "
+                                  "describes (other methods, method identities or images: a manifest from another "
+                                  "run?)")
             raise ReportError(f"{run_dir}: no records to report (records*.jsonl is missing, empty or holds no valid "
                               "record)")
         everything.sort(key=lambda r: (r["method"], r["image_id"]))
@@ -278,6 +287,7 @@ def _method_class(data: RunData, method: str, cls: str,
     }
     statuses = [r["status"] for r in data.records if r["method"] == method]
     val_statuses = [r["status"] for r in data.val_records if r["method"] == method]
+    expected = data.manifest.get("image_ids") if isinstance(data.manifest.get("image_ids"), dict) else {}
     details = {
         "method": method,
         "class": cls,
@@ -291,6 +301,11 @@ def _method_class(data: RunData, method: str, cls: str,
         "n_skipped": statuses.count("skipped"),
         "n_val_ok": val_statuses.count("ok"),
         "n_val_not_scored": len(val_statuses) - val_statuses.count("ok"),
+        # images of the run without any record of the method (an interrupted run, records lost)
+        "n_missing": max(len(expected.get(data.split) or []) - len(statuses), 0),
+        "n_val_missing": max(len(expected.get(data.val_split) or []) - len(val_statuses), 0) if data.val_split else 0,
+        "n_expected": len(expected.get(data.split) or []),
+        "n_val_expected": len(expected.get(data.val_split) or []) if data.val_split else 0,
         "dice_val_tau_missing": note,
         "box_ground_truth": any(r.get("mask_kind") == "box" for r in ok),
     }
@@ -463,6 +478,18 @@ def notes_markdown(details: pd.DataFrame) -> str:
                 val = f"; {g['n_val_not_scored']} validation images not scored" if g["n_val_not_scored"] else ""
                 lines.append(f"- {method}: {g['n_failed']} failed, {g['n_oom']} out of memory, {g['n_skipped']} "
                              f"skipped{val}")
+            lines += [""]
+    if {"n_missing", "n_val_missing"} <= set(details.columns):
+        incomplete = details[(details["n_missing"] > 0) | (details["n_val_missing"] > 0)]
+        if len(incomplete):
+            lines += ["**Incomplete: records missing** (every number below covers only the images that have a "
+                      "record; run the same command again to complete the run):", ""]
+            for method, group in incomplete.groupby("method", sort=False):
+                g = group.iloc[0]
+                parts = [f"{g['n_missing']} of {g['n_expected']} evaluated images" if g["n_missing"] else "",
+                         f"{g['n_val_missing']} of {g['n_val_expected']} validation images" if g["n_val_missing"]
+                         else ""]
+                lines.append(f"- {method}: no record for {' and '.join(p for p in parts if p)}")
             lines += [""]
     if "box_ground_truth" in details and details["box_ground_truth"].any():
         boxed = ", ".join(sorted(set(details.loc[details["box_ground_truth"], "method"])))

@@ -16,9 +16,12 @@ gave no usable criterion).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,6 +180,43 @@ def checkpoint_key_data(
         "stages": [s.to_dict() for s in training_stages(method)],
         "code": training_code_fingerprint(method),
     }
+
+
+def checkpoint_lock(folder: Path, context: DistContext = SINGLE_PROCESS) -> Any:
+    """A context manager holding the cache key of ``folder`` (the checkpoint folder of one key)
+    exclusively, for training it or loading it: ``<folder's parent>/.<key>.lock``, beside the folder
+    so that setting a damaged folder aside keeps the lock. A second process asking for the same key
+    waits (with a log line naming the holder) and then finds the first one's checkpoint. Under
+    ``torchrun`` rank 0 holds it for every rank (which train together)."""
+    from wsl_bench.evaluation.run_lock import RunFolderLock
+
+    if not context.is_main:
+        return contextlib.nullcontext()
+
+    def waiting(holder: dict[str, object]) -> None:
+        log.warning("waiting for another process (pid %s on %s, since %s) training the checkpoint %s",
+                    holder.get("pid", "?"), holder.get("host", "?"), holder.get("since", "?"), folder)
+
+    return RunFolderLock(folder.parent, wait=True, on_wait=waiting, lock_name=f".{folder.name}.lock")
+
+
+def names_cache_file(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` is about a file in the cache folder ``folder`` (the checkpoint loaders' errors
+    start with the file's path): a damaged cached checkpoint, not a problem of the user's."""
+    return str(exc).startswith(str(folder) + os.sep)
+
+
+def set_aside_damaged(folder: Path, exc: BaseException, context: DistContext = SINGLE_PROCESS) -> Path:
+    """Rename the checkpoint folder ``folder``, whose files cannot be read (``exc``), to
+    ``<folder>.damaged-<time>`` beside it, with a warning naming both, so that it is trained again
+    (rank 0 renames; every rank waits for it). Returns the new name."""
+    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    if context.is_main:
+        log.warning("the cached checkpoint in %s cannot be read (%s); set aside as %s and trained again",
+                    folder, exc, aside)
+        folder.rename(aside)
+    context.barrier()
+    return aside
 
 
 def stage_regressions(folder: str | Path, stages: tuple[TrainingStage, ...]) -> list[str]:
