@@ -627,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     _warn_landscape(args)
     # these modules import torch (seconds): only a command that runs pays for them
     from wsl_bench.data import DatasetError
+    from wsl_bench.devices import DeviceError, check_device
     from wsl_bench.evaluation.harness import RunConfigMismatch
     from wsl_bench.registry import UnknownNameError
     from wsl_bench.report.tables import ReportError
@@ -637,8 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args([*(["-v"] if args.verbose else []), "run"])
     command = args.command
     try:
+        if getattr(args, "device", None) is not None:  # run, train, bench: a missing device fails here, not mid-run
+            check_device(args.device)
         return COMMANDS[command](args)
-    except (UnknownNameError, UsageError, RunConfigMismatch, DatasetError) as exc:
+    except (UnknownNameError, UsageError, RunConfigMismatch, DatasetError, DeviceError) as exc:
         # bad names, flags or dataset files (a DatasetError names the file): the user's to fix
         return _error(exc, args, EXIT_USAGE)
     except TypeError as exc:
