@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from wsl_bench.registry import UnknownNameError
+from wsl_bench.registry import UnknownNameError, unknown_name_message
 
 
 @dataclass(frozen=True)
@@ -230,4 +230,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UnknownNameError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        raise UnknownNameError(unknown_name_message("preset", name, PRESETS)) from None
