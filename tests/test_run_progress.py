@@ -108,3 +108,18 @@ def test_the_report_lead_is_the_section_of_its_first_tables_each_shortened(tmp_p
     assert lines == [f"from {tmp_path / 'results.md'}, Summary: ranked:", "  benign lesions", "  | rank | method |",
                      "  |---|---|", "  | 1 | m1 |", "  | 2 | m2 |", "  ...", "  malignant lesions",
                      "  | rank | method |", "  |---|---|", "  | 1 | x |"]
+
+
+def test_the_plan_says_what_a_shared_training_serves(isolated_cache):
+    """CAM's training is planned once: explainers explain its classifier, and GLAM and GMIC start their
+    global network from it (the cpu preset's ``global_init``); each of those is its own line."""
+    from wsl_bench.evaluation.harness import RunConfig
+    from wsl_bench.pipeline import plan_run
+
+    config = RunConfig(methods=("cam", "gradcam", "glam", "gmic", "intensity"), preset="cpu")
+    plan = plan_run(config, {name: 80 for name in config.methods}, "40 test + 40 val images")
+    assert [t.method for t in plan.train] == ["cam", "glam", "gmic"]
+    lines = plan.lines()
+    cam = next(line for line in lines if line.startswith("  train cam"))
+    assert cam.endswith("; explained by gradcam; glam and gmic then start their global network from it")
+    assert all(line.endswith("(reference)") for line in lines if line.startswith(("  train glam", "  train gmic")))

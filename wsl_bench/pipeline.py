@@ -485,7 +485,10 @@ def plan_run(config: RunConfig, pending: dict[str, int], splits: str) -> RunPlan
         for job in to_train:
             if job.key not in planned:
                 planned[job.key] = PlannedTraining(job.method.name, job.key, [], estimate_training(job, config))
-            planned[job.key].needed_by.append(name)
+            if job.method.name == trainee.name:
+                planned[job.key].needed_by.append(name)
+            elif trainee.name not in planned[job.key].starts:  # a donor: its network starts the trainee's
+                planned[job.key].starts.append(trainee.name)
         plan.reused += [j.method.name for j in cached if j.method.name not in plan.reused]
     plan.train = list(planned.values())
     return plan

@@ -40,12 +40,25 @@ SOURCES = {"measured here": "earlier trainings on this machine", "reference": "t
 @dataclass
 class PlannedTraining:
     """One training the run expects to do: the method trained, its cache key, the run methods that
-    need it, its estimate."""
+    need it (the method itself, explainers of its classifier), its estimate, and the trained methods
+    whose training starts from its network (``global_init``: CAM's trained ResNet-22 starts GLAM's
+    and GMIC's global networks)."""
 
     method: str
     key: str
     needed_by: list[str]
     estimate: Estimate
+    starts: list[str] = field(default_factory=list)
+
+    def shared(self) -> str:
+        """What else the training serves, in words (empty when only its own method uses it)."""
+        parts = []
+        users = [n for n in self.needed_by if n != self.method]
+        if users:
+            parts.append(f"explained by {', '.join(users)}")
+        if self.starts:
+            parts.append(f"{' and '.join(self.starts)} then start their global network from it")
+        return f"; {'; '.join(parts)}" if parts else ""
 
 
 @dataclass
@@ -79,10 +92,8 @@ class RunPlan:
                        f"(an estimate from {' and '.join(sources)}; the bar's time left corrects it as the run goes):")
             width = max(len(t.method) for t in self.train)
             for t in self.train:
-                users = [n for n in t.needed_by if n != t.method]
-                used = f"  (also for {', '.join(users)})" if users else ""
                 out.append(f"  train {t.method:<{width}}  ~{format_duration(t.estimate.seconds)}"
-                           f" ({t.estimate.source}){used}")
+                           f" ({t.estimate.source}){t.shared()}")
         else:
             out.append("plan: nothing to train")
         if self.reused:
