@@ -143,6 +143,18 @@ def test_describe_command_prints_the_table(capsys):
     assert main(["describe", "--methods", "vgg"]) == 2
 
 
+def test_the_training_column_appears_only_with_a_run_that_measured_it(tmp_path, capsys):
+    assert main(["describe", "--presets", "tiny,cpu", "--methods", "gmic"]) == 0
+    assert "training" not in capsys.readouterr().out  # a fresh checkout: no column of dashes
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"checkpoints": {"gmic": {"training_seconds": 90}}}')
+    assert main(["describe", "--presets", "tiny,cpu", "--methods", "gmic", "--manifest", f"cpu={manifest}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| GFLOP | training (min) |") and lines[1].count("---") == 12
+    assert lines[2].startswith("| gmic | tiny |") and lines[2].endswith(" | – |")
+    assert lines[3].startswith("| gmic | cpu |") and lines[3].endswith(" | 1.5 |")
+
+
 def _load_report_script(name: str):
     import importlib.util
     from pathlib import Path

@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", default=None, help="comma-separated presets (default: all)")
     p.add_argument("--methods", default=None, help="comma-separated methods among glam, gmic, cam (default: all)")
     p.add_argument("--manifest", action="append", default=[], metavar="PRESET=PATH",
-                   help="a run's manifest.json whose training times fill that preset's column (repeatable)")
+                   help="a run's manifest.json whose training times fill a 'training (min)' column for that "
+                        "preset (repeatable; without one the table has no training column)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("verify", help="compare GLAM or GMIC with your own checkout of the published code",
