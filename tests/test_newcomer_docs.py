@@ -1,0 +1,47 @@
+"""What a newcomer reads before running anything (issue 26): mentions of the reference folder beside
+the repository say what it is, and the skip reason of tests that need it names the route open to everyone."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from model_helpers import skip_reason
+
+from wsl_bench.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPLAINED = ("docs/published_reference.md", "not distributed")
+"""A mention of ``../shared`` must point to the page that says what it is, or say it itself."""
+
+
+def tracked_text_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    return [ROOT / name for name in listed.splitlines()
+            if Path(name).suffix in {".py", ".md", ".toml", ".ini", ".txt", ""} and (ROOT / name).is_file()]
+
+
+def test_every_mention_of_the_reference_folder_says_what_it_is_or_points_to_the_page_that_does():
+    mentions = []
+    for path in tracked_text_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        paragraphs = text.split("\n\n")  # the explanation may sit a line or two away from the mention
+        for paragraph in paragraphs:
+            if "../shared" in paragraph or "shared/reference" in paragraph:
+                mentions.append(path.relative_to(ROOT))
+                if path.relative_to(ROOT) != Path(EXPLAINED[0]):  # the page that says it, whole
+                    assert any(e in paragraph for e in EXPLAINED), f"{path.relative_to(ROOT)}: {paragraph[:300]}"
+    assert len(mentions) >= 6  # .ci/run, both method cards, the models' helpers and tests, the page itself
+    assert Path(".ci/run") in mentions and Path("docs/published_reference.md") in mentions
+
+
+def test_the_skip_reason_names_the_command_anyone_can_run_and_it_parses():
+    for model in ("GLAM", "GMIC"):
+        reason = skip_reason(model)
+        assert "not distributed" in reason and "docs/published_reference.md" in reason
+        command = reason.split("instead: ", 1)[1]
+        assert command == f"wsl-bench verify {model.lower()} --published PATH"
+        args = build_parser().parse_args([*command.split()[1:-1], str(ROOT)])  # PATH: any existing folder
+        assert args.command == "verify" and args.model == model.lower()
+    assert (ROOT / "docs" / "published_reference.md").is_file()
