@@ -149,4 +149,4 @@ def test_the_qualitative_maps_are_split_by_family_and_by_class(run, drawn, tmp_p
         assert titles and min(t.get_fontsize() for t in titles) >= 9
     # the report's page shows each of them
     page = (report / "index.html").read_text(encoding="utf-8")
-    assert all(f"src='{e.name}.png'" in page for e in entries)
+    assert all(f"data-file='{e.name}.png'" in page for e in entries)  # embedded (test_report_page.py)
