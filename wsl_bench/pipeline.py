@@ -25,7 +25,14 @@ import torch.distributed as dist
 
 from wsl_bench.atomic_io import remove_leftover_temporaries
 from wsl_bench.data import MammogramDataset
-from wsl_bench.estimates import Estimate, evaluation_estimate, timing_facts, training_estimate
+from wsl_bench.estimates import (
+    Estimate,
+    TrainingWork,
+    evaluation_estimate,
+    network_fingerprint,
+    timing_facts,
+    training_estimate,
+)
 from wsl_bench.evaluation.bench_harness import run_harness_bench
 from wsl_bench.evaluation.figure_maps import figure_maps_present
 from wsl_bench.evaluation.harness import (
@@ -324,8 +331,7 @@ def ensure_trained(
                      context=context, progress=progress)
         if context.is_main:  # wall time of this (last, possibly resumed) training and its work: later plans' estimates
             write_json_atomic(folder / "timing.json", timing_facts(
-                time.perf_counter() - started, config.device, job.train_config.epochs, len(job.train_set.ids()),
-                config.size()))
+                time.perf_counter() - started, config.device, training_work(job, config)))
     elif job.donor is not None:
         initialised_from = _donor_facts(job, config, progress, context)
     # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
@@ -459,10 +465,16 @@ def training_chain(trainee: TrainableMethod, config: RunConfig) -> tuple[list[Tr
     return [j for j in jobs if j.key not in cached], [j for j in jobs if j.key in cached]
 
 
+def training_work(job: TrainingJob, config: RunConfig) -> TrainingWork:
+    """What ``job`` trains, for its time estimate: every epoch of every stage of its recipe."""
+    return TrainingWork(sum(stage.epochs(job.train_config) for stage in job.stages), len(job.train_set.ids()),
+                        len(job.val_set.ids()), config.size(), config.preset, network_fingerprint(job.key_data))
+
+
 def estimate_training(job: TrainingJob, config: RunConfig) -> Estimate:
     """How long ``job`` is likely to take (:func:`wsl_bench.estimates.training_estimate`)."""
-    return training_estimate(job.key_data["method"], config.device, job.train_config.epochs,
-                             len(job.train_set.ids()), config.size(), cache_root() / "checkpoints")
+    return training_estimate(job.key_data["method"], config.device, training_work(job, config),
+                             cache_root() / "checkpoints")
 
 
 def plan_run(config: RunConfig, pending: dict[str, int], splits: str) -> RunPlan:

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from wsl_bench.estimates import Estimate, format_duration
 
-SOURCES = {"measured here": "earlier trainings on this machine", "reference": "the reference run on a 2-core CPU"}
+SOURCES = {"measured here": "earlier trainings on this machine",
+           "reference": "reference trainings of the preset on a 2-core CPU"}
 """How the plan names the sources of :class:`~wsl_bench.estimates.Estimate`."""
 
 
