@@ -47,16 +47,16 @@ def test_a_first_run_prints_its_plan_then_a_summary_and_a_second_one_reuses_the_
     folder = next(isolated_cache.glob("checkpoints/cam/*/timing.json")).parent
     timing = json.loads((folder / "timing.json").read_text())
     network = network_fingerprint(json.loads((folder / "key.json").read_text()))
-    assert timing["device"] == "cpu" and timing["stage_epochs"] == 2 and timing["train_images"] == 24
+    assert timing["device"] == "cpu" and timing["stage_epochs"] == 1 and timing["train_images"] == 24
     assert timing["val_images"] == 8 and timing["image_size"] == [256, 160] and timing["preset"] == "tiny"
     assert timing["network"] == network
-    work = TrainingWork(2, 24, 8, (256, 160), "tiny", network)
+    work = TrainingWork(1, 24, 8, (256, 160), "tiny", network)
     same = training_estimate("cam", "cpu", work, isolated_cache / "checkpoints")
     assert same.source == "measured here" and same.seconds == pytest.approx(timing["training_seconds"], abs=0.06)
-    double = training_estimate("cam", "cpu", TrainingWork(4, 24, 8, (256, 160), "tiny", network),
+    double = training_estimate("cam", "cpu", TrainingWork(2, 24, 8, (256, 160), "tiny", network),
                                isolated_cache / "checkpoints")
     assert double.seconds - work.overhead() > 1.9 * (same.seconds - work.overhead())  # twice the epochs
-    elsewhere = TrainingWork(2, 24, 8, (256, 160), "tiny", "another-network")  # measured rates: same network only
+    elsewhere = TrainingWork(1, 24, 8, (256, 160), "tiny", "another-network")  # measured rates: same network only
     assert training_estimate("cam", "cpu", elsewhere, isolated_cache / "checkpoints").source == "reference"
     assert training_estimate("cam", "cuda", work, isolated_cache / "checkpoints").source == "reference"
 
@@ -103,7 +103,7 @@ def test_a_preset_without_a_reference_training_borrows_the_cpu_presets_rate(tmp_
 
 def test_the_plan_counts_every_stage_of_glams_recipe(isolated_cache):
     """The plan of the smoke run estimates each training as its reference measured it: GLAM's three
-    stages (2 + 2 + 1 epochs at the tiny preset) and the validation images included."""
+    stages (one epoch each at the tiny preset) and the validation images included."""
     from wsl_bench.evaluation.harness import RunConfig
     from wsl_bench.pipeline import plan_run
 

@@ -79,11 +79,11 @@ REFERENCE_TRAININGS: dict[str, dict[str, tuple[float, TrainingWork]]] = {
         "gmic": (380.7, TrainingWork(12, 320, 40, (368, 240), "cpu")),
     },
     # the smoke run (`wsl-bench run --methods glam,gmic,cam --preset tiny`, benchmarks/smoke_run.py) on a
-    # fresh cache, a 2-core AMD EPYC (AVX-512, no AMX); GLAM's stages train 2, 2 and 1 of the 2 epochs
+    # fresh cache, a 2-core AMD EPYC (AVX-512, no AMX); GLAM's three stages train one epoch each
     "tiny": {
-        "cam": (8.0, TrainingWork(2, 24, 8, (256, 160), "tiny")),
-        "glam": (30.0, TrainingWork(5, 24, 8, (256, 160), "tiny")),
-        "gmic": (10.0, TrainingWork(2, 24, 8, (256, 160), "tiny")),
+        "cam": (8.0, TrainingWork(1, 24, 8, (256, 160), "tiny")),
+        "glam": (30.0, TrainingWork(3, 24, 8, (256, 160), "tiny")),
+        "gmic": (10.0, TrainingWork(1, 24, 8, (256, 160), "tiny")),
     },
 }
 """preset → method → (training seconds, its work) of a reference training on a 2-core CPU."""

@@ -177,7 +177,7 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
-            "tiny", (256, 160), 24, 8, 8, 2, 8, "seconds; for tests and smoke runs",
+            "tiny", (256, 160), 24, 8, 8, 1, 8, "seconds; for tests and smoke runs",
             methods=_settings(networks=TINY_NETWORKS),
         ),
         Preset(
