@@ -176,3 +176,5 @@ def test_the_plan_says_what_a_shared_training_serves(isolated_cache):
     cam = next(line for line in lines if line.startswith("  train cam"))
     assert cam.endswith("; explained by gradcam; glam and gmic then start their global network from it")
     assert all(line.endswith("(reference)") for line in lines if line.startswith(("  train glam", "  train gmic")))
+    alone = plan_run(RunConfig(methods=("glam",), preset="cpu"), {"glam": 80}, "40 test + 40 val images")
+    assert alone.lines()[1].endswith("(reference); glam then starts its global network from it")

@@ -58,7 +58,8 @@ class PlannedTraining:
         if users:
             parts.append(f"explained by {', '.join(users)}")
         if self.starts:
-            parts.append(f"{' and '.join(self.starts)} then start their global network from it")
+            verb = "starts its" if len(self.starts) == 1 else "start their"
+            parts.append(f"{' and '.join(self.starts)} then {verb} global network from it")
         return f"; {'; '.join(parts)}" if parts else ""
 
 
