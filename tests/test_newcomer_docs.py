@@ -45,3 +45,34 @@ def test_the_skip_reason_names_the_command_anyone_can_run_and_it_parses():
         args = build_parser().parse_args([*command.split()[1:-1], str(ROOT)])  # PATH: any existing folder
         assert args.command == "verify" and args.model == model.lower()
     assert (ROOT / "docs" / "published_reference.md").is_file()
+
+
+def how_long_rows() -> list[list[str]]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How long things take", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0] == ["what", "command", "time", "measured on"]
+    return rows[1:]
+
+
+def test_every_time_the_readme_gives_names_the_cpu_it_was_measured_on():
+    rows = how_long_rows()
+    commands = [command for _, command, _, _ in rows]
+    for needed in ("`wsl-bench run --methods glam,gmic,cam --preset tiny`", "`wsl-bench run`",
+                   '`python -m pytest -q -m "not slow"`', "`python -m pytest -q`"):
+        assert needed in commands, needed
+    for what, _, time, where in rows:
+        times, machines = time.split("; "), where.split("; ")
+        assert len(times) == len(machines), what  # one CPU kind per figure
+        for figure, machine in zip(times, machines, strict=True):
+            assert any(ch.isdigit() for ch in figure) and (" s" in figure or " min" in figure), (what, figure)
+            assert machine.startswith("2-core ") and ("Xeon" in machine or "EPYC" in machine), (what, machine)
+    assert {"default run again, into the same folder", "default run into a new folder, checkpoints cached"} <= {
+        what for what, *_ in rows}  # both meanings of "cached", each with its own time
+
+
+def test_the_quick_command_deselects_only_a_registered_marker_and_ci_runs_everything():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"slow: ' in pyproject  # the marker is registered (an unregistered one would only warn)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest -q\n" in ci and "not slow" not in ci
