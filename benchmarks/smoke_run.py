@@ -48,7 +48,9 @@ def planned_estimates(cache: Path) -> dict[str, float]:
     from wsl_bench.evaluation.harness import RunConfig
     from wsl_bench.pipeline import plan_run
 
-    plan = plan_run(RunConfig(methods=METHODS, preset="tiny"), dict.fromkeys(METHODS, 16), "8 test + 8 val images")
+    config = RunConfig(methods=METHODS, preset="tiny")
+    pending = {name: {seed: 16 for seed in config.training_seeds()} for name in METHODS}  # 8 test + 8 val images
+    plan = plan_run(config, pending, "8 test + 8 val images")
     return {t.method: t.estimate.seconds for t in plan.train}
 
 

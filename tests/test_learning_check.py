@@ -77,6 +77,33 @@ def test_one_signal_above_chance_is_enough():
     assert len(learning_problems(no_masks)) == 2 and "PxAP" not in learning_problems(no_masks)[0]
 
 
+def test_a_classifier_below_chance_is_caught_even_when_its_maps_pass():
+    """GMIC's case (issue 22): the checkpoint kept by validation PxAP had validation AUC 0.309 on 23 benign
+    and 17 other images, with a PxAP just above twice chance; its malignant AUC was 0.500."""
+    row = {
+        "val_auc_benign": 0.309, "val_auc_p_benign": auc_chance_p_value(0.309, 23, 17),
+        "val_pxap_benign": 0.0185, "val_pxap_chance_benign": 0.0090,  # 2.06× chance: localisation passes
+        "val_auc_malignant": 0.500, "val_auc_p_malignant": auc_chance_p_value(0.500, 14, 26),
+        "val_pxap_malignant": 0.0240, "val_pxap_chance_malignant": 0.0110,
+    }
+    problems = learning_problems(row)
+    assert len(problems) == 1 and problems[0].startswith("benign: validation AUC 0.309, below chance")
+    assert "p = 0.021" in problems[0]  # P(AUC ≤ 0.309) for scores unrelated to the labels
+    # the lower tail is the upper tail mirrored: a classifier as far above chance passes on its AUC
+    mirrored = row | {"val_auc_benign": 0.691, "val_auc_p_benign": auc_chance_p_value(0.691, 23, 17)}
+    assert learning_problems(mirrored) == []
+    # below 0.5 but not significantly (40 images): judged as before, its maps pass
+    assert learning_problems(row | {"val_auc_benign": 0.42,
+                                    "val_auc_p_benign": auc_chance_p_value(0.42, 23, 17)}) == []
+
+
+def test_a_below_chance_p_value_matches_the_permutation_distribution():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(23, bool), np.zeros(17, bool)]
+    null = np.array([auc(rng.random(40), labels) for _ in range(4000)])
+    assert 1.0 - auc_chance_p_value(0.309, 23, 17) == pytest.approx(float(np.mean(null <= 0.309)), abs=0.01)
+
+
 def test_a_checkpoint_that_learned_passes_and_old_checkpoints_are_not_judged():
     assert learning_problems(_row(0.8, AUC_P_VALUE / 10, 0.2, 0.008)) == []
     assert learning_problems({"val_auc_benign": 0.5, "val_pxap_benign": 0.001}) == []  # no chance keys stored

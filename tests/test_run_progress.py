@@ -49,11 +49,11 @@ def test_a_first_run_prints_its_plan_then_a_summary_and_a_second_one_reuses_the_
     network = network_fingerprint(json.loads((folder / "key.json").read_text()))
     assert timing["device"] == "cpu" and timing["stage_epochs"] == 1 and timing["train_images"] == 24
     assert timing["val_images"] == 8 and timing["image_size"] == [256, 160] and timing["preset"] == "tiny"
-    assert timing["network"] == network
-    work = TrainingWork(1, 24, 8, (256, 160), "tiny", network)
+    assert timing["network"] == network and timing["start_validations"] == 1  # the trainer validates epoch 0
+    work = TrainingWork(1, 24, 8, (256, 160), "tiny", network, 1)
     same = training_estimate("cam", "cpu", work, isolated_cache / "checkpoints")
     assert same.source == "measured here" and same.seconds == pytest.approx(timing["training_seconds"], abs=0.06)
-    double = training_estimate("cam", "cpu", TrainingWork(2, 24, 8, (256, 160), "tiny", network),
+    double = training_estimate("cam", "cpu", TrainingWork(2, 24, 8, (256, 160), "tiny", network, 1),
                                isolated_cache / "checkpoints")
     assert double.seconds - work.overhead() > 1.9 * (same.seconds - work.overhead())  # twice the epochs
     elsewhere = TrainingWork(1, 24, 8, (256, 160), "tiny", "another-network")  # measured rates: same network only
@@ -72,9 +72,10 @@ def test_estimates_fall_back_to_the_reference_and_scale_with_the_work(tmp_path):
     assert small.source == "reference" and small.seconds == pytest.approx(380.7)  # the reference training itself
     large = training_estimate("gmic", "cpu", TrainingWork(12, 320, 40, (736, 480), "cpu"), tmp_path)
     assert large.seconds - reference.overhead() == pytest.approx(4 * (380.7 - reference.overhead()))
-    facts = timing_facts(12.34, "cuda:1", TrainingWork(3, 10, 4, (64, 48), "tiny", "abc"))
+    facts = timing_facts(12.34, "cuda:1", TrainingWork(3, 10, 4, (64, 48), "tiny", "abc", 2))
     assert facts == {"training_seconds": 12.3, "device": "cuda", "stage_epochs": 3, "train_images": 10,
-                     "val_images": 4, "image_size": [64, 48], "preset": "tiny", "network": "abc"}
+                     "val_images": 4, "image_size": [64, 48], "preset": "tiny", "network": "abc",
+                     "start_validations": 2}
 
 
 @pytest.mark.parametrize("preset", sorted(REFERENCE_TRAININGS))
@@ -91,6 +92,25 @@ def test_the_work_counts_every_stage_and_the_validation_images():
     plain = TrainingWork(9, 320, 0, (368, 240))
     assert glam_cpu.units() == pytest.approx(plain.units() * (320 + VALIDATION_SHARE * 40) / 320)
     assert TrainingWork(9, 320, 40, (736, 480)).units() == pytest.approx(4 * glam_cpu.units())
+    # each stage's starting network is validated too (epoch 0): three more validation passes for GLAM
+    started = TrainingWork(9, 320, 40, (368, 240), start_validations=3)
+    assert started.units() - glam_cpu.units() == pytest.approx(3 * VALIDATION_SHARE * 40)
+
+
+def test_the_work_of_a_training_is_what_its_job_trains_and_validates(isolated_cache):
+    """An epoch is the preset's epoch_images where it sets them (the cpu preset: 320 of 3840 training
+    images), every stage validates its start, and a training on masks (fsl) has no validation split."""
+    from wsl_bench.evaluation.harness import RunConfig
+    from wsl_bench.pipeline import create_trainee, training_job, training_work
+
+    def work(method: str, preset: str) -> TrainingWork:
+        config = RunConfig(methods=(method,), preset=preset)
+        return training_work(training_job(create_trainee(method, config), config), config)
+
+    cam, glam, fsl = work("cam", "cpu"), work("glam", "cpu"), work("fsl", "tiny")
+    assert (cam.stage_epochs, cam.train_images, cam.val_images, cam.start_validations) == (12, 320, 120, 1)
+    assert (glam.stage_epochs, glam.start_validations) == (3 + 4 + 2, 3)
+    assert fsl.val_images == 0 and fsl.start_validations == 0 and fsl.train_images == 8
 
 
 def test_a_preset_without_a_reference_training_borrows_the_cpu_presets_rate(tmp_path):
@@ -108,7 +128,9 @@ def test_the_plan_counts_every_stage_of_glams_recipe(isolated_cache):
     from wsl_bench.pipeline import plan_run
 
     methods = ("glam", "gmic", "cam")
-    plan = plan_run(RunConfig(methods=methods, preset="tiny"), dict.fromkeys(methods, 16), "8 test + 8 val images")
+    config = RunConfig(methods=methods, preset="tiny")
+    pending = {name: {seed: 16 for seed in config.training_seeds()} for name in methods}  # 8 test + 8 val images
+    plan = plan_run(config, pending, "8 test + 8 val images")
     estimates = {t.method: t.estimate for t in plan.train}
     for method in ("glam", "gmic", "cam"):
         assert estimates[method].source == "reference"
@@ -170,11 +192,13 @@ def test_the_plan_says_what_a_shared_training_serves(isolated_cache):
     from wsl_bench.pipeline import plan_run
 
     config = RunConfig(methods=("cam", "gradcam", "glam", "gmic", "intensity"), preset="cpu")
-    plan = plan_run(config, {name: 80 for name in config.methods}, "40 test + 40 val images")
+    # images still to score per training seed (seed 0); intensity trains nothing: under None
+    pending = {name: {None if name == "intensity" else 0: 80} for name in config.methods}
+    plan = plan_run(config, pending, "40 test + 40 val images")
     assert [t.method for t in plan.train] == ["cam", "glam", "gmic"]
     lines = plan.lines()
     cam = next(line for line in lines if line.startswith("  train cam"))
     assert cam.endswith("; explained by gradcam; glam and gmic then start their global network from it")
     assert all(line.endswith("(reference)") for line in lines if line.startswith(("  train glam", "  train gmic")))
-    alone = plan_run(RunConfig(methods=("glam",), preset="cpu"), {"glam": 80}, "40 test + 40 val images")
+    alone = plan_run(RunConfig(methods=("glam",), preset="cpu"), {"glam": {0: 80}}, "40 test + 40 val images")
     assert alone.lines()[1].endswith("(reference); glam then starts its global network from it")

@@ -81,7 +81,30 @@ def test_cache_returns_equal_copies():
     fresh = generate(2, "val", 0, SMALL)
     assert np.array_equal(again.image_u16, fresh.image_u16)
     assert np.array_equal(again.masks["benign"], fresh.masks["benign"])
-    assert len(ds._cache) == 1
+    assert ds._cache.get(ds.ids()[0] + ds._key_suffix) is not None
+
+
+def test_generated_images_are_shared_by_datasets_of_the_process_but_not_across_conspicuities(monkeypatch):
+    """Every training job of a run opens its own dataset: each image is generated once per process."""
+    import wsl_bench.datasets.synthetic as synthetic
+
+    calls = []
+    real_generate = synthetic.generate
+
+    def counting(*args, **kwargs):
+        calls.append(args[:3])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate", counting)
+    monkeypatch.setattr(synthetic, "_SHARED_CACHE", None)
+    first = SyntheticMammograms(split="val", n=2, image_size=SMALL, seed=7).raw("synth-s7-val-00001")
+    again = SyntheticMammograms(split="val", n=5, image_size=SMALL, seed=7).raw("synth-s7-val-00001")
+    assert len(calls) == 1 and np.array_equal(first.image_u16, again.image_u16)
+    obvious = SyntheticMammograms(split="val", n=2, image_size=SMALL, seed=7, conspicuity="obvious")
+    brighter = obvious.raw("synth-s7-val-00001")
+    assert len(calls) == 2 and not np.array_equal(first.image_u16, brighter.image_u16)
+    SyntheticMammograms(split="val", n=2, image_size=SMALL, seed=7, cache_mb=0).raw("synth-s7-val-00001")
+    assert len(calls) == 3  # cache_mb=0 neither reads nor fills the shared cache
 
 
 # ----------------------------------------------------------------------------- format

@@ -155,12 +155,14 @@ def test_best_checkpoint_follows_the_chosen_criterion(toy_dataset, tmp_path):
         trainer = Trainer(cam(), TrainConfig(epochs=3, batch_size=4, best_criterion=criterion),
                           tmp_path / criterion, progress=False)
         result = trainer.fit(train, val)
-        best = max(result.history, key=lambda row: sign * row[key])
+        trained = [row for row in result.history if row["epoch"] > 0]  # epoch 0: the start, never kept
+        best = max(trained, key=lambda row: sign * row[key])
         meta = torch.load(result.best_checkpoint, weights_only=True)["meta"]
         assert meta["epochs_completed"] == best["epoch"] and meta["metrics"][key] == best[key]
         with open(tmp_path / criterion / "log.csv") as handle:
             logged = list(csv.DictReader(handle))
-        assert [int(r["epoch"]) for r in logged] == [1, 2, 3]
+        assert [int(r["epoch"]) for r in logged] == [0, 1, 2, 3]
+        assert logged[0]["train_loss"] == "nan"  # the start is validated, not trained
         assert {"train_loss", "val_auc_benign", "val_dice_malignant", "val_pxap_benign"} <= set(logged[0])
         assert (tmp_path / criterion / "curves.png").stat().st_size > 0
 

@@ -35,14 +35,14 @@ def _size_suffix(args: argparse.Namespace) -> str:
 
 
 DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
-    "cpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "glam", "gmic", "gradcam", "gradcam++", "hirescam",
-            "intensity", "layercam", "random", "xgradcam"),
-    "gpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fullgrad", "glam", "gmic", "gradcam", "gradcam++",
-            "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients", "intensity", "layercam",
-            "random", "saliency", "xgradcam"),
-    "every": ("ablationcam", "cam", "captum_gradcam", "centre_prior", "eigencam", "fullgrad", "glam", "gmic",
+    "cpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fsl", "glam", "gmic", "gradcam", "gradcam++",
+            "hirescam", "intensity", "layercam", "random", "supervised", "xgradcam"),
+    "gpu": ("cam", "captum_gradcam", "centre_prior", "eigencam", "fsl", "fullgrad", "glam", "gmic", "gradcam",
+            "gradcam++", "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients", "intensity",
+            "layercam", "random", "saliency", "supervised", "xgradcam"),
+    "every": ("ablationcam", "cam", "captum_gradcam", "centre_prior", "eigencam", "fsl", "fullgrad", "glam", "gmic",
               "gradcam", "gradcam++", "guided_gradcam", "hirescam", "input_x_gradient", "integrated_gradients",
-              "intensity", "layercam", "occlusion", "random", "saliency", "scorecam", "xgradcam"),
+              "intensity", "layercam", "occlusion", "random", "saliency", "scorecam", "supervised", "xgradcam"),
 }
 """The default ``--methods`` of each preset (``every``: tiny and full), for ``run --help``: written out
 here because computing it (``wsl_bench.pipeline.default_methods``) imports every method and torch,
@@ -100,6 +100,36 @@ non_negative_int = _int_at_least(0, "non-negative")
 """A seed: an integer of at least 0."""
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds``: comma-separated non-negative integers, none repeated (``0,1,2``)."""
+    seeds = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            seed = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2, got {text!r}") from None
+        if seed < 0:
+            raise argparse.ArgumentTypeError(f"seeds must be at least 0, got {seed}")
+        if seed in seeds:
+            raise argparse.ArgumentTypeError(f"seed {seed} is named twice in {text!r}")
+        seeds.append(seed)
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2, got {text!r}")
+    return tuple(seeds)
+
+
+def default_run_folder(args: argparse.Namespace) -> Path:
+    """``runs/<dataset>-<preset>[-HxW]-seed<seed>``, and ``-seeds<a>-<b>-...`` when ``--seeds`` names
+    training seeds other than ``--seed`` alone (``--seeds 0`` with ``--seed 0`` is the one-seed run)."""
+    name = f"runs/{args.dataset}-{args.preset}{_size_suffix(args)}-seed{args.seed}"
+    seeds = getattr(args, "seeds", None)
+    if seeds and tuple(seeds) != (args.seed,):
+        name += "-seeds" + "-".join(str(s) for s in seeds)
+    return Path(name)
+
+
 def existing_path(text: str) -> str:
     """A dataset location that must exist (``--data-root``, ``--src``)."""
     if not Path(text).exists():
@@ -125,6 +155,11 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
         return key.strip(), value
+
+
+DATASET_OPTION_HELP = ("constructor option of the dataset, part of the run's identity and of every checkpoint's "
+                       "cache key (repeatable), e.g. conspicuity=obvious|clear|real|faint for the synthetic set "
+                       "(default real: lesions as hard to see as on real mammograms; datasets/synthetic.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,8 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=parse_image_size, default=None, metavar="HxW",
                    help="replace the preset's image size (its split sizes and training budget stay)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<preset>-seed<seed>)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/<dataset>-<preset>-seed<seed>, with -seeds0-1-2 appended for "
+                        "--seeds 0,1,2; -HxW after the preset with --image-size)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="dataset seed: which synthetic images exist (every split trained, validated and evaluated "
+                        "on); without --seeds also the one training seed (default 0)")
+    p.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
+                   help="training seeds, e.g. 0,1,2: every trainable method is trained and evaluated once per seed "
+                        "(data order, initialisation, augmentation) on the same images (those of --seed); methods "
+                        "with nothing to train are evaluated once; one report gives mean ± sd over the seeds. A run "
+                        "folder may gain seeds: rerunning with more resumes it (default: --seed alone)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per predict call")
     p.add_argument("--loader-workers", type=non_negative_int, default=None, metavar="N",
                    help="processes reading images ahead of the model (default: the cores the model's threads leave, "
@@ -166,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint for the (single) selected method")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="extra constructor option passed to every selected method (repeatable)")
+    p.add_argument("--dataset-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help=DATASET_OPTION_HELP)
     p.add_argument("--validation-split", default="val", metavar="SPLIT",
                    help="annotated split whose best Dice threshold is applied to the evaluated split (the headline "
                         "Dice; default val; 'none' leaves that column empty)")
@@ -193,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's epochs (each stage trains its share of them)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="override the preset's (global) batch size")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+                   help="override the preset's learning-rate schedule (cosine: warm-up, then decay to 0)")
     p.add_argument("--balance", default=None, choices=["none", "pos_weight", "sampler"],
                    help="class-imbalance handling (default none)")
     p.add_argument("--criterion", default=None, choices=["mean_auc", "loss", "mean_dice", "mean_pxap"],
@@ -205,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default=None, help="train only this stage of the recipe (earlier ones must be done)")
     p.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                    help="constructor option of the method, e.g. stage=sep, beta=1e-4 (repeatable)")
+    p.add_argument("--dataset-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help=DATASET_OPTION_HELP)
     p.add_argument("--out", default=None, help="training folder (default: runs/train-<method>-<preset>-seed<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue every stage from its last checkpoint in --out (finished stages are kept)")
@@ -341,11 +391,13 @@ def _run_config(args: argparse.Namespace):
         preset=args.preset,
         device=args.device,
         seed=args.seed,
+        seeds=tuple(args.seeds or ()),
         batch_size=args.batch_size,
         loader_workers=args.loader_workers,
         method_options=method_options,
         image_size=args.image_size,
         validation_split=None if args.validation_split.lower() == "none" else args.validation_split,
+        dataset_options=tuple(sorted(dict(args.dataset_option).items())),
     )
 
 
@@ -359,13 +411,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     config = _run_config(args)
-    out = Path(args.out or f"runs/{config.dataset}-{config.preset}{_size_suffix(args)}-seed{config.seed}")
+    out = Path(args.out) if args.out else default_run_folder(args)
     context = init_from_env(config.device)  # under torchrun: one shard of the images per rank
     if context.enabled and args.overwrite:
         shutdown(context)
         raise UsageError("--overwrite is not available under torchrun: run once without torchrun, or use a new --out")
+    seeds = config.training_seeds()
     header = (f"wsl-bench run: {len(config.methods)} methods on {config.dataset}/{config.split} "
-              f"(preset {config.preset}, device {config.device}) -> {out}"
+              f"(preset {config.preset}, device {config.device}"
+              + (f", training seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "") + f") -> {out}"
               + (f", {context.world_size} processes" if context.enabled else ""))
     if context.enabled:
         if context.is_main:
@@ -439,8 +493,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     config = RunConfig(methods=(args.method,), dataset=args.dataset, data_root=args.data_root, preset=args.preset,
                        device=args.device, seed=args.seed, image_size=args.image_size,
-                       method_options=((args.method, tuple(sorted(dict(args.option).items()))),))
+                       method_options=((args.method, tuple(sorted(dict(args.option).items()))),),
+                       dataset_options=tuple(sorted(dict(args.dataset_option).items())))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "balance": args.balance,
+                 "lr_schedule": args.lr_schedule,
                  "best_criterion": args.criterion, "checkpoint_every_steps": args.checkpoint_every,
                  "amp": False if args.no_amp else None}
     out = Path(args.out or f"runs/train-{args.method}-{args.preset}{_size_suffix(args)}-seed{args.seed}")

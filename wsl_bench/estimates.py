@@ -47,10 +47,13 @@ class TrainingWork:
 
     Attributes:
         stage_epochs: epochs summed over the recipe's stages (GLAM at the ``cpu`` preset: 3 + 4 + 2).
-        train_images, val_images: images each epoch trains on and scores.
+        train_images, val_images: images each epoch trains on (``TrainConfig.epoch_images`` where the
+            preset sets it, else the training split) and scores.
         image_size: ``(H, W)``.
         preset: the preset whose networks are trained (its reference rate applies).
         network: :func:`network_fingerprint` of the trained network; measured rates apply to the same one.
+        start_validations: validation passes before training, one per stage (the trainer scores each
+            stage's starting network as its epoch 0); 0 in trainings from before it did.
     """
 
     stage_epochs: int
@@ -59,11 +62,13 @@ class TrainingWork:
     image_size: tuple[int, int]
     preset: str = ""
     network: str = ""
+    start_validations: int = 0
 
     def units(self) -> float:
         """The work in training-image epochs at 368×240 (validation images count :data:`VALIDATION_SHARE`)."""
         pixels = self.image_size[0] * self.image_size[1] / REFERENCE_PIXELS
-        return self.stage_epochs * (self.train_images + VALIDATION_SHARE * self.val_images) * pixels
+        validations = self.stage_epochs + self.start_validations
+        return (self.stage_epochs * self.train_images + validations * VALIDATION_SHARE * self.val_images) * pixels
 
     def overhead(self) -> float:
         """Seconds of the training that do not grow with images or pixels."""
@@ -79,11 +84,12 @@ REFERENCE_TRAININGS: dict[str, dict[str, tuple[float, TrainingWork]]] = {
         "gmic": (380.7, TrainingWork(12, 320, 40, (368, 240), "cpu")),
     },
     # the smoke run (`wsl-bench run --methods glam,gmic,cam --preset tiny`, benchmarks/smoke_run.py) on a
-    # fresh cache, a 2-core AMD EPYC (AVX-512, no AMX); GLAM's three stages train one epoch each
+    # fresh cache, a 2-core AMD EPYC (AVX-512, no AMX); GLAM's three stages train one epoch each, every
+    # stage validates its starting network first
     "tiny": {
-        "cam": (8.0, TrainingWork(1, 24, 8, (256, 160), "tiny")),
-        "glam": (30.0, TrainingWork(3, 24, 8, (256, 160), "tiny")),
-        "gmic": (10.0, TrainingWork(1, 24, 8, (256, 160), "tiny")),
+        "cam": (8.0, TrainingWork(1, 24, 8, (256, 160), "tiny", start_validations=1)),
+        "glam": (30.0, TrainingWork(3, 24, 8, (256, 160), "tiny", start_validations=3)),
+        "gmic": (10.0, TrainingWork(1, 24, 8, (256, 160), "tiny", start_validations=1)),
     },
 }
 """preset → method → (training seconds, its work) of a reference training on a 2-core CPU."""
@@ -112,7 +118,8 @@ def timing_facts(seconds: float, device: str, work: TrainingWork) -> dict[str, A
     :func:`training_estimate` to take its rate from."""
     return {"training_seconds": round(seconds, 1), "device": device.split(":")[0], "stage_epochs": work.stage_epochs,
             "train_images": work.train_images, "val_images": work.val_images,
-            "image_size": list(work.image_size), "preset": work.preset, "network": work.network}
+            "image_size": list(work.image_size), "preset": work.preset, "network": work.network,
+            "start_validations": work.start_validations}
 
 
 def _rate(seconds: float, work: TrainingWork) -> float:
@@ -127,7 +134,8 @@ def _measured_rates(method_folder: Path, device: str, network: str) -> list[tupl
         try:
             facts = json.loads(timing.read_text())
             work = TrainingWork(int(facts["stage_epochs"]), int(facts["train_images"]), int(facts["val_images"]),
-                                tuple(facts["image_size"]), facts["preset"], facts["network"])
+                                tuple(facts["image_size"]), facts["preset"], facts["network"],
+                                int(facts.get("start_validations", 0)))
             if facts["device"] == device and work.network == network and work.units() > 0:
                 rates.append((os.stat(timing).st_mtime, _rate(float(facts["training_seconds"]), work)))
         except (OSError, ValueError, KeyError, TypeError):

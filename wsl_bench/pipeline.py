@@ -53,6 +53,7 @@ from wsl_bench.evaluation.manifest import config_hash, read_json, write_json_ato
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
 from wsl_bench.evaluation.run_folder import clear_run_folder, remove_if_untouched
 from wsl_bench.evaluation.run_lock import RunFolderLock, RunFolderLocked
+from wsl_bench.evaluation.seeds import legacy_seeds, run_seeds, seed_label
 from wsl_bench.paths import cache_root
 from wsl_bench.presets import get_preset
 from wsl_bench.registry import (
@@ -75,6 +76,7 @@ from wsl_bench.training.cache import (
     load_method_weights,
     stage_checkpoint,
     stage_folder,
+    stage_regressions,
     train_config_for,
     train_stages,
     training_seconds,
@@ -161,7 +163,7 @@ def open_dataset(config: RunConfig, split: str | None = None) -> MammogramDatase
     load_builtins()  # the registry lookup below comes before create_dataset, which would load them
     preset = get_preset(config.preset)
     split = split or config.split
-    options = DATASETS.get(config.dataset).options_for(preset, split, config.seed)
+    options = {**DATASETS.get(config.dataset).options_for(preset, split, config.seed), **dict(config.dataset_options)}
     return create_dataset(config.dataset, root=config.data_root, split=split, image_size=config.size(), **options)
 
 
@@ -172,6 +174,7 @@ def method_options(config: RunConfig, name: str) -> dict[str, Any]:
     registered name and then by full name), then the user's own (``--option``, ``--classifier``).
     An explainer's options hold its classifier method's too: creating it divides them
     (``wsl_bench.registry.create_method_with_classifier``)."""
+    load_builtins()  # an explainer's classifier is found in the registry (``base in METHODS`` below)
     preset = get_preset(config.preset).method_options
     user = config.options_for(name)
     base, _ = split_method_name(name)
@@ -204,13 +207,14 @@ class RunMethod:
 
 
 def create_run_method(name: str, config: RunConfig) -> RunMethod:
-    """The method ``name`` as ``config``'s run creates it (options merged by :func:`method_options`),
-    untrained. A post-hoc explainer's classifier (its ``classifier`` option, ``name@classifier``, or
+    """The method ``name`` as ``config``'s run creates it (options merged by :func:`method_options`,
+    seeded with the run's training seed, ``config.train_seed``), untrained. A post-hoc explainer's
+    classifier (its ``classifier`` option, ``name@classifier``, or
     its ``default_classifier``) is created by name with the explainer's share of those options, which
     hold the preset's options of that classifier (so ``cam`` and ``gradcam`` train one ``cam``)."""
     options = method_options(config, name)
     method, classifier = create_method_with_classifier(
-        name, device=config.device, seed=config.seed, image_size=config.size(), **options)
+        name, device=config.device, seed=config.train_seed, image_size=config.size(), **options)
     if classifier is not None:
         return RunMethod(name, method, classifier)
     return RunMethod(name, method, method if isinstance(method, TrainableMethod) else None)
@@ -230,7 +234,8 @@ class TrainingJob:
         method: the method the trainer fits (a run method's :attr:`RunMethod.trainee`).
         train_config: the preset's budget, the method's recipe, then any overrides (``wsl-bench train``).
         stages: the method's training stages.
-        train_set, val_set: the run's training and validation splits.
+        train_set, val_set: the run's training and validation splits; for a method trained with masks
+            (:func:`mask_training`), the split it names and ``None``.
         key: the checkpoint cache key (a hash of ``key_data``).
         key_data: what decides the weights: method and configuration, data, training configuration,
             stages, code and, for a method that starts from another's weights, that method's key.
@@ -241,7 +246,7 @@ class TrainingJob:
     train_config: TrainConfig
     stages: tuple[TrainingStage, ...]
     train_set: MammogramDataset
-    val_set: MammogramDataset
+    val_set: MammogramDataset | None
     key: str
     key_data: dict[str, Any]
     donor: TrainingJob | SaliencyMethod | None = None
@@ -256,7 +261,9 @@ def training_job(method: TrainableMethod, config: RunConfig, **overrides: Any) -
     """The :class:`TrainingJob` of ``method`` (a run method's trainee) in ``config``'s run, computed
     without training anything (a ``global_init`` donor's job is computed the same way, recursively).
     ``overrides`` replace fields of the training configuration (``wsl-bench train``'s flags; they
-    change the key).
+    change the key). The training seed is ``config.train_seed`` and the data those of the dataset
+    seed ``config.seed``: one training has one key whichever run asks for it (a one-seed run and
+    seed ``s`` of a ``--seeds`` run with the same ``--seed`` share their checkpoints).
 
     Raises:
         ValueError: the method has nothing to train, or its ``global_init`` names no trained method.
@@ -264,10 +271,13 @@ def training_job(method: TrainableMethod, config: RunConfig, **overrides: Any) -
     if not isinstance(method, TrainableMethod):
         raise ValueError(f"method {method.name!r} has nothing to train")
     try:
-        train_config = train_config_for(method, config.preset, config.seed, **overrides)
+        train_config = train_config_for(method, config.preset, config.train_seed, **overrides)
     except (TypeError, ValueError) as exc:
         raise TrainingConfigError(f"{method.name}: {exc}") from None
-    train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
+    if method.mask_split is None:
+        train_set, val_set = open_dataset(config, "train"), open_dataset(config, "val")
+    else:
+        train_set, val_set, train_config = mask_training(method, config, train_config, overrides)
     key_data = checkpoint_key_data(method, train_config, train_set, val_set)
     donor = _donor(method, config)
     donor_job: TrainingJob | SaliencyMethod | None = None
@@ -282,6 +292,29 @@ def training_job(method: TrainableMethod, config: RunConfig, **overrides: Any) -
             key_data["initialised_from"] = {"method": donor.name, "cache_key": donor_job.key}
     return TrainingJob(method, train_config, training_stages(method), train_set, val_set,
                        config_hash(key_data), key_data, donor_job)
+
+
+def mask_training(
+    method: TrainableMethod, config: RunConfig, train_config: TrainConfig, overrides: dict[str, Any]
+) -> tuple[MammogramDataset, None, TrainConfig]:
+    """Training data and budget of a method trained with masks (``TrainableMethod.mask_split``): the
+    split it names; no validation split (validating would read the validation masks, which ``supervised``
+    must never see and on which ``fsl`` trains), so it keeps its final checkpoint; and a fixed budget,
+    the image passes of one weakly-supervised training (the preset's epochs over the training split)
+    spread over its own split's images, unless ``overrides`` name the epochs (``wsl-bench train --epochs``).
+
+    Returns:
+        ``(its training split, None, the training configuration with that budget)``.
+    """
+    own = open_dataset(config, method.mask_split)
+    if overrides.get("epochs") is None:
+        own_images = len(own.ids())
+        train_images = own_images if method.mask_split == "train" else len(open_dataset(config, "train").ids())
+        # image passes of one weakly-supervised training; an epoch is epoch_images of them, or a pass over the split
+        weak_passes = train_config.epochs * (train_config.epoch_images or train_images or own_images)
+        epochs = max(1, round(weak_passes / max(train_config.epoch_images or own_images, 1)))
+        train_config = replace(train_config, epochs=epochs)
+    return own, None, train_config
 
 
 def _donor(trainee: TrainableMethod, config: RunConfig) -> TrainableMethod | None:
@@ -342,7 +375,8 @@ def ensure_trained(
     if problems and str(chosen) not in _WARNED_NOT_LEARNED:  # once per checkpoint, not per explainer of it
         _WARNED_NOT_LEARNED.add(str(chosen))
         log.warning("%s did not learn (validation metrics at chance; its maps measure this training run, "
-                    "not the method): %s", method.name, "; ".join(problems))
+                    "not the method): %s", seed_label(method.name, config.train_seed, config.training_seeds()),
+                    "; ".join(problems))
     return {
         "path": str(chosen),
         "sha256": file_sha256(chosen),
@@ -351,7 +385,13 @@ def ensure_trained(
         "epochs_completed": meta.get("epochs_completed"),
         "train_metrics": meta.get("metrics"),
         "training_seconds": training_seconds(folder),
+        "seed": config.train_seed,
+        "trained_method": method.name,  # the network trained (an explainer's facts are its classifier's)
+        # the arithmetic the trainer used (bfloat16 autocast or not), from the checkpoint itself:
+        # what a difference between machines is traced to (None: trained before it was recorded)
+        "precision": meta.get("precision"),
         "learning_check": problems,
+        "localisation_check": stage_regressions(folder, job.stages),
         **({"initialised_from": initialised_from} if initialised_from else {}),
     }
 
@@ -407,7 +447,8 @@ def train(
     job = training_job(run_method.trainee, config, **(overrides or {}))
     train_set, val_set = job.train_set, job.val_set
     if max_images is not None:
-        train_set, val_set = FirstImages(train_set, max_images), FirstImages(val_set, max_images)
+        train_set = FirstImages(train_set, max_images)
+        val_set = FirstImages(val_set, max_images) if val_set is not None else None
     initialise_from_donor(job, config, progress=progress, context=context)
     if context.is_main:
         write_json_atomic(Path(out) / "key.json", {"key": job.key, **job.key_data})
@@ -444,7 +485,7 @@ def create_trainee(name: str, config: RunConfig) -> TrainableMethod | None:
     :attr:`RunMethod.needs_training`), created without ``name`` itself when that is a post-hoc
     explainer (whose constructor runs the classifier): what a run's plan needs, cheaply."""
     options = method_options(config, name)
-    common = {"device": config.device, "seed": config.seed, "image_size": config.size()}
+    common = {"device": config.device, "seed": config.train_seed, "image_size": config.size()}
     trainee = create_classifier_method(name, **common, **options)
     if trainee is None and getattr(METHODS.get(split_method_name(name)[0]), "trainable", False):
         trainee = create_method_with_classifier(name, **common, **options)[0]
@@ -466,9 +507,12 @@ def training_chain(trainee: TrainableMethod, config: RunConfig) -> tuple[list[Tr
 
 
 def training_work(job: TrainingJob, config: RunConfig) -> TrainingWork:
-    """What ``job`` trains, for its time estimate: every epoch of every stage of its recipe."""
-    return TrainingWork(sum(stage.epochs(job.train_config) for stage in job.stages), len(job.train_set.ids()),
-                        len(job.val_set.ids()), config.size(), config.preset, network_fingerprint(job.key_data))
+    """What ``job`` trains, for its time estimate: every epoch of every stage of its recipe, each
+    stage's starting network validated first (a training on masks has no validation split)."""
+    val_images = len(job.val_set.ids()) if job.val_set is not None else 0
+    return TrainingWork(sum(stage.epochs(job.train_config) for stage in job.stages),
+                        job.train_config.epoch_images or len(job.train_set.ids()), val_images, config.size(),
+                        config.preset, network_fingerprint(job.key_data), len(job.stages) if val_images else 0)
 
 
 def estimate_training(job: TrainingJob, config: RunConfig) -> Estimate:
@@ -477,31 +521,43 @@ def estimate_training(job: TrainingJob, config: RunConfig) -> Estimate:
                              cache_root() / "checkpoints")
 
 
-def plan_run(config: RunConfig, pending: dict[str, int], splits: str) -> RunPlan:
+def plan_run(config: RunConfig, pending: dict[str, dict[int | None, int]], splits: str) -> RunPlan:
     """The run's plan (:class:`~wsl_bench.run_progress.RunPlan`) from the images each method still
-    has to score (``pending``; a method with none needs no training either). Methods that cannot be
-    built here are left to the run, which records them as skipped."""
+    has to score (``pending``: method → seed → images, :func:`_pending_images`: a trained method's
+    per training seed, a method with nothing to train under ``None``; a method with none at a seed
+    needs no training at that seed either). Methods that cannot be built here are left to the run,
+    which records them as skipped."""
     plan = RunPlan(splits=splits)
     planned: dict[str, PlannedTraining] = {}
-    for name, images in pending.items():
-        if not images:
-            plan.up_to_date.append(name)
-            continue
-        plan.evaluate[name] = images
-        plan.evaluation_seconds += evaluation_estimate(name, config.size(), images)
+    for name, by_seed in pending.items():
+        seeds = tuple(seed for seed in by_seed if seed is not None) or config.training_seeds()
         try:
             trainee = create_trainee(name, config)
-            to_train, cached = training_chain(trainee, config) if trainee is not None else ([], [])
         except (FileNotFoundError, NotImplementedError):
+            trainee = None
+        wanted = {seed: by_seed.get(seed, 0) for seed in (seeds if trainee is not None else (None,))}
+        if not any(wanted.values()):
+            plan.up_to_date.append(name)
             continue
-        for job in to_train:
-            if job.key not in planned:
-                planned[job.key] = PlannedTraining(job.method.name, job.key, [], estimate_training(job, config))
-            if job.method.name == trainee.name:
-                planned[job.key].needed_by.append(name)
-            elif trainee.name not in planned[job.key].starts:  # a donor: its network starts the trainee's
-                planned[job.key].starts.append(trainee.name)
-        plan.reused += [j.method.name for j in cached if j.method.name not in plan.reused]
+        for seed, images in wanted.items():
+            if not images:
+                continue
+            label = seed_label(name, seed, seeds)
+            plan.evaluate[label] = images
+            plan.evaluation_seconds += evaluation_estimate(name, config.size(), images)
+            if trainee is None or seed is None:
+                continue
+            # a training's key depends on the configuration's training seed, not on the trainee object's
+            to_train, cached = training_chain(trainee, config.for_seed(seed))
+            for job in to_train:
+                if job.key not in planned:
+                    planned[job.key] = PlannedTraining(seed_label(job.method.name, seed, seeds), job.key, [],
+                                                       estimate_training(job, config))
+                if job.method.name == trainee.name:
+                    planned[job.key].needed_by.append(label)
+                elif trainee.name not in planned[job.key].starts:  # a donor: its network starts the trainee's
+                    planned[job.key].starts.append(trainee.name)
+            plan.reused += [r for r in (seed_label(j.method.name, seed, seeds) for j in cached) if r not in plan.reused]
     plan.train = list(planned.values())
     return plan
 
@@ -509,8 +565,13 @@ def plan_run(config: RunConfig, pending: dict[str, int], splits: str) -> RunPlan
 def run_identity(run_method: RunMethod, config: RunConfig, data: dict[str, Any], dataset_module: str) -> dict[str, Any]:
     """The method's identity in this run (``wsl_bench.evaluation.identity``), computed before it is
     trained: its training key is its trainee's (an explainer's changes with its classifier's), and
-    the trainee's code counts as its own."""
-    training = training_job(run_method.trainee, config).key if run_method.needs_training else None
+    the trainee's code counts as its own.
+
+    The key is that of the training at the dataset seed (``config.seed``), whatever the run's
+    training seeds: every seed's key is a function of the same settings, data and code and of the seed,
+    which each record names, so one identity per method serves every seed (and a folder may gain seeds)."""
+    at_dataset_seed = config.for_seed(config.seed)
+    training = training_job(run_method.trainee, at_dataset_seed).key if run_method.needs_training else None
     related = (run_method.trainee,) if run_method.trainee is not None else ()
     return method_identity(run_method.method, method_options(config, run_method.name), training, data,
                            dataset_module, related)
@@ -602,21 +663,27 @@ def run(
         work[validation.split] = (validation.ids[rank::world], validation.samples, set())
 
     records_path = out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
-    existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split)
+    existing = read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split,
+                            default_seed=legacy_seeds(manifest))
     final_statuses = {"ok"} if retry_failed else {"ok", "failed", "oom"}
+    # the folder's training seeds, in its order (a folder that gained seeds keeps its first): the first
+    # seed's maps are the figures', its checkpoint facts the manifest's ``checkpoints``
+    seeds = tuple(run_seeds(manifest))
     summary = RunSummary(out_dir)
-    plan = plan_run(config, _pending_images(config.methods, work, existing, manifest, final_statuses),
+    plan = plan_run(config, _pending_images(config.methods, work, existing, manifest, final_statuses, seeds),
                     " + ".join(f"{len(ids)} {split}" for split, (ids, _, _) in work.items()) + " images")
     for training in plan.train:
         tracker.expect(("train", training.key), training.estimate.seconds)
-    for name, images in plan.evaluate.items():
-        tracker.expect(("evaluate", name), evaluation_estimate(name, config.size(), images))
+    method_of = {seed_label(name, seed, seeds): name for name in config.methods for seed in (*seeds, None)}
+    for label, images in plan.evaluate.items():
+        tracker.expect(("evaluate", label), evaluation_estimate(method_of[label], config.size(), images))
     tracker.show_plan(plan)
 
     with RecordWriter(records_path) as writer:
         for name in config.methods:
             try:
-                run_method = create_run_method(name, config)
+                run_method: RunMethod | None = create_run_method(name, config.for_seed(seeds[0]))
+                created_at: int | None = seeds[0]
                 identity_data = run_identity(run_method, config, data, type(dataset).__module__)
             except (FileNotFoundError, NotImplementedError) as exc:
                 # A method that cannot be built here (weights the user has not supplied, a missing
@@ -627,7 +694,7 @@ def run(
                 for split, (ids, _, _) in work.items():
                     for sample_id in ids:
                         writer.write(make_record(sample_id, name, "skipped", f"{type(exc).__name__}: {exc}",
-                                                 split=split))
+                                                 split=split, seed=None))
                 summary.statuses[name] = {"skipped": sum(len(ids) for ids, _, _ in work.values())}
                 # no identity: the skipped records stand for the method until a run can build it
                 manifest["methods"][name] = {"identity": None, "skipped": f"{type(exc).__name__}: {exc}"}
@@ -640,67 +707,88 @@ def run(
                 log.warning("%s: %s changed since its records were made; recomputing them", name,
                             ", ".join(changed))
                 shutil.rmtree(out_dir / "maps" / name, ignore_errors=True)
-            done = {(r["split"], r["image_id"]) for r in existing
-                    if r["method"] == name and r.get("identity") == identity and r["status"] in final_statuses}
-            todo = {split: [i for i in ids if (split, i) not in done
-                            or (i in figure_ids and not figure_maps_present(out_dir, name, i))]
-                    for split, (ids, _, figure_ids) in work.items()}
-            summary.reused += sum(len(ids) - len(todo[split]) for split, (ids, _, _) in work.items())
             manifest["methods"][name] = {**previous, "identity": identity, "identity_data": identity_data}
             write_json_atomic(out_dir / "manifest.json", manifest)
-            images = sum(len(ids) for ids in todo.values())
-            cost_s = evaluation_estimate(name, config.size(), images)
-            tracker.expect(("evaluate", name), cost_s)  # now exact: the images this method still has to score
-            per_image = cost_s / max(images, 1)  # the method's fixed cost spread over its images
-            if not any(todo.values()):
-                tracker.done(("evaluate", name))
-                continue
-            to_train, cached = training_chain(run_method.trainee, config) if run_method.needs_training else ([], [])
-            for job in to_train:  # planned, or found now (the plan guessed the method's records current)
-                tracker.expect(("train", job.key), estimate_training(job, config).seconds)
-            # (a stage now, trained or not, so the plan is printed before the checkpoint's learning check warns)
-            tracker.stage("train " + ", ".join(job.method.name for job in to_train) if to_train else f"evaluate {name}")
-            checkpoint = prepare_method(run_method, config, progress=progress)
-            for job in to_train:
-                tracker.done(("train", job.key))
-            summary.trained += [j.method.name for j in to_train if j.method.name not in summary.trained]
-            summary.reused_checkpoints += [j.method.name for j in cached if j.method.name not in
-                                           summary.reused_checkpoints + summary.trained]  # trained here: not reused
-            method = run_method.method
-            manifest["methods"][name] = {
-                "params": method.num_parameters(),
-                "map_range": method.map_range,
-                "description": METHODS.describe(split_method_name(name)[0]),
-                "options": {k: str(v) for k, v in config.options_for(name).items()},
-                "identity": identity,
-                "identity_data": identity_data,
-            }
-            if checkpoint:
-                manifest["checkpoints"][name] = checkpoint
-            write_json_atomic(out_dir / "manifest.json", manifest)
-            counts = {"ok": 0, "failed": 0, "oom": 0}
-            ticking = TickingWriter(writer, functools.partial(tracker.tick, ("evaluate", name), per_image))
-            for split, (_, split_samples, figure_ids) in work.items():
-                if todo[split]:
-                    tracker.stage(f"evaluate {name} ({split})")
-                    split_counts = evaluate_method(method, todo[split], split_samples, ticking, config, out_dir,
-                                                   figure_ids, progress, split=split, identity=identity)
-                    counts = {k: counts[k] + split_counts[k] for k in counts}
-            tracker.done(("evaluate", name))
-            summary.statuses[name] = counts
-            summary.computed += sum(counts.values())
-            summary.failed += counts["failed"] + counts["oom"]
-            del method, run_method
-            if config.device == "cuda":
-                torch.cuda.empty_cache()
+            # a trained method once per training seed; one with nothing to train once, at the dataset seed,
+            # its records (seed None) shared by every seed
+            for seed in seeds if run_method.needs_training else (None,):
+                label = seed_label(name, seed, seeds)
+                figures_here = seed is None or seed == seeds[0]
+                done = {(r["split"], r["image_id"]) for r in existing
+                        if r["method"] == name and r.get("seed") == seed and r.get("identity") == identity
+                        and r["status"] in final_statuses}
+                todo = {split: [i for i in ids if (split, i) not in done
+                                or (figures_here and i in figure_ids and not figure_maps_present(out_dir, name, i))]
+                        for split, (ids, _, figure_ids) in work.items()}
+                summary.reused += sum(len(ids) - len(todo[split]) for split, (ids, _, _) in work.items())
+                images = sum(len(ids) for ids in todo.values())
+                cost_s = evaluation_estimate(name, config.size(), images)
+                tracker.expect(("evaluate", label), cost_s)  # now exact: the images this method still has to score
+                per_image = cost_s / max(images, 1)  # the method's fixed cost spread over its images
+                if not any(todo.values()):
+                    tracker.done(("evaluate", label))
+                    continue
+                at = seed if seed is not None else config.seed
+                seed_config = config.for_seed(at)
+                if run_method is None or created_at != at:
+                    run_method, created_at = create_run_method(name, seed_config), at
+                to_train, cached = (training_chain(run_method.trainee, seed_config) if run_method.needs_training
+                                    else ([], []))
+                for job in to_train:  # planned, or found now (the plan guessed the method's records current)
+                    tracker.expect(("train", job.key), estimate_training(job, config).seconds)
+                trained = [seed_label(j.method.name, seed, seeds) for j in to_train]
+                # (a stage now, trained or not, so the plan is printed before the checkpoint's learning check warns)
+                tracker.stage("train " + ", ".join(trained) if to_train else f"evaluate {label}")
+                checkpoint = prepare_method(run_method, seed_config, progress=progress)
+                for job in to_train:
+                    tracker.done(("train", job.key))
+                summary.trained += [t for t in trained if t not in summary.trained]
+                summary.reused_checkpoints += [c for c in (seed_label(j.method.name, seed, seeds) for j in cached)
+                                               if c not in summary.reused_checkpoints + summary.trained]
+                method = run_method.method
+                manifest["methods"][name] = {
+                    "params": method.num_parameters(),
+                    "map_range": method.map_range,
+                    "description": METHODS.describe(split_method_name(name)[0]),
+                    "options": {k: str(v) for k, v in config.options_for(name).items()},
+                    "identity": identity,
+                    "identity_data": identity_data,
+                }
+                if checkpoint:
+                    if figures_here:  # the first seed's, where a one-seed run keeps them
+                        manifest["checkpoints"][name] = checkpoint
+                    if seed is not None and len(seeds) > 1:
+                        per_seed = manifest.setdefault("checkpoints_by_seed", {}).setdefault(name, {})
+                        per_seed[str(seed)] = checkpoint
+                        if str(seeds[0]) not in per_seed and name in manifest["checkpoints"]:
+                            # the first seed's, made before the folder gained seeds
+                            per_seed[str(seeds[0])] = manifest["checkpoints"][name]
+                write_json_atomic(out_dir / "manifest.json", manifest)
+                counts = {"ok": 0, "failed": 0, "oom": 0}
+                ticking = TickingWriter(writer, functools.partial(tracker.tick, ("evaluate", label), per_image))
+                for split, (_, split_samples, figure_ids) in work.items():
+                    if todo[split]:
+                        tracker.stage(f"evaluate {label} ({split})")
+                        split_counts = evaluate_method(method, todo[split], split_samples, ticking, config, out_dir,
+                                                       figure_ids if figures_here else set(), progress, split=split,
+                                                       identity=identity, seed=seed)
+                        counts = {k: counts[k] + split_counts[k] for k in counts}
+                tracker.done(("evaluate", label))
+                summary.statuses[label] = counts
+                summary.computed += sum(counts.values())
+                summary.failed += counts["failed"] + counts["oom"]
+                del method
+                run_method = created_at = None
+                if config.device == "cuda":
+                    torch.cuda.empty_cache()
 
     if world == 1:
         dropped = compact_records(out_dir, manifest)
         if dropped:
             log.info("compacted %s: %d stale or superseded records dropped", out_dir / "records.jsonl", dropped)
-    records = current_records(read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split),
-                              manifest)
-    mark_done(out_dir, records_complete(records, config, expected))
+    records = current_records(read_records(sorted(out_dir.glob("records*.jsonl")), default_split=config.split,
+                                           default_seed=legacy_seeds(manifest)), manifest)
+    mark_done(out_dir, records_complete(records, config, expected, manifest))
     if write_report and rank == 0:
         tracker.stage("write the report")
         build_report(out_dir, out_dir / "report")
@@ -709,13 +797,17 @@ def run(
 
 
 def _pending_images(methods: Sequence[str], work: dict[str, tuple[list[str], Any, set[str]]],
-                    existing: list[dict[str, Any]], manifest: dict[str, Any], final: set[str]) -> dict[str, int]:
-    """method → images of ``work`` without a final record under the identity the manifest holds for
-    it: what the plan expects to score (the run checks each method's identity again when it gets there)."""
+                    existing: list[dict[str, Any]], manifest: dict[str, Any], final: set[str],
+                    seeds: Sequence[int]) -> dict[str, dict[int | None, int]]:
+    """method → seed → images of ``work`` without a final record of that seed under the identity the
+    manifest holds for the method, for every training seed and for ``None`` (the records of a method
+    with nothing to train): what the plan expects to score (the run checks each method's identity
+    again when it gets there)."""
     identities = {name: (entry or {}).get("identity") for name, entry in manifest["methods"].items()}
-    done = {(r["method"], r["split"], r["image_id"]) for r in existing
+    done = {(r["method"], r.get("seed"), r["split"], r["image_id"]) for r in existing
             if r["status"] in final and identities.get(r["method"]) and r.get("identity") == identities[r["method"]]}
-    return {name: sum((name, split, i) not in done for split, (ids, _, _) in work.items() for i in ids)
+    return {name: {seed: sum((name, seed, split, i) not in done for split, (ids, _, _) in work.items() for i in ids)
+                   for seed in (*seeds, None)}
             for name in methods}
 
 
@@ -723,12 +815,12 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     """Fold the per-rank ``records.rank<r>.jsonl`` of a distributed run into ``records.jsonl``.
 
     Called by rank 0 once every rank has finished (after a barrier). Records are written in the order
-    a single-process run writes them (method by method in ``config.methods`` order, the evaluated
-    split and then the validation split, images in split order; any earlier ``records.jsonl`` content
-    is kept, the last record per (split, image, method) wins), to a temporary file renamed over
-    ``records.jsonl``; the rank files are removed afterwards. Writes the ``done`` marker when every
-    (split, image, method) has a record. Whether the validation split was scored is read from the
-    ``validation`` entry :func:`run` wrote to ``manifest.json``.
+    a single-process run writes them (method by method in ``config.methods`` order, training seed by
+    training seed, the evaluated split and then the validation split, images in split order; any
+    earlier ``records.jsonl`` content is kept, the last record per (split, image, method, seed) wins),
+    to a temporary file renamed over ``records.jsonl``; the rank files are removed afterwards. Writes
+    the ``done`` marker when every (split, image, method, seed) has a record. Whether the validation
+    split was scored is read from the ``validation`` entry :func:`run` wrote to ``manifest.json``.
 
     Returns:
         the path of ``records.jsonl``.
@@ -736,22 +828,25 @@ def merge_shard_records(config: RunConfig, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     target = out_dir / "records.jsonl"
     shards = sorted(out_dir.glob("records.rank*.jsonl"))
-    records = current_records(read_records([target, *shards], default_split=config.split),
-                              read_json(out_dir / "manifest.json"))
+    manifest = read_json(out_dir / "manifest.json")
+    records = current_records(read_records([target, *shards], default_split=config.split,
+                                           default_seed=legacy_seeds(manifest)), manifest)
     expected = {config.split: open_dataset(config).ids()}
-    validation = read_json(out_dir / "manifest.json").get("validation") or {}
+    validation = manifest.get("validation") or {}
     if validation.get("split") and validation.get("reason") is None:
         expected[validation["split"]] = open_dataset(config, validation["split"]).ids()
     method_order = {m: i for i, m in enumerate(config.methods)}
     split_order = {s: i for i, s in enumerate(expected)}
     image_order = {(s, i): n for s, ids in expected.items() for n, i in enumerate(ids)}
+    seed_order = {s: i for i, s in enumerate([None, *run_seeds(manifest)])}
     records.sort(key=lambda r: (method_order.get(r["method"], len(method_order)), r["method"],
+                                seed_order.get(r.get("seed"), len(seed_order)),
                                 split_order.get(r["split"], len(split_order)), r["split"],
                                 image_order.get((r["split"], r["image_id"]), len(image_order)), r["image_id"]))
     rewrite_records(target, records)
     for shard in shards:
         shard.unlink()
-    mark_done(out_dir, records_complete(records, config, expected))
+    mark_done(out_dir, records_complete(records, config, expected, manifest))
     return target
 
 
@@ -760,8 +855,8 @@ def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, pr
     """``wsl-bench run`` under torchrun: train together, evaluate a shard each, rank 0 merges and reports.
 
     1. Every trainable method is trained (or its cached checkpoint found) by all ranks together, with
-       DistributedDataParallel (:func:`ensure_trained`); the cache folder must be
-       on a filesystem every rank sees.
+       DistributedDataParallel (:func:`ensure_trained`), once per training seed of the run; the cache
+       folder must be on a filesystem every rank sees.
     2. Each rank evaluates every ``world_size``-th image of the split (:func:`run`'s ``shard``)
        into its own ``records.rank<r>.jsonl``.
     3. After a barrier rank 0 merges the records into ``records.jsonl``
@@ -796,16 +891,20 @@ def run_sharded(config: RunConfig, out_dir: str | Path, context: DistContext, pr
 def _run_sharded_locked(config: RunConfig, out_dir: str | Path, context: DistContext, progress: bool,
                         retry_failed: bool) -> RunSummary:
     trained: list[str] = []
+    seeds = config.training_seeds()
     for name in config.methods:
-        try:
-            run_method = create_run_method(name, config)  # as a single process creates it: the same key
-        except (FileNotFoundError, NotImplementedError):
-            continue  # run() records this method as skipped, with the reason
-        if run_method.needs_training:
-            to_train = training_chain(run_method.trainee, config)[0]
-            trained += [j.method.name for j in to_train if j.method.name not in trained]
-        prepare_method(run_method, config, progress=progress and context.is_main, context=context)
-        del run_method
+        for seed in seeds:
+            seed_config = config.for_seed(seed)
+            try:
+                run_method = create_run_method(name, seed_config)  # as a single process creates it: the same key
+            except (FileNotFoundError, NotImplementedError):
+                break  # run() records this method as skipped, with the reason
+            if not run_method.needs_training:
+                break  # nothing to train: run() evaluates it once for every seed
+            to_train = training_chain(run_method.trainee, seed_config)[0]
+            trained += [t for t in (seed_label(j.method.name, seed, seeds) for j in to_train) if t not in trained]
+            prepare_method(run_method, seed_config, progress=progress and context.is_main, context=context)
+            del run_method
     summary = run(config, out_dir, progress=progress and context.is_main, retry_failed=retry_failed,
                   shard=(context.rank, context.world_size), write_report=False, lock=False)
     context.barrier()  # every shard's records are on disk

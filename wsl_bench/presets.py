@@ -92,6 +92,9 @@ class Preset:
             size because they cost too much time (they still run when named).
         cpu_amp: train under bfloat16 autocast on CPUs that compute it natively
             (``wsl_bench.training.trainer.TrainConfig.cpu_amp``).
+        epoch_images: images per training epoch, drawn in turn from the training split
+            (``TrainConfig.epoch_images``); ``None``: an epoch is a pass over the split.
+        lr_schedule: ``TrainConfig.lr_schedule`` of every trainable method (``"constant"`` or ``"cosine"``).
     """
 
     name: str
@@ -106,6 +109,8 @@ class Preset:
     methods: Mapping[str, MethodSettings] = field(default_factory=dict)
     skip_by_default: tuple[str, ...] = ()
     cpu_amp: bool = False
+    epoch_images: int | None = None
+    lr_schedule: str = "constant"
 
     @property
     def method_options(self) -> dict[str, dict[str, Any]]:
@@ -181,7 +186,7 @@ PRESETS: dict[str, Preset] = {
             methods=_settings(networks=TINY_NETWORKS),
         ),
         Preset(
-            "cpu", (368, 240), 320, 40, 40, 12, 16, "the default benchmark, sized for a 2-core CPU",
+            "cpu", (368, 240), 3840, 120, 240, 12, 16, "the default benchmark, sized for a 2-core CPU",
             # Localisation on held-out images picks the checkpoint (training itself sees labels only):
             # from scratch on 320 images, CAM-style maps localise early and then drift to context
             # while AUC still rises (methods/cam.md); WSOL model selection as in Choe et al. 2020.
@@ -202,6 +207,7 @@ PRESETS: dict[str, Preset] = {
                 "saliency", "scorecam",
             ),
             cpu_amp=True,
+            epoch_images=320,
         ),
         Preset("full", (2944, 1920), 2000, 200, 400, 30, 4, "the published 2944×1920 resolution; needs a GPU"),
         Preset(

@@ -114,6 +114,10 @@ class TrainingStage:
         lr_factor: the stage's learning rate is ``factor · TrainConfig.lr``.
         criterion: best-checkpoint criterion of this stage (``None``: ``TrainConfig.best_criterion``),
             e.g. ``"loss"`` where the image-level scores do not depend on what the stage trains.
+        maps: the maps this stage trains, names of :meth:`TrainableMethod.training_maps` (empty: the
+            method's output map). The trainer scores every training map on the validation split before
+            the first epoch and after each one; a selected checkpoint whose trained map localises worse
+            than it did at the stage's start is flagged (``wsl_bench.training.learning_check``).
     """
 
     name: str = "main"
@@ -122,9 +126,11 @@ class TrainingStage:
     epochs_fraction: float = 1.0
     lr_factor: float = 1.0
     criterion: str | None = None
+    maps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trainable", tuple(self.trainable))
+        object.__setattr__(self, "maps", tuple(self.maps))
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"a stage name must be letters, digits, '-' or '_', got {self.name!r}")
         if self.epochs_fraction <= 0 or self.lr_factor <= 0:
@@ -139,7 +145,32 @@ class TrainingStage:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["trainable"] = list(self.trainable)
+        d["maps"] = list(self.maps)
         return d
+
+
+OUTPUT_MAP = "map"
+"""The name under which the trainer follows a method's output map (``SaliencyOutput.maps``)."""
+
+
+@dataclass
+class TrainingMap:
+    """One map a method's training shapes, scored on validation images after every epoch.
+
+    Attributes:
+        maps: ``N×C×h×w`` maps of whole images, or ``(N·K)×C×h×w`` maps of patches when
+            ``patch_locations`` is given (patch ``k`` of image ``n`` at row ``n·K + k``).
+        map_range: as :attr:`SaliencyOutput.map_range`.
+        patch_locations: ``N×K×2`` upper-left corners (row, column) in image pixels of patches of
+            ``patch_size``: only the pixels inside its patches are scored for an image (e.g. GLAM's local
+            map, whose localisation inside the patch is what its local stage learns).
+        patch_size: ``(ph, pw)`` of the patches.
+    """
+
+    maps: torch.Tensor
+    map_range: MapRange = "probability"
+    patch_locations: torch.Tensor | None = None
+    patch_size: tuple[int, int] | None = None
 
 
 class ImageAugmentation(Protocol):
@@ -245,7 +276,8 @@ class TrainableMethod(SaliencyMethod):
     Every hook the trainer and the pipeline call is declared here with its default, so a subclass
     overrides only what its recipe changes: :attr:`train_overrides`, :meth:`training_stages`,
     :meth:`training_augmentation`, :attr:`global_init` with :meth:`initialise_global_backbone`,
-    :meth:`config_dict`, :meth:`training_identity`, :meth:`classifier`.
+    :meth:`config_dict`, :meth:`training_identity`, :meth:`classifier`, and :attr:`mask_split` for the
+    supervised reference points that train with masks.
     """
 
     trainable: ClassVar[bool] = True
@@ -258,6 +290,14 @@ class TrainableMethod(SaliencyMethod):
     """Registered name of a trainable method whose trained weights this one starts from (trained
     first, or loaded from the cache, then passed to :meth:`initialise_global_backbone`); ``None``:
     start from the network built in ``__init__``. May be a property."""
+
+    mask_split: ClassVar[str | None] = None
+    """``None`` for every weakly-supervised method: only image-level labels reach its loss. A method
+    trained with masks (a supervised reference point, never ranked with the weakly-supervised ones)
+    names the one split whose masks it trains on (``"train"`` or ``"val"``): the pipeline's training job
+    opens that split as its training data, the trainer hands its loss the masks of that split alone
+    (``training_loss(..., masks=N×C×H×W)``) and runs no validation during its training (validation
+    reads the validation split's masks), so it trains a fixed budget and keeps its final checkpoint."""
 
     @abstractmethod
     def network(self) -> torch.nn.Module:
@@ -277,7 +317,9 @@ class TrainableMethod(SaliencyMethod):
                 trainer to counter class imbalance.
 
         A method whose :meth:`training_stages` give a stage a ``loss`` also accepts the keyword
-        ``stage`` (that ``loss`` string).
+        ``stage`` (that ``loss`` string). A method with a :attr:`mask_split` also receives ``masks``:
+        ``N×C×H×W`` float, 1 on the lesions of each class, 0 elsewhere, NaN where the image has no
+        annotation of that class; no other method ever receives masks.
         """
 
     def classifier(self) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -305,6 +347,15 @@ class TrainableMethod(SaliencyMethod):
         Stage names must be unique.
         """
         return (TrainingStage(),)
+
+    def training_maps(self, output: SaliencyOutput) -> dict[str, TrainingMap]:
+        """The maps besides the output map whose localisation the trainer follows on the validation
+        split, by name (:attr:`TrainingStage.maps` names those a stage trains), from ``predict``'s output.
+
+        Default: none (the output map is always followed, as :data:`OUTPUT_MAP`). GLAM returns its
+        global map, its local map inside its patch and its fused map.
+        """
+        return {}
 
     def training_augmentation(self) -> ImageAugmentation | None:
         """The training-time augmentation applied to each ``1×H×W`` training image, or ``None``.

@@ -45,7 +45,7 @@ import scipy.fft
 
 from wsl_bench.saliency import CLASSES
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bumped whenever a change alters generated pixels (part of the dataset's ``describe()``)."""
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -63,6 +63,67 @@ MALIGNANT_KINDS: tuple[tuple[str, float], ...] = (
 )
 KIND_CLASS: dict[str, str] = {k: "benign" for k, _ in BENIGN_KINDS} | {k: "malignant" for k, _ in MALIGNANT_KINDS}
 DENSITY_CATEGORIES: tuple[tuple[str, float], ...] = (("A", 0.10), ("B", 0.40), ("C", 0.40), ("D", 0.10))
+
+
+@dataclass(frozen=True)
+class Conspicuity:
+    """How conspicuous the lesions are (see ``datasets/synthetic.md``, "Conspicuity").
+
+    Attributes:
+        contrast: multiplies what every lesion adds to the image: a mass's added glandular density
+            (its core, spicules and texture) and a calcification's brightness. 1 draws the lesions of
+            generator version 3, brighter than any tissue around them.
+        dense_placement: probability that a lesion's centre is drawn inside dense tissue (glandular
+            fraction of the large-scale tissue pattern at least :data:`DENSE_TISSUE`) rather than
+            anywhere in the breast; real cancers mostly arise in the fibroglandular tissue, where a mass is
+            partly hidden by the tissue around it (the masking effect).
+        masking: how much of a mass dense tissue hides: a mass adds ``a·(1 − masking·g)`` to the
+            glandular fraction ``g`` of the tissue it sits in (0: as much in dense tissue as in fat;
+            1: nothing where the tissue is fully glandular, where only its outline and spicules differ
+            from the tissue's texture). Version 3: 0.4.
+    """
+
+    contrast: float = 1.0
+    dense_placement: float = 0.0
+    masking: float = 0.4
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.contrast) and 0.0 < self.contrast <= 4.0):
+            raise ValueError(f"conspicuity contrast must be in (0, 4], got {self.contrast!r}")
+        if not (math.isfinite(self.dense_placement) and 0.0 <= self.dense_placement <= 1.0):
+            raise ValueError(f"conspicuity dense_placement must be in [0, 1], got {self.dense_placement!r}")
+        if not (math.isfinite(self.masking) and 0.0 <= self.masking <= 1.0):
+            raise ValueError(f"conspicuity masking must be in [0, 1], got {self.masking!r}")
+
+
+DENSE_TISSUE = 0.5
+"""Glandular fraction from which tissue counts as dense (for :attr:`Conspicuity.dense_placement`)."""
+
+CONSPICUITY_LEVELS: dict[str, Conspicuity] = {
+    "obvious": Conspicuity(contrast=1.0),  # generator version 3: lesions brighter than any tissue around them
+    "clear": Conspicuity(contrast=0.6),
+    "real": Conspicuity(contrast=0.35),  # calibrated on real annotated mammograms (datasets/synthetic.md)
+    "faint": Conspicuity(contrast=0.2),
+}
+"""Named conspicuity levels, from the most to the least conspicuous (``--dataset-option conspicuity=NAME``)."""
+
+DEFAULT_CONSPICUITY_LEVEL = "real"
+DEFAULT_CONSPICUITY = CONSPICUITY_LEVELS[DEFAULT_CONSPICUITY_LEVEL]
+"""The conspicuity of :func:`generate` when none is given: lesions as hard to see as on real mammograms."""
+
+
+def conspicuity_named(level: str, **fields: float | None) -> Conspicuity:
+    """The level ``level`` with any of ``contrast``, ``dense_placement`` or ``masking`` replaced (``None`` keeps it).
+
+    Raises:
+        ValueError: an unknown level (listing the known ones) or a field out of range.
+    """
+    try:
+        base = CONSPICUITY_LEVELS[level]
+    except KeyError:
+        known = ", ".join(CONSPICUITY_LEVELS)
+        raise ValueError(f"unknown conspicuity level {level!r}; known levels: {known}") from None
+    return dataclasses.replace(base, **{k: float(v) for k, v in fields.items() if v is not None})
 
 # Random streams of one image (the third element of the SeedSequence spawn key).
 _STREAM_LAYOUT, _STREAM_TEXTURE_LOW, _STREAM_TEXTURE_HIGH, _STREAM_NOISE = 0, 1, 2, 3
@@ -116,7 +177,7 @@ def power_law_noise(
     shape: tuple[int, int],
     beta: float,
     rng_low: np.random.Generator,
-    rng_high: np.random.Generator,
+    rng_high: np.random.Generator | None,
     low_cycles: int = _LOW_FREQ_CYCLES,
     elongation: float = 1.0,
 ) -> np.ndarray:
@@ -132,7 +193,8 @@ def power_law_noise(
         shape: ``(H, W)``.
         beta: spectral exponent (≈3 for mammographic background).
         rng_low: stream for the coarse, size-independent frequencies.
-        rng_high: stream for all finer frequencies.
+        rng_high: stream for all finer frequencies; ``None`` leaves them out (the large-scale pattern,
+            the same at every size: :func:`glandular_pattern`).
         low_cycles: highest frequency (cycles per image, each axis) taken from ``rng_low``.
         elongation: ≥1 stretches structures horizontally (chest wall → nipple) by this factor.
 
@@ -141,7 +203,10 @@ def power_law_noise(
     """
     h, w = shape
     wf = w // 2 + 1
-    coeff = rng_high.standard_normal((h, wf, 2), dtype=np.float32)
+    if rng_high is None:  # the size-independent large-scale pattern alone
+        coeff = np.zeros((h, wf, 2), dtype=np.float32)
+    else:
+        coeff = rng_high.standard_normal((h, wf, 2), dtype=np.float32)
     # Size-independent low block: rows ky = -K..K, columns kx = 0..K, drawn in one fixed layout.
     k = low_cycles
     low = rng_low.standard_normal((2 * k + 1, k + 1, 2), dtype=np.float32)
@@ -306,6 +371,44 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     )
 
 
+def glandular_fraction(anatomy: Anatomy, texture: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Fibroglandular fraction in [0, 1]: the standardised tissue field thresholded (logistic, slope 1.5)
+    so that ``0.08 + 0.72·density`` of the central breast is glandular, thinning towards the skin
+    (subcutaneous fat). ``texture`` and the normalised breast radius ``r`` broadcast against each other."""
+    fraction = 0.08 + 0.72 * anatomy.density  # of the central breast covered by glandular tissue
+    threshold = float(_normal_quantile(1.0 - fraction))
+    prior = 1.0 - _smoothstep((r - 0.5) / 0.42)
+    return (1.0 / (1.0 + np.exp(-1.5 * (texture - threshold)))) * prior
+
+
+_PATTERN_ROWS = 64
+"""Rows of the grid :func:`glandular_pattern` is computed on (the size-independent frequencies need 2·24+1)."""
+
+
+def glandular_pattern(anatomy: Anatomy, rng_low: np.random.Generator, aspect: float) -> np.ndarray:
+    """The large-scale glandular fraction of the breast on a coarse grid, the same at every image size.
+
+    Computed from the size-independent texture frequencies alone (``rng_low``, see
+    :func:`power_law_noise`), so where a lesion may be placed (:attr:`Conspicuity.dense_placement`) does
+    not depend on the pixel size; the rendered tissue adds finer texture on top of this pattern.
+
+    Returns:
+        ``rows×cols`` float32 (``rows`` = 64, ``cols`` ≈ 64·aspect), cell ``(i, j)`` at
+        ``u = (i + 0.5) / rows``, ``v = (j + 0.5) / cols``.
+    """
+    rows, cols = _PATTERN_ROWS, max(int(round(_PATTERN_ROWS * aspect)), 2 * _LOW_FREQ_CYCLES)
+    field_ = power_law_noise((rows, cols), anatomy.beta, rng_low, None, elongation=anatomy.texture_elongation)
+    u = ((np.arange(rows, dtype=np.float32) + 0.5) / rows)[:, None]
+    v = ((np.arange(cols, dtype=np.float32) + 0.5) / cols)[None, :]
+    return glandular_fraction(anatomy, field_, anatomy.radius(u, v)).astype(np.float32)
+
+
+def _pattern_at(pattern: np.ndarray, u: float, v: float) -> float:
+    """The value of a :func:`glandular_pattern` grid at normalised ``(u, v)`` (nearest cell)."""
+    rows, cols = pattern.shape
+    return float(pattern[min(int(u * rows), rows - 1), min(int(v * cols), cols - 1)])
+
+
 # ----------------------------------------------------------------------------- lesions
 @dataclass(frozen=True)
 class Calcification:
@@ -449,14 +552,25 @@ def _draw_calc_cluster(rng: np.random.Generator, kind: str, u: float, v: float, 
     )
 
 
-def draw_lesions(rng: np.random.Generator, anatomy: Anatomy, aspect: float) -> list[Lesion]:
+def draw_lesions(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    aspect: float,
+    conspicuity: Conspicuity | None = None,
+    glands: np.ndarray | None = None,
+) -> list[Lesion]:
     """Draw the image's findings: category (none/benign/malignant/both), kinds, sizes and places.
 
     Args:
         rng: the image's layout stream.
         anatomy: where the breast and pectoral muscle are.
         aspect: ``W/H`` (to convert lengths in units of L into normalised ``u``/``v``).
+        conspicuity: where lesions may sit (:attr:`Conspicuity.dense_placement`); default: anywhere.
+        glands: the :func:`glandular_pattern` of the image (needed when ``dense_placement`` > 0).
     """
+    dense_placement = (conspicuity or Conspicuity()).dense_placement
+    if dense_placement > 0 and glands is None:
+        raise ValueError("dense_placement needs the image's glandular pattern")
     category = int(rng.choice(4, p=np.asarray(CATEGORY_PROBS)))
     classes = {0: (), 1: ("benign",), 2: ("malignant",), 3: ("benign", "malignant")}[category]
     kinds: list[str] = []
@@ -472,21 +586,44 @@ def draw_lesions(rng: np.random.Generator, anatomy: Anatomy, aspect: float) -> l
         else:
             area = _log_normal(rng, 0.007, 0.6, 0.0005, 0.02)
         reach = math.sqrt(area / math.pi)
-        for _ in range(200):  # rejection sampling of the centre, analytically (size-independent)
-            u, v = float(rng.uniform(0.03, 0.97)), float(rng.uniform(0.02, 0.95))
-            r = float(anatomy.radius(np.float32(u), np.float32(v)))
-            if r > 0.78 or float(anatomy.pectoral(np.float32(u), np.float32(v))) < 1.25:
-                continue
-            if any(math.hypot((u - o.u) / to_u, (v - o.v) / to_v) < 1.3 * (reach + o.extent) + 0.02 for o in lesions):
-                continue
-            break
-        else:
+        # (no draw at all without dense placement: the layout stream of version 3 is kept)
+        in_dense = dense_placement > 0 and rng.random() < dense_placement
+        place = _place(rng, anatomy, lesions, reach, to_u, to_v, glands if in_dense else None)
+        if place is None and in_dense:  # no free dense tissue (a fatty breast): anywhere in the breast
+            place = _place(rng, anatomy, lesions, reach, to_u, to_v, None)
+        if place is None:
             continue  # no room left in this breast; the image gets one lesion fewer
+        u, v = place
         if kind.endswith("_mass"):
             lesions.append(_draw_mass(rng, kind, u, v, area))
         else:
             lesions.append(_draw_calc_cluster(rng, kind, u, v, area))
     return lesions
+
+
+def _place(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    lesions: list[Lesion],
+    reach: float,
+    to_u: float,
+    to_v: float,
+    glands: np.ndarray | None,
+) -> tuple[float, float] | None:
+    """A lesion centre ``(u, v)`` by rejection sampling (analytically, so size-independent): inside the
+    breast (≤ 0.78 of its radius), outside the pectoral muscle, apart from the ``lesions`` placed
+    already and, when ``glands`` is given, in dense tissue; ``None`` after 200 tries."""
+    for _ in range(200):
+        u, v = float(rng.uniform(0.03, 0.97)), float(rng.uniform(0.02, 0.95))
+        r = float(anatomy.radius(np.float32(u), np.float32(v)))
+        if r > 0.78 or float(anatomy.pectoral(np.float32(u), np.float32(v))) < 1.25:
+            continue
+        if any(math.hypot((u - o.u) / to_u, (v - o.v) / to_v) < 1.3 * (reach + o.extent) + 0.02 for o in lesions):
+            continue
+        if glands is not None and _pattern_at(glands, u, v) < DENSE_TISSUE:
+            continue
+        return u, v
+    return None
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -502,11 +639,20 @@ def _crop(lesion: Lesion, h: int, w: int, reach_px: float) -> tuple[slice, slice
     return slice(r0, r1), slice(c0, c1), dy, dx
 
 
-def _render_mass(lesion: Lesion, density: np.ndarray, mask: np.ndarray, unit: float, texture: np.ndarray) -> None:
+def _render_mass(
+    lesion: Lesion,
+    density: np.ndarray,
+    mask: np.ndarray,
+    unit: float,
+    texture: np.ndarray,
+    contrast: float = 1.0,
+    masking: float = 0.4,
+) -> None:
     """Add a mass to the glandular-density field and its region to ``mask`` (all ``H×W``; in place).
 
     ``texture`` (the standardised tissue field) modulates the mass a little, so it has an inner
-    structure instead of a flat plateau.
+    structure instead of a flat plateau. ``contrast`` and ``masking`` (:class:`Conspicuity`) scale
+    what the mass adds; its outline, margin and spicules keep their form.
     """
     h, w = density.shape
     radius_px = lesion.radius * unit
@@ -528,18 +674,19 @@ def _render_mass(lesion: Lesion, density: np.ndarray, mask: np.ndarray, unit: fl
     s = rho / np.maximum(bound, 0.35)  # 1 on the lesion boundary
     e = lesion.margin
     profile = _smoothstep((1.0 - s) / e + 0.5) * (0.85 + 0.15 * np.clip(1.0 - s * s, 0.0, 1.0))
-    add = lesion.amplitude * profile
+    add = contrast * lesion.amplitude * profile
     for angle, length, width, amp in lesion.spicules:
         c, si = math.cos(angle), math.sin(angle)
         t = (dx * c + dy * si) / radius_px  # along the spicule, in radii
         p = (-dx * si + dy * c) / radius_px  # across
         half_width = np.maximum(width * (1.0 - t / length), 0.8 / radius_px)  # ≥ ~1.5 px wide
-        spike = amp * lesion.amplitude * np.clip(1.0 - t / length, 0.0, 1.0) * np.exp(-((p / half_width) ** 2))
+        along = np.clip(1.0 - t / length, 0.0, 1.0)
+        spike = contrast * amp * lesion.amplitude * along * np.exp(-((p / half_width) ** 2))
         add = np.maximum(add, np.where(t > 0, spike, 0.0))
     add *= 1.0 + 0.12 * np.clip(texture[rows, cols], -2.5, 2.5)
     region = density[rows, cols]
     # a mass partly hides in dense tissue (the masking effect), fully shows in fat
-    density[rows, cols] = region + add * (1.0 - 0.4 * np.clip(region, 0.0, 1.0))
+    density[rows, cols] = region + add * (1.0 - masking * np.clip(region, 0.0, 1.0))
     mask[rows, cols] |= s < 1.0 - e / 2  # the visible border: half-way down the edge ramp
 
 
@@ -632,6 +779,7 @@ def render(
     image_size: tuple[int, int],
     texture: np.ndarray,
     noise_rng: np.random.Generator,
+    conspicuity: Conspicuity | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
     """Draw the image.
 
@@ -641,12 +789,15 @@ def render(
         image_size: ``(H, W)``.
         texture: ``H×W`` standardised power-law field.
         noise_rng: stream for the detector noise.
+        conspicuity: how much the lesions add (:attr:`Conspicuity.contrast`); default that of version 3.
 
     Returns:
         ``(image, masks, lesion_masks)``: ``H×W`` uint16 image, class → ``H×W`` bool, and one
         ``H×W`` bool mask per lesion (clipped to the breast).
     """
     h, w = image_size
+    conspicuity = conspicuity or Conspicuity()
+    contrast = conspicuity.contrast
     unit = math.sqrt(h * w)  # pixels per unit of L
     u = ((np.arange(h, dtype=np.float32) + 0.5) / h)[:, None]
     v = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :]
@@ -658,11 +809,7 @@ def render(
     coverage = np.clip(dist + 0.5, 0.0, 1.0)  # anti-aliased silhouette
     breast = coverage > 0.5
 
-    # Fibroglandular fraction: thresholded power-law field, thinner towards the skin (subcutaneous fat).
-    fraction = 0.08 + 0.72 * anatomy.density  # of the central breast covered by glandular tissue
-    threshold = float(_normal_quantile(1.0 - fraction))
-    prior = 1.0 - _smoothstep((r - 0.5) / 0.42)
-    density = (1.0 / (1.0 + np.exp(-1.5 * (texture - threshold)))) * prior
+    density = glandular_fraction(anatomy, texture, r)
 
     masks = {c: np.zeros((h, w), dtype=bool) for c in CLASSES}
     lesion_masks = []
@@ -670,7 +817,7 @@ def render(
         if lesion.calcs:
             continue
         own = np.zeros((h, w), dtype=bool)
-        _render_mass(lesion, density, own, unit, texture)
+        _render_mass(lesion, density, own, unit, texture, contrast, conspicuity.masking)
         lesion_masks.append((lesion, own))
 
     image = anatomy.fat_level + anatomy.gland_contrast * density
@@ -697,7 +844,7 @@ def render(
         if not lesion.calcs:
             continue
         own = np.zeros((h, w), dtype=bool)
-        _render_calcs(lesion, image, own, unit, anatomy.gland_contrast)
+        _render_calcs(lesion, image, own, unit, contrast * anatomy.gland_contrast)
         lesion_masks.append((lesion, own))
 
     image += noise_rng.standard_normal((h, w), dtype=np.float32) * np.float32(anatomy.noise_sigma)
@@ -723,7 +870,9 @@ def sample_id(seed: int, split: str, index: int) -> str:
     return f"synth-s{seed}-{split}-{index:05d}"
 
 
-def generate(seed: int, split: str, index: int, image_size: tuple[int, int]) -> SyntheticImage:
+def generate(
+    seed: int, split: str, index: int, image_size: tuple[int, int], conspicuity: Conspicuity | None = None
+) -> SyntheticImage:
     """Generate one synthetic mammogram.
 
     Args:
@@ -731,6 +880,7 @@ def generate(seed: int, split: str, index: int, image_size: tuple[int, int]) -> 
         split: "train", "val" or "test".
         index: image index in the split (≥0).
         image_size: ``(H, W)``; any size from a few dozen pixels up.
+        conspicuity: how conspicuous the lesions are (default :data:`DEFAULT_CONSPICUITY`).
 
     Returns:
         the image, its masks, labels and meta (see :class:`SyntheticImage`).
@@ -738,9 +888,13 @@ def generate(seed: int, split: str, index: int, image_size: tuple[int, int]) -> 
     h, w = int(image_size[0]), int(image_size[1])
     if h < 16 or w < 16:
         raise ValueError(f"image_size must be at least 16×16, got {h}×{w}")
+    conspicuity = DEFAULT_CONSPICUITY if conspicuity is None else conspicuity
     layout = image_rng(seed, split, index, _STREAM_LAYOUT)
     anatomy = draw_anatomy(layout)
-    lesions = draw_lesions(layout, anatomy, aspect=w / h)
+    glands = None
+    if conspicuity.dense_placement > 0:
+        glands = glandular_pattern(anatomy, image_rng(seed, split, index, _STREAM_TEXTURE_LOW), aspect=w / h)
+    lesions = draw_lesions(layout, anatomy, w / h, conspicuity, glands)
     texture = power_law_noise(
         (h, w),
         anatomy.beta,
@@ -748,7 +902,9 @@ def generate(seed: int, split: str, index: int, image_size: tuple[int, int]) -> 
         image_rng(seed, split, index, _STREAM_TEXTURE_HIGH),
         elongation=anatomy.texture_elongation,
     )
-    image, masks, lesion_masks = render(anatomy, lesions, (h, w), texture, image_rng(seed, split, index, _STREAM_NOISE))
+    image, masks, lesion_masks = render(
+        anatomy, lesions, (h, w), texture, image_rng(seed, split, index, _STREAM_NOISE), conspicuity
+    )
     records = []
     for lesion, own in zip(lesions, lesion_masks, strict=True):
         area = int(own.sum())

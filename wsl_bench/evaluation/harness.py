@@ -2,9 +2,11 @@
 
 A run folder holds::
 
-    manifest.json     schema, configuration and its hash, seed, package versions, git commit and
-                      dirty flag, device, checkpoint checksums, per-method facts (parameters, ...)
-    records.jsonl     one JSON object per (split, image, method) — see :func:`make_record`
+    manifest.json     schema, configuration and its hash, dataset seed and training seeds, package
+                      versions, git commit and dirty flag, device and the CPU's arithmetic, checkpoint
+                      checksums and training precision (per training seed), per-method facts
+    records.jsonl     one JSON object per (split, image, method, training seed) — see :func:`make_record`
+                      and :mod:`wsl_bench.evaluation.seeds`
     maps/             normalised maps of a few lesion images per method (evaluated split only), for
                       the qualitative figure
     done              written when every (split, image, method) has a record
@@ -17,8 +19,9 @@ images. When the validation split is missing or holds no annotated lesion, nothi
 and ``manifest.json`` ``validation.reason`` says why (the report shows that reason).
 
 Running the same command on the same folder resumes: records already there are kept and only the
-missing (split, image, method) triples are computed. A failure on one image (unreadable file, NaN
-map, out of memory) becomes a record with ``status`` "failed"/"oom" and its error, and the run goes on.
+missing (split, image, method, seed) records are computed (with ``--seeds``, per training seed). A
+failure on one image (unreadable file, NaN map, out of memory) becomes a record with ``status``
+"failed"/"oom" and its error, and the run goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,7 @@ from wsl_bench.evaluation.profiling import count_gflops, measure, memory_kind
 from wsl_bench.evaluation.records import RecordWriter, read_records, rewrite_records
 from wsl_bench.evaluation.run_folder import has_records, settings_differences
 from wsl_bench.evaluation.scoring import ScoredImage, image_level_fields, score_batch, score_image
+from wsl_bench.evaluation.seeds import added_seeds, expected_seeds, format_seeds, legacy_seeds, run_seeds
 from wsl_bench.evaluation.writer import BackgroundWriter
 from wsl_bench.presets import get_preset
 from wsl_bench.saliency import CLASSES, SaliencyMethod, SaliencyOutput
@@ -73,7 +77,8 @@ class RunConfig:
             threshold (``None``: none, and the report says the headline Dice is missing).
         preset: run size (``wsl_bench.presets``).
         device: ``"cpu"`` or ``"cuda"``.
-        seed: seeds data generation, initialisation and training.
+        seed: the dataset seed (which synthetic images exist: every split the run trains, validates
+            and evaluates on) and, without ``seeds``, the one training seed.
         batch_size: images per ``predict`` call.
         bins: histogram bins of the localisation metrics.
         figure_images: lesion images whose maps are kept for the qualitative figure.
@@ -83,6 +88,15 @@ class RunConfig:
         loader_workers: processes reading images ahead of the model (``None``:
             :func:`~wsl_bench.evaluation.loading.default_workers`; 0: read in the main process).
             Changes no result, so it is not part of the run's identity.
+        dataset_options: extra constructor options of the dataset (``--dataset-option``, e.g. the
+            synthetic set's ``conspicuity``), as ``((key, value), ...)``; they override what the
+            preset sets (``options_for``) and are part of the run's identity.
+        seeds: the training seeds (``--seeds``): every trainable method is trained and evaluated
+            once per seed (data order, initialisation, augmentation) on the same images; ``()``:
+            ``(seed,)``. Recorded in the manifest, not in the run's identity: a run folder may gain
+            seeds (:func:`open_manifest`).
+        training_seed: the training seed a step of the run works on (:meth:`for_seed`): methods
+            are created and trained with it; ``None``: the first of :meth:`training_seeds`.
     """
 
     methods: tuple[str, ...]
@@ -99,20 +113,41 @@ class RunConfig:
     method_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     image_size: tuple[int, int] | None = None
     loader_workers: int | None = None
+    dataset_options: tuple[tuple[str, Any], ...] = ()
+    seeds: tuple[int, ...] = ()
+    training_seed: int | None = None
 
     def size(self) -> tuple[int, int]:
         """``(H, W)`` of every image and method of the run."""
         return tuple(self.image_size) if self.image_size else get_preset(self.preset).image_size
 
+    def training_seeds(self) -> tuple[int, ...]:
+        """The run's training seeds, in order: ``seeds``, or the dataset seed alone."""
+        return tuple(self.seeds) if self.seeds else (self.seed,)
+
+    @property
+    def train_seed(self) -> int:
+        """The training seed methods are created and trained with (``training_seed`` or the first of
+        :meth:`training_seeds`); the dataset is always opened with ``seed``."""
+        return self.training_seed if self.training_seed is not None else self.training_seeds()[0]
+
+    def for_seed(self, seed: int) -> RunConfig:
+        """This run's configuration for the training at ``seed`` (same data, same settings)."""
+        return replace(self, training_seed=int(seed))
+
     def options_for(self, method: str) -> dict[str, Any]:
         return dict(dict(self.method_options).get(method, ()))
 
     def identity(self) -> dict[str, Any]:
-        """The part of the configuration a resumed run must share (methods may be added)."""
+        """The part of the configuration a resumed run must share (methods and training seeds may be added)."""
         config = asdict(self)
         config.pop("methods")
         config.pop("method_options")
         config.pop("loader_workers")  # how images are read changes no result
+        # the training seeds are the manifest's own entry (a folder may gain seeds); a run folder made
+        # before they existed keeps its hash
+        config.pop("seeds")
+        config.pop("training_seed")
         return config
 
 
@@ -136,11 +171,24 @@ class RunConfigMismatch(ValueError):
 
 
 def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """The run folder's manifest for a run of ``config``: the folder's own when it holds a run with
+    the same run-wide settings (new methods and training seeds appended), else a new one.
+
+    A folder may gain training seeds (its records of the other seeds stay right: each record names
+    its seed, and a method's identity does not depend on the seeds), but a run that leaves out one
+    of the folder's seeds is refused like any other mismatch: the folder's report would keep seeds
+    the command did not ask for.
+
+    Raises:
+        RunConfigMismatch: the folder holds records of a run with other settings or seeds.
+    """
     path = out_dir / "manifest.json"
     identity = config.identity()
     if path.exists():
         manifest = read_json(path)
-        if manifest.get("config_hash") != config_hash(identity) and not has_records(out_dir):
+        seeds = added_seeds(run_seeds(manifest), config.training_seeds())
+        same = manifest.get("config_hash") == config_hash(identity) and seeds is not None
+        if not same and not has_records(out_dir):
             # a run that failed before its first record (a wrong --data-root...) protects nothing
             log.warning("%s: replacing the manifest of a run with other settings that recorded nothing", out_dir)
             path.unlink()
@@ -152,9 +200,17 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
                 "rerun with --overwrite to replace it (its records, maps and report are deleted), or choose "
                 "another --out folder"
             )
+        if seeds is None:
+            held = run_seeds(manifest)
+            raise RunConfigMismatch(
+                f"{out_dir} holds a run with training seeds {format_seeds(held)}, and this run asks for "
+                f"{format_seeds(config.training_seeds())}: rerun with --seeds naming all of "
+                f"{format_seeds(held)} (more may be added), --overwrite to replace it, or choose another --out folder"
+            )
         # methods in the order they were first run (the report's row order), new ones appended
         known = list(manifest["config"].get("methods", []))
         manifest["config"]["methods"] = known + [m for m in config.methods if m not in known]
+        manifest["seeds"] = seeds
         return manifest
     return {
         "schema_version": MANIFEST_SCHEMA,
@@ -162,6 +218,7 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "config_hash": config_hash(identity),
         "preset": get_preset(config.preset).to_dict(),
         "seed": config.seed,
+        "seeds": list(config.training_seeds()),
         "packages": package_versions(),
         "plugins": plugin_packages(),
         "git": git_state(),
@@ -286,12 +343,15 @@ def evaluate_method(
     progress: bool = True,
     split: str | None = None,
     identity: str | None = None,
+    seed: int | None = None,
 ) -> dict[str, int]:
     """Score ``method`` on the images ``ids`` (those without a record yet), writing one record each.
 
     ``split`` names the split the images belong to in their records (default: the evaluated split);
     maps of ``figure_ids`` are kept for the qualitative figure. Every record carries ``identity``
-    (the method's run identity, ``wsl_bench.evaluation.identity``). Whatever the method returns is checked
+    (the method's run identity, ``wsl_bench.evaluation.identity``) and ``seed`` (the training seed of
+    the weights scored; ``None`` for a method with nothing to train, whose records serve every seed:
+    :mod:`wsl_bench.evaluation.seeds`). Whatever the method returns is checked
     (:meth:`SaliencyOutput.validate`); a bad output, like any error of ``predict`` or of scoring,
     becomes a failed record of the images concerned and the run goes on.
 
@@ -316,7 +376,8 @@ def evaluate_method(
     def write_failed(sample_ids: list[str], status: str, message: str) -> None:
         """(In the background thread.) One failed record per image."""
         for sample_id in sample_ids:
-            writer.write(make_record(sample_id, method.name, status, message, split=split, identity=identity))
+            writer.write(make_record(sample_id, method.name, status, message, split=split, identity=identity,
+                                     seed=seed))
             counts[status] += 1
 
     def score_and_write(maps: torch.Tensor, map_range: str, scores: torch.Tensor, loaded: list[Sample],
@@ -340,7 +401,8 @@ def evaluate_method(
         n = len(loaded)
         stage_s = {"load": load_s / n, "score": (time.perf_counter() - start) / n, "write": wait_s / n}
         for sample, fields in ok:
-            writer.write(make_record(sample.id, method.name, "ok", split=split, identity=identity, stage_s=stage_s,
+            writer.write(make_record(sample.id, method.name, "ok", split=split, identity=identity, seed=seed,
+                                     stage_s=stage_s,
                                      mask_kind=sample.meta.get("mask_kind", "pixel"), **common, **fields))
             counts["ok"] += 1
         for sample, normalised in figures:
@@ -501,20 +563,29 @@ def open_validation(
     return ValidationSplit(split, list(ids), lesion, samples=samples)
 
 
-def records_complete(records: list[dict[str, Any]], config: RunConfig, expected: dict[str, list[str]]) -> bool:
-    """Whether every (split, image, method) of ``expected`` (split → ids) has a record."""
-    have = {(r["split"], r["image_id"], r["method"]) for r in records}
-    return all((split, i, m) in have for split, ids in expected.items() for i in ids for m in config.methods)
+def records_complete(records: list[dict[str, Any]], config: RunConfig, expected: dict[str, list[str]],
+                     manifest: dict[str, Any] | None = None) -> bool:
+    """Whether every (split, image, method) of ``expected`` (split → ids) has a record: for a method
+    the ``manifest`` shows trained, one per training seed of the run (``seeds.expected_seeds``)."""
+    if manifest is None:  # any record of the method counts
+        have = {(r["split"], r["image_id"], r["method"], None) for r in records}
+        seeds: dict[str, list[int | None]] = {m: [None] for m in config.methods}
+    else:
+        have = {(r["split"], r["image_id"], r["method"], r.get("seed")) for r in records}
+        seeds = {m: expected_seeds(manifest, m) for m in config.methods}
+    return all((split, i, m, seed) in have for split, ids in expected.items() for i in ids for m in config.methods
+               for seed in seeds[m])
 
 
 def compact_records(out_dir: Path, manifest: dict[str, Any]) -> int:
     """Rewrite ``records.jsonl`` with only its current records (:func:`current_records`, the last
-    one per (split, image, method)), atomically, when it holds others; returns how many lines went.
+    one per (split, image, method, seed)), atomically, when it holds others; returns how many lines went.
     Called with the run folder locked, after the records are closed."""
     path = out_dir / "records.jsonl"
     if not path.exists():
         return 0
-    records = read_records(path, default_split=manifest.get("config", {}).get("split", "test"))
+    records = read_records(path, default_split=manifest.get("config", {}).get("split", "test"),
+                           default_seed=legacy_seeds(manifest))
     keep = current_records(records, manifest)
     with open(path, "rb") as handle:
         lines = sum(1 for line in handle if line.strip())

@@ -9,7 +9,9 @@ would come out the same, so every method of a run has an identity (``manifest.js
 * ``weights``: the checksums of any weights file the method loaded (``--weights``);
 * ``training``: the checkpoint cache key of the weights it trains or reuses
   (:func:`wsl_bench.pipeline.training_job`: training data, budget, recipe, donor, trainer code), or
-  ``None`` for methods with nothing to train;
+  ``None`` for methods with nothing to train. In a run with several training seeds it is the key of
+  the training at the dataset seed: each seed's key is a function of the same settings and of the
+  seed, which every record names (``seed``), so one identity serves every seed;
 * ``code``: sha256 of the source files that decide the method's maps and how they are scored: the
   modules of its class hierarchy (and of the classifier an explainer wraps), of its network's
   layers that belong to wsl-bench or to the plugin's package, the scoring code and the dataset
@@ -17,8 +19,9 @@ would come out the same, so every method of a run has an identity (``manifest.js
 * ``data``: the description (``MammogramDataset.describe()``, content checksums for folders) of every
   split the run scores.
 
-The run-wide settings (dataset, preset, image size, seed, bins, splits) are the run's own identity
-(``RunConfig.identity``); a folder with other settings is refused as a whole. When a method's
+The run-wide settings (dataset, preset, image size, dataset seed, bins, splits) are the run's own
+identity (``RunConfig.identity``); a folder with other settings is refused as a whole (its training
+seeds may grow: ``wsl_bench.evaluation.harness.open_manifest``). When a method's
 identity changes, its old records are stale: the harness ignores them, recomputes, and drops them
 from ``records.jsonl``; methods whose identity did not change keep their records.
 """

@@ -59,13 +59,66 @@ def git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+ARITHMETIC_FEATURES = (
+    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2", "bf16", "i8mm",
+)
+"""CPU features (Linux ``/proc/cpuinfo`` names; x86, then Arm) that decide which kernels torch and
+oneDNN run, and so how float32 and bfloat16 arithmetic rounds: the manifest lists those present."""
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none: not Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor is enough: they are all the same model
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def cpu_info() -> dict[str, Any]:
+    """What decides the CPU's arithmetic: model name, the features of :data:`ARITHMETIC_FEATURES` it
+    has, torch's version and CPU capability (the kernels its dispatcher chose: ``AVX512``, ``AVX2``,
+    ...), and whether oneDNN computes bfloat16 natively (what turns the ``cpu_amp`` training on)."""
+    fields = _cpuinfo()
+    model = fields.get("model name") or fields.get("hardware") or fields.get("cpu model") or ""
+    if not model and platform.system() == "Darwin":
+        try:
+            model = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                   timeout=5, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            model = ""
+    present = set((fields.get("flags") or fields.get("features") or "").split())
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    bf16_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return {
+        "model": model or platform.processor() or platform.machine(),
+        "features": [f for f in ARITHMETIC_FEATURES if f in present],
+        "torch": torch.__version__,
+        "torch_cpu_capability": capability() if capability is not None else None,
+        "native_bf16": bool(bf16_check()) if bf16_check is not None else None,
+    }
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
+    """The device a run computes on, and the CPU beside it (:func:`cpu_info`: on a GPU run it still
+    loads, scores and may train parts of the work)."""
     info: dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
     else:
         info["name"] = platform.processor() or platform.machine()
         info["cpu_count"] = os.cpu_count()
+    info["cpu"] = cpu_info()
     return info
 
 

@@ -13,6 +13,10 @@ Every record names its ``split``: a run scores its evaluated split (``test``) an
 headline Dice threshold, the validation split (``val``). Records written before the field existed
 have none; :func:`read_records` gives them the run's evaluated split (``default_split``).
 
+Every record names the training ``seed`` it scores (``null``: a method with nothing to train, whose
+records serve every seed of the run; :mod:`wsl_bench.evaluation.seeds`). Records written before the
+field existed have none; :func:`read_records` gives them ``default_seed``'s seed of their method.
+
 Per-class pixel histograms (the counts every localisation metric is computed from) are stored
 compactly: little-endian uint32 counts, zlib-compressed, base64 text.
 """
@@ -24,7 +28,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +123,10 @@ class RecordWriter:
 
 
 def read_records(
-    paths: str | Path | Iterable[str | Path], default_split: str = "test", split: str | None = None
+    paths: str | Path | Iterable[str | Path], default_split: str = "test", split: str | None = None,
+    default_seed: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """All valid records of one or several files, the last one per (split, image, method) kept.
+    """All valid records of one or several files, the last one per (split, image, method, seed) kept.
 
     Lines that are not valid UTF-8, not valid JSON (a partial line from a killed run) or not a
     valid record (:func:`record_problem`) are skipped with a warning naming the file and line.
@@ -131,15 +136,21 @@ def read_records(
         default_split: the split of records without a ``split`` field (written before records had
             one: they are the run's evaluated split); it is filled in on the returned records.
         split: keep only the records of this split (``None``: every split).
+        default_seed: method → the training seed of its records without a ``seed`` field (written
+            before records had one: :func:`wsl_bench.evaluation.seeds.legacy_seeds`); other methods'
+            such records get ``None`` (shared by every seed). It is filled in on the returned records.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    default_seed = default_seed or {}
+    latest: dict[tuple[str, str, str, int | None], dict[str, Any]] = {}
     for path in paths:
         for record in _iter_file(Path(path)):
             if record.get("split") is None:
                 record["split"] = default_split
-            latest[(record["split"], record["image_id"], record["method"])] = record
+            if "seed" not in record:
+                record["seed"] = default_seed.get(record["method"])
+            latest[(record["split"], record["image_id"], record["method"], record["seed"])] = record
     return [r for r in latest.values() if split is None or r["split"] == split]
 
 
@@ -160,7 +171,8 @@ def record_problem(record: Any) -> str | None:
     """Why a parsed JSON line is not a usable record (``None`` when it is one).
 
     A record is an object with string ``image_id`` and ``method``, a ``status`` among
-    :data:`STATUSES` and, if present, a string ``split``; the per-class fields (``dice``,
+    :data:`STATUSES` and, if present, a string ``split`` and a ``seed`` (a non-negative integer or
+    ``null``); the per-class fields (``dice``,
     ``has_lesion``, ``score``, ``label``: required on ``ok`` records, with an entry per class;
     ``lesion_fraction``) map classes to a number, a boolean or ``null``; ``hist`` maps classes to
     ``{"pos": text, "neg": text}``; ``time_s``, ``peak_memory_mb`` and ``gflops`` are numbers or
@@ -177,6 +189,9 @@ def record_problem(record: Any) -> str | None:
         return f"status {_short(record.get('status'))} is not one of {', '.join(STATUSES)}"
     if record.get("split") is not None and not isinstance(record["split"], str):
         return f"split {_short(record['split'])} is not a string"
+    seed = record.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        return f"seed {_short(seed)} is not a non-negative integer or null"
     for key in _PER_CLASS_SCALARS:
         if key not in record:
             if record["status"] == "ok" and key in _PER_CLASS_REQUIRED_IF_OK:

@@ -7,4 +7,5 @@ from wsl_bench.methods import (  # noqa: F401
     glam,
     gmic,
     gradcam,
+    segmentation,
 )

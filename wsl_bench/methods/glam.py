@@ -23,7 +23,7 @@ from wsl_bench.methods import backbones as bb
 from wsl_bench.methods import geometry, inference
 from wsl_bench.methods.published import PublishedModelMethod, WeightVariant, register_variant
 from wsl_bench.registry import METHODS
-from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainingStage
+from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainingMap, TrainingStage
 
 GLAM_REPOSITORY = "https://github.com/nyukat/GLAM"
 
@@ -102,6 +102,10 @@ class GlamTrainingConfig:
         global_init: a trainable method whose trained ResNet-22 the global module starts from
             (``"cam"``), as the published global modules start from a mammogram classifier's weights;
             ``None``: random initialisation (see :meth:`PublishedModelMethod.global_backbone`).
+        warmup_epochs: share of the preset's epochs of a first stage that trains only the three saliency
+            heads of the global module (``postprocess_module``) with its ResNet-22 frozen, before the
+            global stage (0: no such stage; see :meth:`PublishedModelMethod.warmup_stages`).
+        warmup_lr_factor: that stage's learning rate is this times ``learning_rate``.
     """
 
     stage: str = "joint"
@@ -113,6 +117,8 @@ class GlamTrainingConfig:
     joint_epochs: float = 0.5
     joint_lr_factor: float = 0.1
     global_init: str | None = None
+    warmup_epochs: float = 0.0
+    warmup_lr_factor: float = 10.0
 
     def __post_init__(self) -> None:
         if self.stage == "sep":
@@ -123,6 +129,8 @@ class GlamTrainingConfig:
             raise ValueError("GLAM beta and crop_jitter must be non-negative and learning_rate positive")
         if min(self.global_epochs, self.local_epochs, self.joint_epochs, self.joint_lr_factor) <= 0:
             raise ValueError("GLAM stage epoch shares and joint_lr_factor must be positive")
+        if self.warmup_epochs < 0 or self.warmup_lr_factor <= 0:
+            raise ValueError("GLAM warmup_epochs must be non-negative and warmup_lr_factor positive")
 
 
 GLAM_STAGES: tuple[str, ...] = ("joint", "global", "local")
@@ -450,6 +458,19 @@ class GlamMethod(PublishedModelMethod):
     def global_backbone(self) -> nn.Module:
         return self._network.global_network.downsampling_branch
 
+    def training_maps(self, output: SaliencyOutput) -> dict[str, TrainingMap]:
+        """``global``: the global saliency (``N×2×h×w``, what chooses the patch); ``local``: the local
+        maps inside their patches (``(N·K)×2×hl×wl``); ``fused``: the returned map."""
+        extras = output.extras
+        local = extras["local_maps"]
+        n, k = local.shape[:2]
+        return {
+            "global": TrainingMap(extras["global_map"]),
+            "local": TrainingMap(local.reshape(n * k, *local.shape[2:]), patch_locations=extras["patch_locations"],
+                                 patch_size=self.config.patch_size),
+            "fused": TrainingMap(output.maps),
+        }
+
     def final_saliency_head(self) -> nn.Conv2d:
         return self._network.global_network.postprocess_module.gn_conv_last
 
@@ -465,14 +486,18 @@ class GlamMethod(PublishedModelMethod):
         tc = self.training_config
         stages = {
             "global": TrainingStage("global", loss="global", trainable=("global_network",),
-                                    epochs_fraction=tc.global_epochs),
+                                    epochs_fraction=tc.global_epochs, maps=("global",)),
             "local": TrainingStage("local", loss="local", trainable=("detection_network",),
-                                   epochs_fraction=tc.local_epochs, criterion="loss"),
+                                   epochs_fraction=tc.local_epochs, criterion="loss", maps=("local",)),
             "joint": TrainingStage("joint", loss="joint", epochs_fraction=tc.joint_epochs,
-                                   lr_factor=tc.joint_lr_factor),
+                                   lr_factor=tc.joint_lr_factor, maps=("global", "local", "fused")),
         }
         last = GLAM_RECIPE.index(tc.stage)
-        return tuple(stages[name] for name in GLAM_RECIPE[: last + 1])
+        recipe = (stages[name] for name in GLAM_RECIPE[: last + 1])
+        return (*self.warmup_stages(loss="global", maps=("global",)), *recipe)
+
+    def warmup_modules(self) -> tuple[str, ...]:
+        return ("global_network.postprocess_module",)
 
     def training_loss(
         self,

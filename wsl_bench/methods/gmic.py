@@ -20,7 +20,7 @@ from wsl_bench.methods import backbones as bb
 from wsl_bench.methods import geometry, inference
 from wsl_bench.methods.published import PublishedModelMethod, WeightVariant, register_variant
 from wsl_bench.registry import METHODS
-from wsl_bench.saliency import CLASSES, SaliencyOutput
+from wsl_bench.saliency import CLASSES, SaliencyOutput, TrainingStage
 
 GMIC_REPOSITORY = "https://github.com/nyukat/GMIC"
 
@@ -89,16 +89,24 @@ class GmicTrainingConfig:
         global_init: a trainable method whose trained ResNet-22 the global network starts from
             (``"cam"``), as the published one starts from a mammogram classifier's weights; ``None``:
             random initialisation (see :meth:`PublishedModelMethod.global_backbone`).
+        warmup_epochs: share of the preset's epochs of a first stage that trains everything but the
+            global ResNet-22 (saliency head, local network, attention, fusion) with the backbone frozen
+            (0: no such stage; see :meth:`PublishedModelMethod.warmup_stages`).
+        warmup_lr_factor: that stage's learning rate is this times ``learning_rate``.
     """
 
     beta: float = PUBLISHED_GMIC_MODELS["m1"][0]
     learning_rate: float = PUBLISHED_GMIC_MODELS["m1"][2]
     crop_jitter: float = 100.0
     global_init: str | None = None
+    warmup_epochs: float = 0.0
+    warmup_lr_factor: float = 10.0
 
     def __post_init__(self) -> None:
         if self.beta < 0 or self.learning_rate <= 0 or self.crop_jitter < 0:
             raise ValueError("GMIC beta and crop_jitter must be non-negative and learning_rate positive")
+        if self.warmup_epochs < 0 or self.warmup_lr_factor <= 0:
+            raise ValueError("GMIC warmup_epochs must be non-negative and warmup_lr_factor positive")
 
 
 class GmicPostprocess(nn.Module):
@@ -285,6 +293,15 @@ class GmicMethod(PublishedModelMethod):
 
     def final_saliency_head(self) -> nn.Conv2d:
         return self._network.left_postprocess_net.gn_conv_last
+
+    def training_stages(self) -> tuple[TrainingStage, ...]:
+        """The optional warm-up of everything but the global ResNet-22 (:meth:`warmup_stages`), then the
+        whole network (one stage, the published recipe)."""
+        return (*self.warmup_stages(loss=None), TrainingStage())
+
+    def warmup_modules(self) -> tuple[str, ...]:
+        net = self._network
+        return tuple(name for name, _ in net.named_children() if name != "ds_net")
 
     def training_loss(
         self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None

@@ -17,7 +17,7 @@ from torch import nn
 
 from wsl_bench.methods import inference
 from wsl_bench.registry import METHODS
-from wsl_bench.saliency import TrainableMethod
+from wsl_bench.saliency import TrainableMethod, TrainingStage
 from wsl_bench.training.augment import CropJitter
 
 
@@ -172,6 +172,29 @@ class PublishedModelMethod(TrainableMethod):
         if isinstance(head, nn.Linear) and head.weight.shape == conv.weight.shape[:2]:
             with torch.no_grad():
                 conv.weight.copy_(head.weight[:, :, None, None])
+
+    def warmup_modules(self) -> tuple[str, ...]:
+        """The submodules a warm-up stage trains: what does not come from ``global_init`` (heads and any
+        network besides the global ResNet-22)."""
+        raise NotImplementedError
+
+    def warmup_stages(self, loss: str | None, maps: tuple[str, ...] = ()) -> tuple[TrainingStage, ...]:
+        """A first stage training only :meth:`warmup_modules` with the global ResNet-22 frozen, for
+        ``training_config.warmup_epochs`` of the epochs at ``warmup_lr_factor`` times the learning rate
+        (``loss`` and ``maps`` as :class:`~wsl_bench.saliency.TrainingStage`'s); none when ``warmup_epochs`` is 0.
+
+        Why: the saliency head on the final map starts from the donor's class weights without the
+        donor's bias (the published 1×1 convolution has none), so the top-pooled probabilities of
+        every image start near 1 (measured: GMIC's ``y_global`` 0.998 / 0.986 on validation images,
+        loss 9.3), and fine-tuning everything at once spends its first steps changing the backbone to
+        bring them down. Training the new parts first, on a frozen backbone, lets them fit to the
+        donor's features before the backbone moves.
+        """
+        tc = self.training_config
+        if not tc.warmup_epochs:
+            return ()
+        return (TrainingStage("warmup", loss=loss, trainable=self.warmup_modules(), epochs_fraction=tc.warmup_epochs,
+                              lr_factor=tc.warmup_lr_factor, maps=maps),)
 
     def training_augmentation(self) -> CropJitter | None:
         """Random crop-window jitter (``crop_jitter`` pixels at 2944 rows, scaled), or ``None`` when 0."""

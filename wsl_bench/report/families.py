@@ -1,6 +1,8 @@
 """Which family a method of a run belongs to, and the order the report shows methods in.
 
-The report sets the trivial baselines apart as the floor (DESIGN §5), draws the flagship methods
+The report sets the trivial baselines apart as the floor (DESIGN §5), and beside them the supervised
+reference points (``fsl``, ``supervised``: networks trained with masks, never ranked with the
+weakly-supervised methods); it draws the flagship methods
 (GLAM, GMIC) so they can be found, and groups the ~20 methods of a run by family so no figure or
 table has to tell twenty similar colours apart. A method's family comes from the registry (what
 its factory is, which classifier a post-hoc explainer explains), so a run's method names are
@@ -37,9 +39,13 @@ LEARNED = Family("learned", "learned methods (trained from image-level labels)",
 GRADCAM = Family("gradcam", "Grad-CAM family explainers (pytorch-grad-cam)", "Grad-CAM family")
 CAPTUM = Family("captum", "captum attributions", "captum")
 OTHER = Family("other", "other methods", "other")
+SUPERVISED = Family("supervised", "supervised reference points (trained with masks, not ranked)",
+                    "supervised (uses masks)")
 BASELINES = Family("floor", "trivial baselines (the floor)", "baseline")
-FAMILIES: tuple[Family, ...] = (LEARNED, GRADCAM, CAPTUM, OTHER, BASELINES)
-"""In the order the report shows them: the floor last, set apart."""
+FAMILIES: tuple[Family, ...] = (LEARNED, GRADCAM, CAPTUM, OTHER, SUPERVISED, BASELINES)
+"""In the order the report shows them: the supervised reference points and the floor last, set apart."""
+UNRANKED: tuple[Family, ...] = (SUPERVISED, BASELINES)
+"""Families shown apart and never ranked: no method of theirs is "the best method" of a run."""
 
 _EXPLAINER_MODULES = {"wsl_bench.methods.gradcam": GRADCAM, "wsl_bench.methods.captum_methods": CAPTUM}
 """The built-in explainers' modules: the toolkit an explainer comes from is its family."""
@@ -68,6 +74,8 @@ def family_of(method: str, options: Mapping[str, Any] | None = None) -> Family:
         return OTHER
     if classifier_of(method, options) is not None:
         return _EXPLAINER_MODULES.get(getattr(factory, "__module__", ""), OTHER)
+    if getattr(factory, "mask_split", None) is not None:  # trained with masks (TrainableMethod.mask_split)
+        return SUPERVISED
     if getattr(factory, "trainable", False):
         return LEARNED
     return OTHER

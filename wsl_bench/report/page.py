@@ -30,7 +30,15 @@ from wsl_bench.report import formatting as fmt
 from wsl_bench.report.equivalence import IDENTICAL_DEFINITION, IdenticalGroup
 from wsl_bench.report.families import families
 from wsl_bench.report.markup import inline, to_html
-from wsl_bench.report.summary import FLOOR_ROW, ClassSummary, Entry
+from wsl_bench.report.summary import (
+    FLOOR_ROW,
+    NOT_MARKED,
+    REFERENCE_ROW,
+    SUPERVISED_DEFINITION,
+    ClassSummary,
+    Entry,
+    reference_sentence,
+)
 
 
 @dataclass(frozen=True)
@@ -199,9 +207,9 @@ def _cell(text: str, sort: str | None = None, classes: Sequence[str] = ()) -> st
     return f"<td{attrs}>{text}</td>"
 
 
-def _score_with_ci(value: float, low: float, high: float) -> str:
+def _score_with_ci(value: float, low: float, high: float, sd: Any = None) -> str:
     ci = fmt.interval(low, high)
-    return fmt.score(value) + (f"<span class='ci'>{ci}</span>" if ci else "")
+    return fmt.score_sd(value, sd) + (f"<span class='ci'>{ci}</span>" if ci else "")
 
 
 def _header(columns: Sequence[Column], keys: Sequence[str] | None = None) -> str:
@@ -238,14 +246,16 @@ def _summary_row(rank: str, entry: Entry, best: dict[str, float]) -> str:
         f" ≡ {html.escape(', '.join(entry.methods[1:]))}" if len(entry.methods) > 1 else "")
     # the flagship's name in its figure colour (GLAM blue, GMIC orange, darkened for text contrast)
     classes = ["flagship", f"flagship-{entry.name.split('.', 1)[0]}"] if entry.flagship else []
-    rank_sort = "" if rank == FLOOR_ROW else rank
+    rank_sort = "" if rank in (FLOOR_ROW, REFERENCE_ROW) else rank
     cells = [
         _cell(html.escape(rank), rank_sort, ["text"]),
         _cell(label, entry.name, ["text"]),
         _cell(html.escape(entry.family.short), None, ["text"]),
-        _cell(_score_with_ci(entry.dice, entry.dice_low, entry.dice_high), _number(entry.dice), mark("dice")),
-        _cell(_score_with_ci(entry.pxap, entry.pxap_low, entry.pxap_high), _number(entry.pxap), mark("pxap")),
-        _cell(fmt.score(entry.auc), _number(entry.auc), mark("auc")),
+        _cell(_score_with_ci(entry.dice, entry.dice_low, entry.dice_high, entry.dice_sd), _number(entry.dice),
+              mark("dice")),
+        _cell(_score_with_ci(entry.pxap, entry.pxap_low, entry.pxap_high, entry.pxap_sd), _number(entry.pxap),
+              mark("pxap")),
+        _cell(fmt.score_sd(entry.auc, entry.auc_sd), _number(entry.auc), mark("auc")),
         _cell(html.escape(entry.verdict), None, ["text", _VERDICT_CLASS.get(entry.verdict, "")]),
     ]
     attrs = f" class='{' '.join(classes)}'" if classes else ""
@@ -253,24 +263,31 @@ def _summary_row(rank: str, entry: Entry, best: dict[str, float]) -> str:
 
 
 def summary_section(summaries: Sequence[ClassSummary], groups: Sequence[IdenticalGroup], floor_definition: str,
-                    shortfall: Callable[[Entry, ClassSummary], str], why: str) -> str:
-    """The ranked tables per class, the floor's definition, the shortfall lines and the identical groups."""
+                    shortfall: Callable[[Entry, ClassSummary], str], why: str,
+                    stability: Callable[[ClassSummary], str] | None = None) -> str:
+    """The ranked tables per class, the floor's definition, the shortfall lines, the rank stability over
+    training seeds (``stability``, where a run has several) and the identical groups."""
     if not summaries:
         return ""
     columns = [Column(h, tip, lambda v: v, str, numeric) for h, tip, numeric, _ in _SUMMARY_HEAD]
     keys = [key for *_, key in _SUMMARY_HEAD]
     parts = ["<section id='summary'><h2>Summary: ranked on the headline metrics</h2>",
-             "<p>Per class, every method other than the trivial baselines ranked by Dice (val τ), the headline, "
-             "with PxAP beside it (test images; 95% bootstrap intervals in grey). Highlighted: the best value of "
-             "each column, baselines included. Methods with identical maps share a row (≡). Click a column "
-             "heading to sort; the floor stays apart.</p>",
+             "<p>Per class, every method other than the trivial baselines and the supervised reference points "
+             "ranked by Dice (val τ), the headline, with PxAP beside it (test images; 95% bootstrap intervals in "
+             "grey). Highlighted: the best value of each column, baselines included. Methods with identical maps "
+             "share a row (≡). Click a column heading to sort; the supervised reference points and the floor stay "
+             "apart.</p>",
              to_html(floor_definition)]
     for summary in summaries:
         best = {c: summary.best(c) for c in ("dice", "pxap", "auc")}
         table_id = f"summary-{summary.cls}"
         rows = [_summary_row(str(i), e, best) for i, e in enumerate(summary.ranked, start=1)]
         floor_rows = [_summary_row(FLOOR_ROW, e, best) for e in summary.floor_entries]
+        reference_rows = [_summary_row(REFERENCE_ROW, e, NOT_MARKED) for e in summary.references]
         body = f"<tbody>{''.join(rows)}</tbody>"
+        if reference_rows:  # apart like the floor, never ranked
+            body += (f"<tbody class='floor'><tr class='group-head'><th colspan='{len(columns)}'>supervised reference "
+                     f"points (trained with masks, not ranked)</th></tr>{''.join(reference_rows)}</tbody>")
         if floor_rows:
             body += (f"<tbody class='floor'><tr class='group-head'><th colspan='{len(columns)}'>trivial baselines "
                      f"(the floor)</th></tr>{''.join(floor_rows)}</tbody>")
@@ -283,6 +300,13 @@ def summary_section(summaries: Sequence[ClassSummary], groups: Sequence[Identica
             parts.append(f"<p>Not clearly above the floor ({html.escape(summary.cls)}):</p><ul>{items}</ul>")
         elif summary.ranked:
             parts.append(f"<p>Every ranked method is above the floor for {html.escape(summary.cls)} lesions.</p>")
+        if summary.references:
+            parts.append(f"<p>{inline(reference_sentence(summary))}</p>")
+        sentence = stability(summary) if stability is not None else ""
+        if sentence:
+            parts.append(f"<p class='stability'>{inline(sentence)}</p>")
+    if any(s.references for s in summaries):
+        parts.append(to_html(SUPERVISED_DEFINITION))
     if groups:
         items = "".join(f"<li>{inline(' ≡ '.join(f'`{m}`' for m in g.methods))}: {inline(g.reason)}</li>"
                         for g in groups)
@@ -295,7 +319,7 @@ def summary_section(summaries: Sequence[ClassSummary], groups: Sequence[Identica
 
 def _results_columns(family: dict[str, Any]) -> list[Column]:
     def ci(key: str) -> Callable[[Any], str]:
-        return lambda r: _score_with_ci(r.get(key), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high"))
+        return lambda r: _score_with_ci(r.get(key), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high"), r.get(f"{key}_sd"))
 
     def score(heading: str, key: str) -> Column:
         return Column(heading, key, lambda r, k=key: r.get(k), lambda r, k=key: fmt.score(r.get(k)))
@@ -314,7 +338,7 @@ def _results_columns(family: dict[str, Any]) -> list[Column]:
         score("oracle Dice", "dice_oracle"),
         score("oracle τ", "tau_oracle"),
         Column("PxAP [95% CI]", "pxap", lambda r: r.get("pxap"), ci("pxap")),
-        score("AUC", "auc"),
+        Column("AUC", "auc", lambda r: r.get("auc"), lambda r: fmt.score_sd(r.get("auc"), r.get("auc_sd"))),
         Column("n test, val", "n_images, n_val_images: lesion images of the class (test, validation)",
                lambda r: r.get("n_images"),
                lambda r: f"{fmt.count(r.get('n_images'))}, {fmt.count(r.get('n_val_images'))}"),

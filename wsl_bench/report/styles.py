@@ -4,7 +4,8 @@ A figure never asks a reader to tell twenty colours apart: methods are drawn in 
 (at most about ten per panel) and labelled directly. Within a family, colours come from one
 qualitative palette in the report's order. The flagship methods (GLAM, GMIC) keep one strong colour
 and a thick line or a large marker in every figure, so they can be found at a glance; the trivial
-baselines are grey and dashed (the floor, not competitors); each family has its own marker, so the
+baselines are grey and dashed (the floor, not competitors), the supervised reference points dark and
+dash-dotted (trained with masks, not competitors either); each family has its own marker, so the
 single cost panel that shows every method still separates them.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from wsl_bench.report.families import BASELINES, CAPTUM, GRADCAM, LEARNED, OTHER, Family, is_flagship
+from wsl_bench.report.families import BASELINES, CAPTUM, GRADCAM, LEARNED, OTHER, SUPERVISED, Family, is_flagship
 
 FLAGSHIP_COLOURS = {"glam": "#1f4e9c", "gmic": "#e07b00"}
 """GLAM dark blue, GMIC orange, in every figure (their published-weights variants too)."""
@@ -26,7 +27,11 @@ FLOOR_STYLES = {"intensity": ("#4d4d4d", (0, (5, 2))), "centre_prior": ("#7f7f7f
                 "random": ("#a6a6a6", (0, (1, 1.5)))}
 """The baselines: greys, dashed lines (colour, matplotlib dash pattern)."""
 
-FAMILY_MARKERS = {LEARNED.key: "o", GRADCAM.key: "s", CAPTUM.key: "^", OTHER.key: "v", BASELINES.key: "X"}
+SUPERVISED_STYLES = {"fsl": "#1b7837", "supervised": "#40004b"}
+"""The supervised reference points: dark green (``fsl``) and dark purple (``supervised``), dash-dotted."""
+
+FAMILY_MARKERS = {LEARNED.key: "o", GRADCAM.key: "s", CAPTUM.key: "^", OTHER.key: "v", SUPERVISED.key: "P",
+                  BASELINES.key: "X"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ def styles(methods: Sequence[str], family: Mapping[str, Family],
         elif fam is BASELINES:
             colour, dashes = FLOOR_STYLES.get(method, ("#8c8c8c", (0, (3, 2))))
             out[method] = Style(colour, 1.6, dashes, marker, 8.0, "normal", 3)
+        elif fam is SUPERVISED:
+            colour = SUPERVISED_STYLES.get(method, "#2d4d2d")
+            out[method] = Style(colour, 1.8, (0, (6, 2, 1, 2)), marker, 9.0, "normal", 3)
         else:
             out[method] = Style(PALETTE[used % len(PALETTE)], 1.6, "-", marker, 8.0, "normal", 4)
             used += 1

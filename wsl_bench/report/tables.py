@@ -51,8 +51,10 @@ from wsl_bench.evaluation.metrics import (
     selected_threshold,
 )
 from wsl_bench.evaluation.records import decode_counts, read_records
+from wsl_bench.evaluation.seeds import checkpoint_facts, legacy_seeds, run_seeds
 from wsl_bench.report import families as report_families
-from wsl_bench.report import page, summary
+from wsl_bench.report import page, provenance, summary
+from wsl_bench.report import seeds as report_seeds
 from wsl_bench.report.equivalence import IdenticalGroup, identical_groups
 from wsl_bench.saliency import CLASSES
 
@@ -64,11 +66,14 @@ RESULT_COLUMNS = [
     "dice_at_0_5", "dice_at_0_5_ci_low", "dice_at_0_5_ci_high",
     "dice_oracle", "tau_oracle",
     "pxap", "auc", "n_images", "time_median_s", "time_p90_s", "end_to_end_median_s", "peak_memory_mb", "gflops",
-    "params_m",
+    "params_m", *report_seeds.SEED_COLUMNS,
 ]
 """Columns of ``results.csv``. The headline Dice comes first: ``dice_val_tau`` (test images) at
 ``tau_val`` (chosen on ``n_val_images`` validation images), with its bootstrap interval; then Dice at
-τ = 0.5 with its interval, the oracle Dice at ``tau_oracle``, PxAP, AUC and costs."""
+τ = 0.5 with its interval, the oracle Dice at ``tau_oracle``, PxAP, AUC and costs; then how many
+training seeds the values are the mean of (``n_seeds``) and their standard deviation across seeds
+(``*_sd``, empty for one seed). A run with several training seeds adds each seed's value of the
+headline metrics (``dice_val_tau_seed<s>``, ``pxap_seed<s>``, ``auc_seed<s>``; :mod:`wsl_bench.report.seeds`)."""
 
 DEFINITIONS = """\
 **Definitions.** Maps are resized to the image (bilinear) and normalised by the harness alone:
@@ -107,7 +112,9 @@ class RunData:
 
     ``records`` are the evaluated split's (what every table and figure describes); ``val_records``
     the validation split's, which only choose each method's headline threshold. Records without a
-    ``split`` field (written before records had one) belong to the evaluated split.
+    ``split`` field (written before records had one) belong to the evaluated split. ``seeds``: the
+    run's training seeds that have records (:meth:`for_seed` keeps one seed's records and those of
+    methods with nothing to train, which serve every seed).
     """
 
     run_dir: Path
@@ -117,6 +124,7 @@ class RunData:
     val_records: list[dict[str, Any]] = field(default_factory=list)
     split: str = "test"
     val_split: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunData:
@@ -128,8 +136,8 @@ class RunData:
         config = manifest.get("config", {})
         split = config.get("split") or "test"
         # records of a method's earlier identity (other options, weights, code, data) are stale
-        everything = current_records(read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split),
-                                     manifest)
+        everything = current_records(read_records(sorted(run_dir.glob("records*.jsonl")), default_split=split,
+                                                  default_seed=legacy_seeds(manifest)), manifest)
         if not everything:
             raise ReportError(f"{run_dir}: no records to report (records*.jsonl is missing, empty or holds no valid "
                               "record)")
@@ -142,7 +150,23 @@ class RunData:
         seen = list(config.get("methods", []))
         methods = [m for m in seen if any(r["method"] == m for r in everything)]
         methods += sorted({r["method"] for r in everything} - set(methods))
-        return cls(run_dir, manifest, records, methods, val_records, split, val_split)
+        recorded = {r.get("seed") for r in everything}
+        seeds = [s for s in run_seeds(manifest) if s in recorded] or run_seeds(manifest)[:1]
+        return cls(run_dir, manifest, records, methods, val_records, split, val_split, seeds)
+
+    def for_seed(self, seed: int) -> RunData:
+        """This run as if it had trained at ``seed`` only: that seed's records and the shared ones."""
+        def mine(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r for r in records if r.get("seed") in (None, seed)]
+
+        return RunData(self.run_dir, self.manifest, mine(self.records), self.methods, mine(self.val_records),
+                       self.split, self.val_split, [seed])
+
+    def method_seeds(self, method: str) -> list[int]:
+        """The training seeds ``method`` has records of, in the run's order; empty for a method with
+        nothing to train (its records serve every seed)."""
+        have = {r.get("seed") for r in (*self.records, *self.val_records) if r["method"] == method}
+        return [s for s in self.seeds if s in have]
 
     def ok(self, method: str) -> list[dict[str, Any]]:
         """The evaluated split's scored records of ``method``."""
@@ -196,7 +220,14 @@ def _mean_and_ci(values: np.ndarray, seed: int) -> tuple[float, float, float]:
 
 
 def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The results row and the details row of one method and class."""
+    """The results row and the details row of one method and class (``seed``: of the bootstrap)."""
+    row, details, _ = _method_class(data, method, cls, seed)
+    return row, details
+
+
+def _method_class(data: RunData, method: str, cls: str,
+                  seed: int = 0) -> tuple[dict[str, Any], dict[str, Any], report_seeds.SeedValues]:
+    """:func:`method_class_row`, and the per-image values behind it (for intervals over seeds)."""
     ok = data.ok(method)
     lesion = [r for r in ok if r["has_lesion"].get(cls)]
     dice_mean, low, high = _mean_and_ci(np.array([r["dice"][cls] for r in lesion], dtype=np.float64), seed)
@@ -225,14 +256,6 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         if labelled
         else float("nan")
     )
-    times = [r["time_s"] for r in ok if r.get("time_s") is not None]
-    # the main thread's time: predict, waiting for the image, waiting for the previous batch's
-    # scoring and writing (scoring itself runs beside the next predict); runs before stage_s: none
-    end_to_end = [r["time_s"] + r["stage_s"].get("load", 0.0) + r["stage_s"].get("write", 0.0) for r in ok
-                  if r.get("time_s") is not None and isinstance(r.get("stage_s"), dict)]
-    memory = [r["peak_memory_mb"] for r in ok if r.get("peak_memory_mb") is not None]
-    gflops = [r["gflops"] for r in ok if r.get("gflops") is not None]
-    params = data.manifest.get("methods", {}).get(method, {}).get("params")
     row = {
         "method": method,
         "class": cls,
@@ -249,12 +272,9 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         "pxap": pxap,
         "auc": class_auc,
         "n_images": len(lesion),
-        "time_median_s": _percentile(times, 50),
-        "time_p90_s": _percentile(times, 90),
-        "end_to_end_median_s": _percentile(end_to_end, 50),
-        "peak_memory_mb": max(memory) if memory else float("nan"),
-        "gflops": float(np.median(gflops)) if gflops else float("nan"),
-        "params_m": params / 1e6 if params is not None else float("nan"),
+        **_costs(data, method, ok),
+        "n_seeds": 1,
+        **{f"{metric}_sd": float("nan") for metric in report_seeds.SEED_METRICS},
     }
     statuses = [r["status"] for r in data.records if r["method"] == method]
     val_statuses = [r["status"] for r in data.val_records if r["method"] == method]
@@ -274,11 +294,37 @@ def method_class_row(data: RunData, method: str, cls: str, seed: int = 0) -> tup
         "dice_val_tau_missing": note,
         "box_ground_truth": any(r.get("mask_kind") == "box" for r in ok),
     }
-    return row, details
+    values = report_seeds.SeedValues(tuple(r["image_id"] for r in lesion if r.get("hist", {}).get(cls)), headline,
+                                     np.array([r["dice"][cls] for r in lesion if r.get("hist", {}).get(cls)],
+                                              dtype=np.float64), pos, neg)
+    return row, details, values
+
+
+def _costs(data: RunData, method: str, ok: list[dict[str, Any]]) -> dict[str, float]:
+    """The cost columns of ``method`` from its scored records ``ok``."""
+    times = [r["time_s"] for r in ok if r.get("time_s") is not None]
+    # the main thread's time: predict, waiting for the image, waiting for the previous batch's
+    # scoring and writing (scoring itself runs beside the next predict); runs before stage_s: none
+    end_to_end = [r["time_s"] + r["stage_s"].get("load", 0.0) + r["stage_s"].get("write", 0.0) for r in ok
+                  if r.get("time_s") is not None and isinstance(r.get("stage_s"), dict)]
+    memory = [r["peak_memory_mb"] for r in ok if r.get("peak_memory_mb") is not None]
+    gflops = [r["gflops"] for r in ok if r.get("gflops") is not None]
+    params = data.manifest.get("methods", {}).get(method, {}).get("params")
+    return {
+        "time_median_s": _percentile(times, 50),
+        "time_p90_s": _percentile(times, 90),
+        "end_to_end_median_s": _percentile(end_to_end, 50),
+        "peak_memory_mb": max(memory) if memory else float("nan"),
+        "gflops": float(np.median(gflops)) if gflops else float("nan"),
+        "params_m": params / 1e6 if params is not None else float("nan"),
+    }
 
 
 def results_tables(data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(results, details)`` data frames, one row per method and class."""
+    """``(results, details)`` data frames, one row per method and class; with several training seeds,
+    each value the seed mean with its spread and per-seed values (:mod:`wsl_bench.report.seeds`)."""
+    if len(data.seeds) > 1:
+        return _results_over_seeds(data)
     rows, details = [], []
     for method in data.methods:
         for cls in CLASSES:
@@ -286,6 +332,39 @@ def results_tables(data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
             rows.append(row)
             details.append(detail)
     return pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.DataFrame(details)
+
+
+def _results_over_seeds(data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`results_tables` of a run with several training seeds: each seed's rows from its own
+    records (its own validation τ), combined by :func:`wsl_bench.report.seeds.combine`."""
+    views = {seed: data.for_seed(seed) for seed in data.seeds}
+    rows, details = [], []
+    for method in data.methods:
+        seeds = data.method_seeds(method)
+        shared = not seeds  # nothing trained: its one scoring serves every seed
+        per_seed = {seed: {cls: _method_class(views[seed], method, cls) for cls in CLASSES}
+                    for seed in seeds or data.seeds[:1]}
+        costs = _costs(data, method, data.ok(method))
+        for cls in CLASSES:
+            row, detail = report_seeds.combine({s: v[cls][0] for s, v in per_seed.items()},
+                                               {s: v[cls][1] for s, v in per_seed.items()},
+                                               {s: v[cls][2] for s, v in per_seed.items()}, data.seeds, shared, costs)
+            rows.append(row)
+            details.append(detail)
+    columns = RESULT_COLUMNS + report_seeds.seed_columns(data.seeds)
+    return pd.DataFrame(rows, columns=columns), pd.DataFrame(details)
+
+
+def _fmt_sd(row: Any, key: str) -> str:
+    """``row[key]`` with its sd over seeds (``row[key + "_sd"]``) where the row has one."""
+    sd = row.get(f"{key}_sd") if hasattr(row, "get") else None
+    text = _fmt(row[key])
+    return text if text == "–" or sd is None or not np.isfinite(sd) else f"{text} ± {sd:.3f}"
+
+
+def several_seeds(results: pd.DataFrame) -> bool:
+    """Whether ``results`` holds seed means (a run with several training seeds)."""
+    return "n_seeds" in results and bool((results["n_seeds"].fillna(1) > 1).any())
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -327,29 +406,41 @@ def learning_warnings(manifest: dict[str, Any]) -> list[str]:
     same way under each explainer's name: one sentence names them all instead of one paragraph each.
     """
     failed: dict[tuple[str, ...], list[str]] = {}
-    for method, facts in sorted((manifest.get("checkpoints") or {}).items()):
-        problems = (facts or {}).get("learning_check") or []
+    trainings = checkpoint_facts(manifest)  # with several training seeds, each seed's checkpoint is checked
+    several = {m for m, seed, _ in trainings if seed is not None and sum(n == m for n, _, _ in trainings) > 1}
+    for method, seed, facts in sorted(trainings, key=lambda t: (t[0], -1 if t[1] is None else t[1])):
+        problems = facts.get("learning_check") or []
         if problems:
-            failed.setdefault(tuple(problems), []).append(method)
+            failed.setdefault(tuple(problems), []).append(f"{method} (seed {seed})" if method in several else method)
     notes = []
     for problems, methods in failed.items():
         subject = ", ".join(methods)
         scores = "Its scores measure" if len(methods) == 1 else "Their scores measure"
         notes.append(f"{subject} did not learn: {'; '.join(problems)}. {scores} this training run, not the method.")
+    regressed: dict[tuple[str, ...], list[str]] = {}
+    for method, facts in sorted((manifest.get("checkpoints") or {}).items()):
+        problems = (facts or {}).get("localisation_check") or []
+        if problems:
+            regressed.setdefault(tuple(problems), []).append(method)
+    for problems, methods in regressed.items():
+        notes.append(f"{', '.join(methods)}: training lost localisation it started with ({'; '.join(problems)}).")
     return notes
 
 
 def run_line(manifest: dict[str, Any]) -> str:
-    """The sentence (Markdown) naming what was run: dataset, split, preset, seed, device, commit."""
+    """The sentence (Markdown) naming what was run: dataset, split, preset, seeds, device and the CPU's
+    arithmetic (:mod:`wsl_bench.report.provenance`), commit, and the training precision."""
     config = manifest.get("config", {})
     validation = manifest.get("validation") or {}
     val_split = validation.get("split") or config.get("validation_split")
     return (
         f"Dataset `{config.get('dataset')}` split `{config.get('split')}`, preset `{config.get('preset')}`"
         f"{_size_override(config)}, "
-        f"seed {config.get('seed')}, device {manifest.get('device', {}).get('type')} "
-        f"({manifest.get('device', {}).get('name')}), wsl-bench commit {manifest.get('git', {}).get('commit')}"
+        f"{provenance.seeds_phrase(manifest)}, device {manifest.get('device', {}).get('type')} "
+        f"({manifest.get('device', {}).get('name')}){provenance.cpu_phrase(manifest)}, "
+        f"wsl-bench commit {manifest.get('git', {}).get('commit')}"
         f"{' (dirty)' if manifest.get('git', {}).get('dirty') else ''}."
+        + provenance.precision_sentence(manifest)
         + (f" Headline Dice thresholds chosen on split `{val_split}`." if val_split and not validation.get("reason")
            else "")
     )
@@ -397,10 +488,12 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
         lines += [f"- {note}" for note in warnings] + [""]
     if summary_markdown:
         lines += [summary_markdown.rstrip(), ""]
+    seeds_note = (" Values are means over the training seeds ± their standard deviation (see Seeds in the "
+                  "definitions)." if several_seeds(results) else "")
     lines += [
         "## All results",
         "",
-        "Every column, one row per method and class, methods by family (the floor last).",
+        "Every column, one row per method and class, methods by family (the floor last)." + seeds_note,
         "",
         "| method | class | Dice (val τ) [95% CI] | val τ | Dice@0.5 [95% CI] | oracle Dice (τ) | PxAP [95% CI] "
         "| AUC | n (test, val) | s/img (median, p90) | end-to-end s/img | peak MB | GFLOP | params (M) |",
@@ -410,11 +503,11 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
         r, d = results.iloc[i], details.iloc[i]
         lines.append(
             f"| {r['method']} | {r['class']} "
-            f"| {_fmt(r['dice_val_tau'])} [{_fmt(r['dice_val_tau_ci_low'])}, {_fmt(r['dice_val_tau_ci_high'])}] "
+            f"| {_fmt_sd(r, 'dice_val_tau')} [{_fmt(r['dice_val_tau_ci_low'])}, {_fmt(r['dice_val_tau_ci_high'])}] "
             f"| {_fmt(r['tau_val'])} "
             f"| {_fmt(r['dice_at_0_5'])} [{_fmt(r['dice_at_0_5_ci_low'])}, {_fmt(r['dice_at_0_5_ci_high'])}] "
             f"| {_fmt(r['dice_oracle'])} ({_fmt(r['tau_oracle'], 3)}) "
-            f"| {_fmt(r['pxap'])} [{_fmt(d['pxap_ci_low'])}, {_fmt(d['pxap_ci_high'])}] | {_fmt(r['auc'])} "
+            f"| {_fmt_sd(r, 'pxap')} [{_fmt(d['pxap_ci_low'])}, {_fmt(d['pxap_ci_high'])}] | {_fmt_sd(r, 'auc')} "
             f"| {_fmt(r['n_images'])}, {_fmt(r['n_val_images'])} "
             f"| {_fmt(r['time_median_s'], 4)}, {_fmt(r['time_p90_s'], 4)} | {_fmt(r['end_to_end_median_s'], 4)} "
             f"| {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r['gflops'], 2)} | {_fmt(r['params_m'], 3)} |"
@@ -422,13 +515,23 @@ def to_markdown(results: pd.DataFrame, details: pd.DataFrame, manifest: dict[str
     notes = notes_markdown(details)
     if notes:
         lines += ["", notes]
-    lines += ["", "## Definitions", "", DEFINITIONS]
+    lines += ["", "## Definitions", "", definitions(results)]
     return "\n".join(lines) + "\n"
+
+
+def definitions(results: pd.DataFrame) -> str:
+    """:data:`DEFINITIONS`, and how seeds and bootstrap intervals combine where ``results`` has several seeds."""
+    if not several_seeds(results):
+        return DEFINITIONS
+    return DEFINITIONS + "\n" + report_seeds.SEEDS_DEFINITION + "\n"
 
 
 def to_latex(results: pd.DataFrame, details: pd.DataFrame | None = None) -> str:
     def tex(text: str) -> str:
         return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+
+    def tex_sd(row: Any, key: str) -> str:
+        return _fmt_sd(row, key).replace("±", r"$\pm$")
 
     notes = missing_headline_notes(details) if details is not None else []
     lines = [f"% {note}" for note in notes] + [
@@ -440,10 +543,10 @@ def to_latex(results: pd.DataFrame, details: pd.DataFrame | None = None) -> str:
     ]
     for _, r in results.iterrows():
         lines.append(
-            f"{tex(r['method'])} & {tex(r['class'])} & {_fmt(r['dice_val_tau'])} & "
+            f"{tex(r['method'])} & {tex(r['class'])} & {tex_sd(r, 'dice_val_tau')} & "
             f"[{_fmt(r['dice_val_tau_ci_low'])}, {_fmt(r['dice_val_tau_ci_high'])}] & {_fmt(r['tau_val'])} & "
             f"{_fmt(r['dice_at_0_5'])} & {_fmt(r['dice_oracle'])} & "
-            f"{_fmt(r['tau_oracle'])} & {_fmt(r['pxap'])} & {_fmt(r['auc'])} & {_fmt(r['time_median_s'], 4)} \\\\"
+            f"{_fmt(r['tau_oracle'])} & {tex_sd(r, 'pxap')} & {tex_sd(r, 'auc')} & {_fmt(r['time_median_s'], 4)} \\\\"
         )
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -476,8 +579,9 @@ def to_html(
         notes_md = f"**Headline Dice missing** (Dice@0.5 and the oracle Dice do not stand in for it):\n\n{notes_md}" \
             if notes_md else ""
     order = report_families.ordered(results["method"].unique(), manifest) if "method" in results else None
-    summary_html = page.summary_section(summaries or [], groups or [], summary.FLOOR_DEFINITION,
-                                        summary.shortfall_sentence, summary.WHY_POINTER)
+    floor_definition = summary.FLOOR_DEFINITION + summary.SEEDS_SENTENCE * bool(summaries and summaries[0].seeds)
+    summary_html = page.summary_section(summaries or [], groups or [], floor_definition,
+                                        summary.shortfall_sentence, summary.WHY_POINTER, summary.stability_sentence)
     return page.render(
         run_line=header,
         warnings=warnings or [],
@@ -485,9 +589,17 @@ def to_html(
         results_html=page.results_table(results, details, manifest, order),
         notes_markdown=notes_md,
         figures=figures,
-        definitions=DEFINITIONS,
+        definitions=definitions(results),
         figure_dir=figure_dir,
     )
+
+
+def _identical_groups(data: RunData) -> list[IdenticalGroup]:
+    """Methods with identical maps (:func:`identical_groups`); with several training seeds, in every seed."""
+    if len(data.seeds) <= 1:
+        return identical_groups(data)
+    per_seed = [identical_groups(data.for_seed(seed)) for seed in data.seeds]
+    return [g for g in per_seed[0] if all(any(h.methods == g.methods for h in other) for other in per_seed[1:])]
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -502,12 +614,19 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     for name, frame in (("results.csv", results), ("details.csv", details)):
         with atomic_write(out / name, "w", encoding="utf-8", newline="") as handle:
             frame.to_csv(handle, index=False, float_format="%.6g")
-    groups = identical_groups(data)  # verified from the records, never assumed
+    groups = _identical_groups(data)  # verified from the records, never assumed
     summaries = summary.summarise(results, details, data.manifest, groups)
     markdown = to_markdown(results, details, data.manifest, summary.to_markdown(summaries, groups))
     write_text_atomic(out / "results.md", markdown)
     write_text_atomic(out / "results.tex", to_latex(results, details))
-    figures = report_figures.draw_all(data, results, out, groups)
+    if len(data.seeds) > 1:  # per-image figures show one training: the first seed's, at its own τ
+        first = data.for_seed(data.seeds[0])
+        figures = report_figures.draw_all(first, results_tables(first)[0], out, groups)
+        shown = f"Training seed {data.seeds[0]}, the first of {len(data.seeds)} ({', '.join(map(str, data.seeds))}). "
+        figures = [page.FigureEntry(f.name, f.title, shown + f.caption) if isinstance(f, page.FigureEntry) else f
+                   for f in figures]
+    else:
+        figures = report_figures.draw_all(data, results, out, groups)
     write_text_atomic(out / "index.html", to_html(results, markdown, figures, warnings=learning_warnings(data.manifest),
                                                   details=details, manifest=data.manifest, summaries=summaries,
                                                   groups=groups, figure_dir=out))

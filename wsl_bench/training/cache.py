@@ -28,6 +28,7 @@ from wsl_bench.paths import cache_root  # noqa: F401  (the cache this module key
 from wsl_bench.presets import get_preset
 from wsl_bench.saliency import SaliencyMethod, TrainableMethod
 from wsl_bench.training.distributed import SINGLE_PROCESS, DistContext
+from wsl_bench.training.learning_check import localisation_regressions
 from wsl_bench.training.trainer import (
     TrainConfig,
     Trainer,
@@ -36,6 +37,7 @@ from wsl_bench.training.trainer import (
     load_network_weights,
     training_stages,
 )
+from wsl_bench.weights import load_checkpoint
 
 if TYPE_CHECKING:
     from wsl_bench.data import MammogramDataset
@@ -53,6 +55,8 @@ def train_config_for(method: TrainableMethod, preset_name: str, seed: int, **ove
         "seed": seed,
         "best_criterion": preset.best_criterion,
         "cpu_amp": preset.cpu_amp,
+        "epoch_images": preset.epoch_images,
+        "lr_schedule": preset.lr_schedule,
     }
     fields.update(method.train_overrides)
     fields.update({k: v for k, v in overrides.items() if v is not None})
@@ -159,19 +163,33 @@ def training_code_fingerprint(method: TrainableMethod) -> str:
 
 
 def checkpoint_key_data(
-    method: TrainableMethod, train_config: TrainConfig, train_set: MammogramDataset, val_set: MammogramDataset
+    method: TrainableMethod, train_config: TrainConfig, train_set: MammogramDataset, val_set: MammogramDataset | None
 ) -> dict[str, Any]:
-    """Everything that determines the trained weights (hashed into the cache folder's name)."""
+    """Everything that determines the trained weights (hashed into the cache folder's name); no
+    ``val_set`` for a method trained with masks, which is not validated while it trains."""
     identity = method.training_identity()
     return {
         "method": identity["method"],
         "method_config": identity["config"],
         "train_data": train_set.describe(),
-        "val_data": val_set.describe(),
+        "val_data": val_set.describe() if val_set is not None else None,
         "train_config": train_config.__dict__,
         "stages": [s.to_dict() for s in training_stages(method)],
         "code": training_code_fingerprint(method),
     }
+
+
+def stage_regressions(folder: str | Path, stages: tuple[TrainingStage, ...]) -> list[str]:
+    """:func:`~wsl_bench.training.learning_check.localisation_regressions` of every finished stage of the
+    recipe trained in ``folder``: its selected checkpoint against the network it started from."""
+    problems: list[str] = []
+    for stage in stages:
+        chosen = stage_checkpoint(stage_folder(folder, stages, stage))
+        if chosen is None:
+            continue
+        meta = load_checkpoint(chosen)[1].meta_record()
+        problems += localisation_regressions(stage.name, stage.maps, meta.get("metrics"), meta.get("start_metrics"))
+    return problems
 
 
 def training_seconds(folder: Path) -> float | None:

@@ -22,6 +22,16 @@ for its localisation (the ``cpu`` preset selects by validation PxAP) may well ha
 validation images cannot tell from chance, and a classifier may classify without localising (which
 is the method's result, not a failed training). When a split gives only one of the two (no masks,
 or one label only), that one decides.
+
+A class also counts as not learned, whatever its localisation, when its classifier is **below
+chance**: the same one-sided test in the other direction, ``P(AUC ≤ observed)`` for scores unrelated
+to the labels, is below :data:`AUC_P_VALUE`. A network that ranks the held-out images with a lesion
+below those without has learned something, but not the task: measured, GMIC's checkpoint kept by
+validation PxAP at epoch 1 of 12 had validation AUC 0.309 (benign, 23 positive and 17 negative
+images: one-sided p = 0.02 below chance) and a PxAP just above twice chance, and scored a test AUC of
+0.363; its maps were scored as GMIC's. The stored p-value is the normal approximation of the
+Mann–Whitney U (:func:`wsl_bench.evaluation.metrics.auc_chance_p_value`), symmetric about AUC 0.5, so
+the lower tail is ``1 − val_auc_p_<class>``: no other count needs storing.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ PXAP_CHANCE_FACTOR = 2.0
 
 
 def learning_problems(metrics: dict[str, Any] | None) -> list[str]:
-    """One sentence per class that the checkpoint's validation ``metrics`` show as not learned.
+    """One sentence per class that the checkpoint's validation ``metrics`` show as not learned (no
+    signal above chance, or a classifier below chance: see the module docstring).
 
     Args:
         metrics: the validation row stored with the checkpoint (``val_auc_<class>``,
@@ -59,6 +70,11 @@ def learning_problems(metrics: dict[str, Any] | None) -> list[str]:
         pxap, chance = _finite(metrics.get(f"val_pxap_{name}")), _finite(metrics.get(f"val_pxap_chance_{name}"))
         classifies = None if auc is None or p_value is None else p_value < AUC_P_VALUE
         localises = None if pxap is None or chance is None else pxap >= PXAP_CHANCE_FACTOR * chance
+        # below chance, whatever the maps do: the classifier they come from learned the task backwards
+        if auc is not None and p_value is not None and 1.0 - p_value < AUC_P_VALUE:
+            problems.append(f"{name}: validation AUC {auc:.3f}, below chance (one-sided p = {1.0 - p_value:.3f}: "
+                            "it ranks held-out images with a lesion below those without)")
+            continue
         if classifies is None and localises is None or classifies or localises:
             continue
         evidence = []
@@ -71,6 +87,41 @@ def learning_problems(metrics: dict[str, Any] | None) -> list[str]:
     return problems
 
 
+def localisation_regressions(
+    stage: str, maps: tuple[str, ...] | list[str], metrics: dict[str, Any] | None, start: dict[str, Any] | None
+) -> list[str]:
+    """One sentence per map and class that the selected checkpoint of ``stage`` localises worse than the
+    network the stage started from did, on the validation split.
+
+    A stage that starts from trained weights (GMIC and GLAM from CAM's network, GLAM's later stages from
+    the earlier ones) should keep or improve what it starts with; a selected checkpoint whose trained
+    map lost localisation says the stage destroyed its start (for example a learning rate that erases
+    the initialisation within an epoch). Only a start that localised counts (validation PxAP at least
+    :data:`PXAP_CHANCE_FACTOR` times chance): below that, a random start's PxAP is noise.
+
+    Args:
+        stage: the stage's name, for the sentence.
+        maps: the maps the stage trains (``TrainingStage.maps``; empty: the output map).
+        metrics: the validation row stored with the selected checkpoint.
+        start: the stage's epoch-0 row (the validation of its starting network).
+    """
+    if not metrics or not start:
+        return []
+    problems = []
+    for name in maps or ("",):
+        for cls in CLASSES:
+            key = f"val_pxap_{name}_{cls}" if name else f"val_pxap_{cls}"
+            chosen, begun = _finite(metrics.get(key)), _finite(start.get(key))
+            chance = _finite(start.get(f"val_pxap_chance_{cls}"))
+            if chosen is None or begun is None or chance is None or begun < PXAP_CHANCE_FACTOR * chance:
+                continue
+            if chosen < begun:
+                what = f"{name} map" if name else "map"
+                problems.append(f"stage {stage}: {what} {cls} validation PxAP {chosen:.4f} at the selected checkpoint "
+                                f"(epoch {metrics.get('epoch', '?')}), below {begun:.4f} at the stage's start")
+    return problems
+
+
 def _finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else ``None``."""
     try:
@@ -80,4 +131,4 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-__all__ = ["AUC_P_VALUE", "PXAP_CHANCE_FACTOR", "learning_problems"]
+__all__ = ["AUC_P_VALUE", "PXAP_CHANCE_FACTOR", "learning_problems", "localisation_regressions"]

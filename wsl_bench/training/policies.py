@@ -140,8 +140,23 @@ class TrainingLog:
             log.warning("could not draw the training curves: %s", exc)
 
 
+def training_map_names(history: list[dict[str, Any]]) -> list[str]:
+    """The names of the training maps (``val_pxap_<map>_<class>`` columns) in ``history``, in order."""
+    names: dict[str, None] = {}
+    for key in (k for row in history for k in row):
+        for cls in CLASSES:
+            suffix = f"_{cls}"
+            if key.startswith("val_pxap_") and key.endswith(suffix) and not key.startswith("val_pxap_chance_"):
+                name = key[len("val_pxap_"):-len(suffix)]
+                if name:
+                    names[name] = None
+    return list(names)
+
+
 def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "training") -> None:
-    """Loss, validation AUC and validation Dice/PxAP per epoch (one PNG, three panels)."""
+    """Loss, validation AUC and validation Dice/PxAP per epoch, with the PxAP of every training map
+    (``val_pxap_<map>_<class>``) and the epoch-0 row (the stage's start) where present (one PNG, three
+    panels)."""
     from matplotlib.ticker import MaxNLocator
 
     from wsl_bench.plotting import CLASS_COLOURS, plt  # lazily: pyplot is slow to import
@@ -163,6 +178,10 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "t
             if np.isfinite(series(f"val_{metric}_{cls}")).any():
                 right.plot(epochs, series(f"val_{metric}_{cls}"), style, color=CLASS_COLOURS[cls],
                            label=f"{'Dice' if metric == 'dice' else 'PxAP'} {cls}")
+        for name, style in zip(training_map_names(history), ("-.^", ":v", "-.D", ":x"), strict=False):
+            if np.isfinite(series(f"val_pxap_{name}_{cls}")).any():
+                right.plot(epochs, series(f"val_pxap_{name}_{cls}"), style, color=CLASS_COLOURS[cls], alpha=0.8,
+                           markersize=4, label=f"PxAP {name} map {cls}")
         if np.isfinite(series(f"val_pxap_chance_{cls}")).any():  # what a map unrelated to the lesions scores
             right.plot(epochs, series(f"val_pxap_chance_{cls}"), ":", color=CLASS_COLOURS[cls], alpha=0.7,
                        label=f"PxAP chance {cls}")
@@ -181,4 +200,12 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "t
     plt.close(fig)
 
 
-__all__ = ["CRITERIA", "BestCheckpoint", "EpochCallback", "StatefulCallback", "TrainingLog", "plot_curves"]
+__all__ = [
+    "CRITERIA",
+    "BestCheckpoint",
+    "EpochCallback",
+    "StatefulCallback",
+    "TrainingLog",
+    "plot_curves",
+    "training_map_names",
+]

@@ -1,6 +1,9 @@
 """The weakly-supervised trainer shared by every trainable method.
 
-Only image-level labels reach the loss: masks are never read during training. Validation reads them
+Only image-level labels reach the loss: masks are never read during training, except by a method that
+declares a ``mask_split`` (the supervised reference points ``fsl`` and ``supervised``): its loss receives
+the masks of that one split (:class:`~wsl_bench.training.data.MaskedImages`, built for no other method),
+and it is not validated while it trains. Validation reads them
 to report Dice and PxAP per epoch (computed by :mod:`wsl_bench.evaluation.scoring` and
 :mod:`wsl_bench.evaluation.metrics`, the harness's own definitions) and, when asked, to pick the
 best checkpoint by one of them. One trainer for all methods keeps the comparison fair: same
@@ -41,7 +44,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,7 @@ from wsl_bench.training.augment import Augmentation
 from wsl_bench.training.data import (  # noqa: F401  (re-exported: the trainer's data API)
     FirstImages,
     LabelledImages,
+    MaskedImages,
     ValidationImages,
     balanced_order,
     epoch_order,
@@ -74,6 +79,7 @@ from wsl_bench.training.policies import (  # noqa: F401  (CRITERIA, plot_curves:
     TrainingLog,
     plot_curves,
 )
+from wsl_bench.training.validation import TrainingMapScores
 from wsl_bench.weights import atomic_torch_save, file_sha256, load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -81,6 +87,65 @@ log = logging.getLogger(__name__)
 TRAINER_STATE_FORMAT = "wsl_bench.trainer_state/2"
 METHOD_CHECKPOINT_FORMAT = weights_io.FORMAT  # the one checkpoint format (wsl_bench.weights)
 BALANCE_MODES: tuple[str, ...] = ("none", "pos_weight", "sampler")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+WARMUP_FRACTION = 0.05
+"""Share of a stage's steps the ``"cosine"`` schedule warms up over."""
+
+
+class WeightAverage:
+    """An exponential moving average of a network's floating-point weights and buffers.
+
+    ``update()`` after every optimisation step; ``swapped_in()`` is a context in which the network holds
+    the average (validation, checkpoints) and afterwards its own weights again. Integer buffers (BatchNorm's
+    step counters) follow the network.
+
+    Args:
+        network: the trained network (its ``state_dict`` keys are the average's).
+        decay: ``d`` of ``average ← d·average + (1 − d)·weights``.
+    """
+
+    def __init__(self, network: nn.Module, decay: float) -> None:
+        self.network, self.decay = network, decay
+        self.average = {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for key, value in self.network.state_dict().items():
+            if value.is_floating_point():
+                self.average[key].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                self.average[key].copy_(value)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        own = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        self.network.load_state_dict(self.average)
+        try:
+            yield
+        finally:
+            self.network.load_state_dict(own)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            self.average[key].copy_(value)
+
+
+def scheduled_lr(schedule: str, peak: float, step: int, total: int) -> float:
+    """The learning rate of optimisation step ``step`` (0-based) of ``total`` under ``schedule``.
+
+    ``"cosine"``: ``peak·(step+1)/w`` for the first ``w = max(1, round(WARMUP_FRACTION·total))`` steps,
+    then ``peak·(1 + cos(π·t))/2`` with ``t`` going from 0 to 1 over the remaining steps.
+    """
+    if schedule == "constant" or total <= 1:
+        return peak
+    warmup = max(1, round(WARMUP_FRACTION * total))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -110,6 +175,17 @@ class TrainConfig:
             of the narrow networks of the cpu preset on an AVX512-BF16 CPU (measured, CAM at 368×240).
         val_bins: histogram bins of the validation Dice/PxAP (the harness's default is 1000).
         max_cached_images: training images kept decoded in memory (0: reload every time).
+        epoch_images: images per epoch (the validation interval), drawn in turn from a stream of
+            passes over the split (:func:`~wsl_bench.training.data.epoch_order`); ``None``: an epoch
+            is one pass over the split.
+        ema_decay: 0: the network trained is the network kept. Otherwise an exponential moving average of
+            its weights (and BatchNorm statistics), ``ema ← d·ema + (1 − d)·weights`` after every step, is
+            what every epoch validates and what ``best.pt`` and ``final.pt`` hold (Polyak averaging): the
+            average over the last ``1/(1 − d)`` steps moves far less from one epoch to the next than the
+            weights themselves (see :class:`WeightAverage`).
+        lr_schedule: ``"constant"``: ``lr`` at every step; ``"cosine"``: a linear warm-up over the first
+            :data:`WARMUP_FRACTION` of a stage's steps to ``lr``, then a cosine decay to 0 at its last
+            step (:func:`scheduled_lr`). A function of the step, so a resumed run follows it exactly.
     """
 
     epochs: int = 8
@@ -124,6 +200,9 @@ class TrainConfig:
     cpu_amp: bool = False
     val_bins: int = 1000
     max_cached_images: int = 4000
+    epoch_images: int | None = None
+    lr_schedule: str = "constant"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_MODES:
@@ -134,6 +213,12 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.lr <= 0 or self.checkpoint_every_steps < 0 or self.val_bins < 2:
             raise ValueError("lr must be positive, checkpoint_every_steps non-negative and val_bins at least 2")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.epoch_images is not None and self.epoch_images < 1:
+            raise ValueError(f"epoch_images must be at least 1 (or None: a pass per epoch), got {self.epoch_images}")
 
 
 def training_stages(method: TrainableMethod) -> tuple[TrainingStage, ...]:
@@ -234,8 +319,10 @@ class _LossModule(nn.Module):
         self._method = method  # not a module: only the network's parameters belong to this one
         self._loss_kwargs = loss_kwargs
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
-        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None,
+                masks: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if masks is None else {"masks": masks}  # only a method with a mask_split gets masks
+        return self._method.training_loss(images, labels, pos_weight=pos_weight, **self._loss_kwargs, **extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,9 +405,16 @@ class Trainer:
         self.init_sha256: str | None = None
         self.train_set: MammogramDataset | None = None  # the training split of the current fit()
         self._skip_warned = False
+        self.average = WeightAverage(self.network, config.ema_decay) if config.ema_decay else None
         self.best_checkpoint = BestCheckpoint(self.criterion, self.out_dir / "best.pt")
         self.training_log = TrainingLog(self.out_dir, title=f"training {method.name}, stage {self.stage.name}")
         self.callbacks: list[EpochCallback] = [self.best_checkpoint, self.training_log, *callbacks]
+
+    @property
+    def precision(self) -> str:
+        """The training arithmetic: ``"bfloat16 autocast"`` (:func:`uses_amp`), else the network's
+        dtype (``"float32"``)."""
+        return "bfloat16 autocast" if self.uses_amp else str(self.input_dtype).removeprefix("torch.")
 
     @property
     def best_value(self) -> float | None:
@@ -349,6 +443,7 @@ class Trainer:
             **{k: v for cb in self.callbacks if isinstance(cb, StatefulCallback) for k, v in cb.state_dict().items()},
             "history": self.history,
             "rng": _rng_state(),
+            **({"weight_average": self.average.state_dict()} if self.average is not None else {}),
         }
 
     def save_state(self) -> None:
@@ -394,6 +489,8 @@ class Trainer:
                 callback.load_state_dict(state)
         self.epoch_losses, self.epoch_seconds = list(state["epoch_losses"]), float(state["epoch_seconds"])
         self.history = list(state["history"])
+        if self.average is not None:
+            self.average.load_state_dict(state["weight_average"])
         _set_rng_state(state["rng"])
 
     # -- training --------------------------------------------------------------------------------
@@ -403,7 +500,13 @@ class Trainer:
         """Train this stage for its epochs (continuing from ``last.pt`` when ``resume`` and it exists)."""
         context, device = self.context, self.method.device
         self.train_set = train_set
-        train = LabelledImages(train_set, self.config.max_cached_images)
+        mask_split = getattr(self.method, "mask_split", None)
+        if mask_split is not None and val_set is not None:
+            raise ValueError(f"{self.method.name} trains with the masks of the {mask_split!r} split and is not "
+                             "validated while it trains (validation reads the validation masks): pass no "
+                             "validation split")
+        train = (LabelledImages(train_set, self.config.max_cached_images) if mask_split is None
+                 else MaskedImages(train_set, self.config.max_cached_images, mask_split))
         val = ValidationImages(val_set) if val_set is not None else None
         if context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -415,6 +518,9 @@ class Trainer:
         else:
             if self.init_from is not None:
                 load_network_weights(self.method, self.init_from)
+            if self.average is not None:  # the average starts from the stage's starting weights
+                self.average = WeightAverage(self.network, self.config.ema_decay)
+            self._validate_start(val)
             torch.manual_seed(self.config.seed)
 
         already_done = self.epoch >= self.epochs
@@ -441,6 +547,8 @@ class Trainer:
         finally:
             for p in self.network.parameters():
                 p.requires_grad_(True)
+            if self.average is not None:  # what training hands on is the weight average
+                self.network.load_state_dict(self.average.state_dict())
             # Hand the network back in the layout a loaded checkpoint has: bfloat16 training on a CPU
             # switched it to channels-last, whose convolutions round differently in the last bit, so
             # a network evaluated right after training would not score as the cached one does.
@@ -455,10 +563,25 @@ class Trainer:
         self.network.eval()
         return TrainResult(final_path, best_path, self.history, sorted(train.failed), [self.stage.name])
 
+    def _validate_start(self, val: ValidationImages | None) -> None:
+        """The validation row of the network the stage starts from, as epoch 0 of its history (rank 0):
+        the reference its selected checkpoint is compared with (``learning_check.localisation_regressions``)."""
+        if val is None or not self.context.is_main:
+            return
+        self.network.eval()
+        row = {"stage": self.stage.name, "epoch": 0, "train_loss": float("nan"),
+               "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": 0.0}
+        row.update(self.validate(val, None))
+        self.history.append(row)
+
+    def start_row(self) -> dict[str, Any] | None:
+        """The epoch-0 row of this stage's history (:meth:`_validate_start`), if validated."""
+        return next((row for row in self.history if row.get("epoch") == 0), None)
+
     def _epoch_order(self, train: LabelledImages, labels: np.ndarray | None) -> list[int]:
         if self.config.balance == "sampler":
-            return balanced_order(labels, self.config.seed, self.epoch)
-        return epoch_order(len(train.ids), self.config.seed, self.epoch)
+            return balanced_order(labels, self.config.seed, self.epoch, self.config.epoch_images)
+        return epoch_order(len(train.ids), self.config.seed, self.epoch, self.config.epoch_images)
 
     def _set_train_mode(self) -> None:
         """Train mode for what this stage trains; eval mode (fixed BatchNorm statistics) elsewhere."""
@@ -479,6 +602,9 @@ class Trainer:
         loss_module: nn.Module,
     ) -> None:
         batch_size = self.config.batch_size
+        epoch_length = self.config.epoch_images or len(train.ids)
+        total_steps = self.epochs * math.ceil(epoch_length / batch_size)  # the stage's, for the schedule
+        peak = self.config.lr * self.stage.lr_factor
         while self.epoch < self.epochs:
             order = self._epoch_order(train, labels)
             steps = math.ceil(len(order) / batch_size)
@@ -492,6 +618,8 @@ class Trainer:
             self._set_train_mode()
             while self.step_in_epoch < steps:
                 started = time.perf_counter()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = scheduled_lr(self.config.lr_schedule, peak, self.global_step, total_steps)
                 positions = list(range(self.step_in_epoch * batch_size, min((self.step_in_epoch + 1) * batch_size,
                                                                              len(order))))
                 loss = self._train_step(train, order, positions, pos_weight, augment, loss_module)
@@ -534,9 +662,9 @@ class Trainer:
                 self._skip_warned = True
             return None
         total = float(counts.sum())
-        images, target = (t.to(device=device, dtype=self.input_dtype) for t in batch)
+        images, target, *masks = (t.to(device=device, dtype=self.input_dtype) for t in batch)  # masks: MaskedImages
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.uses_amp):
-            loss = loss_module(images, target, pos_weight)
+            loss = loss_module(images, target, pos_weight, *masks)
         summed = torch.stack([loss.detach().double() * n_local]).to(counts)
         mean_loss = float(context.all_reduce_sum(summed)[0]) / total
         if not math.isfinite(mean_loss):
@@ -549,6 +677,8 @@ class Trainer:
         # of the global batch (times the world size) makes that average the gradient of the global mean.
         (loss * (n_local * context.world_size / total)).backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return mean_loss
 
     def _end_epoch(self, train: LabelledImages, val: ValidationImages | None, pos_weight: torch.Tensor | None) -> None:
@@ -560,23 +690,32 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": round(self.epoch_seconds, 3),
         }
-        if val is not None and self.context.is_main:
-            row.update(self.validate(val, pos_weight))
-        self.history.append(row)
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_losses, self.epoch_seconds = [], 0.0
+        with self._kept_weights():  # the weight average, when there is one, is what is validated and kept
+            if val is not None and self.context.is_main:
+                row.update(self.validate(val, pos_weight))
+            self.history.append(row)
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.epoch_losses, self.epoch_seconds = [], 0.0
+            if self.context.is_main:
+                for callback in self.callbacks:  # best.pt, log.csv and curves.png, then anything added
+                    callback.on_epoch_end(self, row)
         if self.context.is_main:
-            for callback in self.callbacks:  # best.pt, log.csv and curves.png, then anything added
-                callback.on_epoch_end(self, row)
             self.save_state()
+
+    def _kept_weights(self) -> AbstractContextManager[None]:
+        """A context in which the network holds the weights a checkpoint keeps: the weight average
+        (``TrainConfig.ema_decay``) or the trained weights themselves."""
+        return self.average.swapped_in() if self.average is not None else nullcontext()
 
     @torch.no_grad()
     def validate(self, val: ValidationImages, pos_weight: torch.Tensor | None) -> dict[str, float]:
         """Validation loss, AUC per class (image-level labels) and Dice/PxAP per class (masks).
 
         Dice (at τ = 0.5, mean over the images holding a lesion of the class) and PxAP (pixel
-        histograms pooled over the same images) are computed exactly as the harness scores a run:
+        histograms pooled over the same images; also ``val_pxap_<map>_<class>`` of each of the method's
+        :meth:`~wsl_bench.saliency.TrainableMethod.training_maps`, see :mod:`wsl_bench.training.validation`)
+        are computed exactly as the harness scores a run:
         :func:`wsl_bench.evaluation.scoring.score_image` on the method's ``predict`` output, its
         histograms pooled by :class:`wsl_bench.evaluation.metrics.PxAPMetric`; AUC by
         :class:`~wsl_bench.evaluation.metrics.AUCMetric`. Dice is the mean of ``score_image``'s values
@@ -586,6 +725,7 @@ class Trainer:
         losses, sizes = [], []
         aucs = {c: AUCMetric() for c in CLASSES}
         pxaps = {c: PxAPMetric(self.config.val_bins) for c in CLASSES}
+        training_maps = TrainingMapScores(self.config.val_bins)
         dice: dict[str, list[float]] = {c: [] for c in CLASSES}
         for start in range(0, len(val.ids), self.config.batch_size):
             samples = val.samples(val.ids[start : start + self.config.batch_size])
@@ -606,6 +746,7 @@ class Trainer:
                     if scored["has_lesion"][name]:  # both metrics score the images holding a lesion of the class
                         dice[name].append(scored["dice"][name])
                         pxaps[name].update_histograms(*(decode_counts(scored["hist"][name][k]) for k in ("pos", "neg")))
+            training_maps.update(self.method.training_maps(output), samples)
         if not sizes:
             return {}
         row: dict[str, float] = {"val_loss": float(np.average(losses, weights=sizes))}
@@ -617,6 +758,7 @@ class Trainer:
         for name in CLASSES:
             row[f"val_dice_{name}"] = float(np.mean(dice[name])) if dice[name] else float("nan")
             row[f"val_pxap_{name}"] = pxaps[name].compute()  # NaN without a lesion pixel
+        row.update(training_maps.row())
         for metric in ("auc", "dice", "pxap"):
             values = [row[f"val_{metric}_{name}"] for name in CLASSES]
             finite = [v for v in values if np.isfinite(v)]
@@ -636,7 +778,10 @@ class Trainer:
                 "train_config": asdict(self.config),
                 "stage": self.stage.to_dict(),
                 "seed": self.config.seed,
+                # the arithmetic actually used (it depends on the CPU: ``cpu_amp`` needs native bfloat16)
+                "precision": self.precision,
                 "metrics": dict(metrics),
+                "start_metrics": dict(self.start_row() or {}),
                 "epochs_completed": self.epoch,
             },
         }
