@@ -48,6 +48,7 @@ def assert_close(name: str, got: torch.Tensor, want: np.ndarray, tol: float = TO
     assert err <= tol, f"{name}: largest difference {err:.3g} > {tol}"
 
 
+@pytest.mark.slow
 def test_probabilities(outputs, reference):
     assert_close("y_global", outputs.glob.y_global, reference["y_global"])
     assert_close("y_cam_logits", outputs.glob.y_cam_logits, reference["y_cam_logits"])
@@ -91,6 +92,7 @@ def published_state() -> dict[str, torch.Tensor]:
     return read_npz_state_dict(WEIGHTS)
 
 
+@pytest.mark.slow
 def test_published_checkpoint_reproduces_reference_through_predict(tmp_path, published_state, image, reference):
     # a file written with torch.save in the published key names, loaded by the method, run through
     # the saliency contract (predict) and compared with the published outputs

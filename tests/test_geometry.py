@@ -25,6 +25,7 @@ def table() -> list[describe.GeometryRow]:
     return describe.geometry_table(("tiny", "cpu", "full"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "full"])
 @pytest.mark.parametrize("method", ["glam", "gmic", "cam"])
 def test_geometry_ratios_stay_within_a_factor_1_5_of_the_published_configuration(table, method, preset):
@@ -166,6 +167,7 @@ def _load_report_script(name: str):
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["geometry", "evidence"])
 def test_committed_tables_are_what_the_code_measures(script):
     """The tables in the method cards and reports/README.md are generated: a changed preset, network or

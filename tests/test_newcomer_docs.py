@@ -83,3 +83,18 @@ def test_the_quick_command_deselects_only_a_registered_marker_and_ci_runs_everyt
     assert "python -m pytest -q\n" in ci and "not slow" not in ci
     install = (ROOT / "README.md").read_text(encoding="utf-8").split("## Install and run", 1)[1].split("\n## ", 1)[0]
     assert 'python -m pytest -q -m "not slow"' in install  # where a newcomer looks for how to run the tests
+
+
+def test_every_test_module_keeps_a_test_in_the_quick_loop():
+    """``-m "not slow"`` runs at least one test of every module: no module is marked slow as a whole,
+    and each has a test function without the mark (its parameters may carry it one by one)."""
+    import ast
+
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        whole = [node for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)]
+        assert not any("slow" in ast.unparse(node.value) for node in whole), f"{path.name} is slow as a whole"
+        quick = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+                 and not any(ast.unparse(d) == "pytest.mark.slow" for d in node.decorator_list)]
+        assert quick, f"{path.name}: every test is marked slow, so the quick loop never runs it"

@@ -148,6 +148,7 @@ def test_variant_instance_is_its_base_class_named_with_the_tag(tmp_path):
     assert plain.name == "gmic" and plain.published_file is None and not plain.requires_weights
 
 
+@pytest.mark.slow
 def test_plugin_found_through_a_real_entry_point(tmp_path):
     """Install a throw-away distribution with entry points in a temporary site folder and find it
     by name in a fresh interpreter, exactly as a third-party plugin would be found."""

@@ -88,6 +88,7 @@ def test_styles_make_the_flagship_findable_and_keep_colours_apart():
 
 
 # -- the figures at twenty methods --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dice_vs_lesion_size_has_a_panel_per_family_with_distinct_labelled_lines(run, drawn, tmp_path):
     data, plan, results, _ = run
     assert figures.dice_vs_lesion_size(data, tmp_path, results, plan)
@@ -129,6 +130,7 @@ def test_cost_vs_dice_labels_every_method_once_per_class_without_overlap(run, dr
         assert bold == {"glam", "gmic"}
 
 
+@pytest.mark.slow
 def test_the_qualitative_maps_are_split_by_family_and_by_class(run, drawn, tmp_path):
     data, plan, _, report = run
     pages = qualitative.pages(data, plan)

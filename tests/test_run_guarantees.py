@@ -300,6 +300,7 @@ def test_a_released_lock_can_be_taken_again_but_a_held_one_cannot(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_removes_the_temporary_files_a_kill_left(toy_dataset, tmp_path):
     out = tmp_path / "run"
     run(_config(["intensity"]), out, progress=False)

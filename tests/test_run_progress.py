@@ -25,6 +25,7 @@ def run_cli(argv, capsys):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_a_first_run_prints_its_plan_then_a_summary_and_a_second_one_reuses_the_checkpoint(toy_dataset, tmp_path,
                                                                                            capsys, isolated_cache):
     common = ["--methods", "cam,intensity,random", "--dataset", "toy", "--preset", "tiny", "--no-progress"]
@@ -162,6 +163,7 @@ def test_a_silent_tracker_prints_nothing():
     progress.close()  # nothing to show, nothing raised
 
 
+@pytest.mark.slow
 def test_a_subset_run_says_the_report_covers_every_method_of_the_folder(toy_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--dataset", "toy", "--preset", "tiny", "--out", str(out), "--no-progress"]
