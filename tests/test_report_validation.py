@@ -150,6 +150,7 @@ def _folder_without_annotated_validation(root: Path, drop_split: bool) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_split, reason", [
     (False, "no annotated validation images: dataset folder split val has 2 images, none with a lesion mask"),
     (True, "no validation split: dataset folder split val cannot be opened"),

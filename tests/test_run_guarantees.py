@@ -180,6 +180,7 @@ class BadOutput(SaliencyMethod):
         return SaliencyOutput(maps=torch.full((n, 2, 4, 4), 0.5), scores=torch.full((n, 2), 5.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "status", "message"), [
     ("empty", "failed", "at least one pixel"),
     ("score", "failed", "scores must lie in [0, 1]"),
