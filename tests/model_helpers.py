@@ -1,5 +1,6 @@
 """Helpers shared by the GLAM, GMIC and training tests: seeded inputs, non-trivial BatchNorm, and the
-published models' reference files (../shared/reference, outside the repository)."""
+published models' reference files (../shared/reference, outside the repository: reference outputs of the
+published code, not distributed; docs/published_reference.md)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ def randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
 
 
+def skip_reason(model: str) -> str:
+    """Why a fidelity test skips, and what a reader without the reference files can run instead."""
+    return (f"needs the reference outputs of the published {model} code in {REFERENCE_DIR}, which are not "
+            f"distributed (docs/published_reference.md); check against your own clone of the published code "
+            f"instead: wsl-bench verify {model.lower()} --published PATH")
+
+
 def skip_without_reference(model: str, *files: Path) -> pytest.MarkDecorator:
-    """Skip a module's tests, with the reason, where the shared reference files are absent."""
-    return pytest.mark.skipif(
-        not all(f.is_file() for f in files),
-        reason=f"{model} reference files not found in {REFERENCE_DIR} "
-        "(the shared reference folder is not part of the repository)",
-    )
+    """Skip a module's tests, with :func:`skip_reason`, where the reference files are absent."""
+    return pytest.mark.skipif(not all(f.is_file() for f in files), reason=skip_reason(model))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

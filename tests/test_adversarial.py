@@ -59,6 +59,7 @@ def _snapshot(root: Path, skip: list[Path]) -> dict[str, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------- SIGKILL
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(tmp_path):
     reference = tmp_path / "reference"
     started = time.perf_counter()
@@ -153,6 +154,7 @@ def clean_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_bad", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_fails_its_record_or_names_the_file_and_writes_nothing_outside(clean_folder, tmp_path, make_bad):
     root, outside = tmp_path / "data", tmp_path / "outside"

@@ -216,6 +216,7 @@ def test_malformed_lesion_areas_fail_that_sample_only(tmp_path, cell):
     assert err.value.sample_id == "bad" and len(str(err.value)) < 500
 
 
+@pytest.mark.slow
 def test_training_skips_an_image_with_malformed_lesion_areas(tmp_path):
     """Training catches SampleError only: a metadata TypeError on one row used to stop it."""
     from wsl_bench.training.trainer import LabelledImages, TrainConfig, Trainer

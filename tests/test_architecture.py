@@ -147,3 +147,13 @@ def test_every_module_has_a_layer_and_the_top_level_card_folders_hold_no_code():
     root = PACKAGE.parent
     for folder in ("methods", "datasets"):
         assert not (root / folder / "__init__.py").exists(), f"{folder}/ would shadow a Python package"
+
+
+def test_every_module_imports():
+    """Every module loads (its imports resolve, its top level runs): the quick loop
+    (``-m "not slow"``, README) leaves no module of the package untouched, whatever it deselects."""
+    import importlib
+
+    for module in sorted(import_graph()):
+        if module != "wsl_bench.__main__":  # running it is the command line (tests/test_cli_front.py)
+            assert importlib.import_module(module).__name__ == module

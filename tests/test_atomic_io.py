@@ -180,6 +180,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_report_file_is_written_through_the_atomic_path(run_dir, tmp_path, monkeypatch):
     from wsl_bench.report.tables import build_report
 
@@ -198,6 +199,7 @@ def test_every_report_file_is_written_through_the_atomic_path(run_dir, tmp_path,
     assert written <= set(replaced), sorted(p.name for p in written - set(replaced))
 
 
+@pytest.mark.slow
 def test_a_report_rebuild_that_hits_a_full_disk_leaves_the_previous_report(run_dir, tmp_path, monkeypatch):
     from wsl_bench.report.tables import build_report
 

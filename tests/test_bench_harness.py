@@ -42,6 +42,7 @@ def test_a_method_that_scores_nothing_is_a_clear_error(toy_dataset, tmp_path):
                           out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_report_shows_end_to_end_seconds_beside_the_model_s(toy_dataset, tmp_path):
     out = tmp_path / "run"
     run(RunConfig(methods=("intensity",), dataset="toy", preset="tiny"), out, progress=False)

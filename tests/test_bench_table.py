@@ -6,7 +6,7 @@ import re
 
 from wsl_bench.evaluation.bench import format_bench
 
-COLUMNS = ("median s", "p90 s", "min s", "GFLOP", "GFLOP/s", "of ceiling", "(at min)", "peak MiB", "+MiB")
+COLUMNS = ("median s", "p90 s", "min s", "GFLOP", "GFLOP/s", "ceil@med", "ceil@min", "peak MiB", "+MiB")
 
 
 def result(method: str, options: str = "", **values: float) -> dict:
@@ -27,3 +27,14 @@ def test_every_column_header_ends_where_its_values_end():
     for row in lines[header + 1:]:
         value_ends = [m.end() for m in re.finditer(r"\S+", row)][-len(COLUMNS):]  # values hold no space; labels may
         assert value_ends == header_ends, f"\n{lines[header]}\n{row}"
+
+
+def test_every_header_is_one_word_group_over_one_column_and_the_ceiling_columns_are_explained():
+    """A header of several words must not read as one title over several columns ("GFLOP/s of ceiling
+    (at min)" sat over three numbers): the two shares of the ceiling have one-word names, said above."""
+    lines = format_bench([result("glam")]).splitlines()
+    header = next(line for line in lines if line.startswith("method"))
+    assert "of ceiling" not in header and "(at min)" not in header
+    assert any(line.startswith("GFLOP/s: at the median time; ceil@med, ceil@min: ") for line in lines)
+    row = lines[-1].split()
+    assert row[row.index("101") + 1:row.index("101") + 3] == ["100%", "7%"]  # GFLOP/s, then the two shares

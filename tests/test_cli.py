@@ -45,6 +45,7 @@ def test_unknown_names_exit_2_listing_valid_names(argv, named, capsys, tmp_path)
     assert named in err and ("known" in err)
 
 
+@pytest.mark.slow
 def test_tiny_run_then_report_rebuilds_identical_results(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "--methods", "cam,intensity,centre_prior,random", "--preset", "tiny", "--out", str(out),
@@ -80,6 +81,7 @@ def test_bad_size_is_a_usage_error(capsys):
     assert "size must look like" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_image_size_replaces_the_presets_size_for_data_methods_and_report(tmp_path, capsys):
     out = tmp_path / "small"
     code = main(["run", "--methods", "intensity,centre_prior", "--preset", "tiny", "--image-size", "128x80",
@@ -113,6 +115,7 @@ BAD_RECORD_LINES = [
 ]
 
 
+@pytest.mark.slow
 def test_report_and_resume_skip_and_name_records_lines_that_are_not_valid_records(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     argv = ["run", "--methods", "intensity,centre_prior,random", "--preset", "tiny", "--out", str(out), "--no-progress"]

@@ -65,8 +65,8 @@ def test_run_help_shows_the_default_method_list_and_it_matches_the_registry():
 
 @pytest.mark.parametrize("argv, flag, swapped", [
     (["data", "synth", "--n", "2", "--size", "48x64"], "--size 48x64", "64x48"),
-    (["run", "--methods", "intensity", "--dataset", "toy", "--preset", "tiny", "--image-size", "80x128",
-      "--no-progress"], "--image-size 80x128", "128x80"),
+    pytest.param(["run", "--methods", "intensity", "--dataset", "toy", "--preset", "tiny", "--image-size", "80x128",
+                  "--no-progress"], "--image-size 80x128", "128x80", marks=pytest.mark.slow),  # a whole run: 5 s
 ])
 def test_a_landscape_size_is_warned_about_and_a_portrait_one_is_not(argv, flag, swapped, toy_dataset, tmp_path,
                                                                     capsys):

@@ -53,7 +53,13 @@ def random_published_weights(name: str, image_size: tuple[int, int], folder) -> 
     return str(path)
 
 
-@pytest.mark.parametrize("name", wsl_bench.list_methods("*"))
+# the quick loop (-m "not slow") keeps every method but the three full networks, 2.5-7.5 s each on 2 cores
+# (their published-weight variants, at a smaller size, stay in it)
+SLOW_TO_CONFORM = {"cam", "glam", "gmic"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TO_CONFORM else name
+                                  for name in wsl_bench.list_methods("*")])
 def test_method_conforms(name, tmp_path):
     """Every registered method; a published-weight variant on a file of random weights in its format."""
     cls = METHODS.get(name)

@@ -138,6 +138,7 @@ def default_test_split():
     return [dataset.raw(i) for i in dataset.ids()]
 
 
+@pytest.mark.slow
 def test_default_lesions_are_as_conspicuous_as_real_ones(default_test_split):
     for cls in CLASSES:
         measures = [m for item in default_test_split if item.masks[cls].any()
@@ -149,6 +150,7 @@ def test_default_lesions_are_as_conspicuous_as_real_ones(default_test_split):
         assert PERCENTILE_RANGE[0] <= percentile <= PERCENTILE_RANGE[1], (cls, percentile)
 
 
+@pytest.mark.slow
 def test_intensity_baseline_is_weak_on_the_default_test_split(default_test_split):
     """The image itself as the map, scored as the harness scores the ``intensity`` baseline."""
     intensity = wsl_bench.create_method("intensity")

@@ -137,6 +137,7 @@ def test_readme_explainer_example_conforms_on_its_own_classifier():
     check_method(lambda **options: cls(namespace["tiny_classifier"](), **options), image_size=(64, 48))
 
 
+@pytest.mark.slow
 def test_readme_explainer_example_runs_through_the_pipeline_on_a_trained_classifier(toy_dataset, tmp_path,
                                                                                     monkeypatch):
     monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))

@@ -153,6 +153,7 @@ def test_empty_and_malformed_exam_lists(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_cli_run_on_published_sample_layout(tmp_path):
     """Acceptance: `wsl-bench run --methods intensity,centre_prior --dataset nyu --data-root DIR`
     on one exam in the published layout (images already in the 2944×1920 model frame)."""

@@ -49,6 +49,24 @@ def check(command: list[str], env: dict[str, str]) -> str:
     return result.stdout
 
 
+def test_without_torchrun_a_process_stays_alone_and_a_cuda_rank_needs_its_own_gpu(monkeypatch):
+    """The quick loop's check of the process-group entry (the two torchrun tests below are slow)."""
+    from wsl_bench.training.distributed import SINGLE_PROCESS, init_from_env
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = init_from_env("cpu")
+    assert alone is SINGLE_PROCESS and alone.is_main and not alone.enabled and alone.backend is None
+    tensor = torch.ones(3)
+    assert alone.all_reduce_sum(tensor) is tensor and torch.equal(tensor, torch.ones(3))  # nothing to sum with
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))  # one past the GPUs this machine has
+    with pytest.raises(ValueError, match=f"LOCAL_RANK {torch.cuda.device_count()} but only"):
+        init_from_env("cuda")
+    assert not dist.is_initialized()  # refused before joining any process group
+
+
+@pytest.mark.slow
 def test_one_step_on_two_ranks_equals_one_process(tmp_path):
     """One Adam step on a global batch of 5 images (3 on rank 0, 2 on rank 1), `cam` with BatchNorm."""
     script = tmp_path / "float64_cli.py"
@@ -91,6 +109,7 @@ def test_one_step_on_two_ranks_equals_one_process(tmp_path):
     assert abs(losses[0] - losses[1]) < 1e-9
 
 
+@pytest.mark.slow
 def test_sharded_run_merges_into_the_single_process_records_and_report(tmp_path):
     env = environment(tmp_path)  # one cache: the distributed run loads the cam checkpoint the first one trained
     args = ["-m", "wsl_bench", "run", "--methods", "cam,intensity,centre_prior,random", "--preset", "tiny",

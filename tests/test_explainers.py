@@ -430,6 +430,7 @@ def test_forward_profile_counts_the_forward_allocations():
 
 
 # -- through the harness -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_harness_trains_the_classifier_once_and_records_out_of_memory(toy_dataset, tmp_path, monkeypatch):
     """cam, gradcam and gradcam++@cam share one training of the cam classifier; an explainer whose budget
     cannot fit one image is recorded as "oom" with the size it needed, and the methods after it still run."""

@@ -1,4 +1,6 @@
-"""GLAM against the published model's outputs on the reference input (../shared/reference).
+"""GLAM against the published model's outputs on the reference input (../shared/reference: reference
+outputs of the published code, not distributed, docs/published_reference.md; without them these tests skip
+and ``wsl-bench verify glam --published PATH`` checks against your own clone instead).
 
 Every stored output is compared, float32 on CPU, within 1e-4 absolute (patch locations exactly),
 for the fast inference engine (the default) and the plain network. Also: a published-format
@@ -46,6 +48,7 @@ def assert_close(name: str, got: torch.Tensor, want: np.ndarray, tol: float = TO
     assert err <= tol, f"{name}: largest difference {err:.3g} > {tol}"
 
 
+@pytest.mark.slow
 def test_probabilities(outputs, reference):
     assert_close("y_global", outputs.glob.y_global, reference["y_global"])
     assert_close("y_cam_logits", outputs.glob.y_cam_logits, reference["y_cam_logits"])
@@ -89,6 +92,7 @@ def published_state() -> dict[str, torch.Tensor]:
     return read_npz_state_dict(WEIGHTS)
 
 
+@pytest.mark.slow
 def test_published_checkpoint_reproduces_reference_through_predict(tmp_path, published_state, image, reference):
     # a file written with torch.save in the published key names, loaded by the method, run through
     # the saliency contract (predict) and compared with the published outputs

@@ -1,4 +1,6 @@
-"""GMIC against the published model's outputs on the reference input (../shared/reference).
+"""GMIC against the published model's outputs on the reference input (../shared/reference: reference
+outputs of the published code, not distributed, docs/published_reference.md; without them these tests skip
+and ``wsl-bench verify gmic --published PATH`` checks against your own clone instead).
 
 Every stored output is compared, float32 on CPU, within 1e-4 absolute (patch locations exactly),
 for the fast inference engine (the default) and the plain network; published-format checkpoints

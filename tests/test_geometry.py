@@ -25,6 +25,7 @@ def table() -> list[describe.GeometryRow]:
     return describe.geometry_table(("tiny", "cpu", "full"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny", "cpu", "full"])
 @pytest.mark.parametrize("method", ["glam", "gmic", "cam"])
 def test_geometry_ratios_stay_within_a_factor_1_5_of_the_published_configuration(table, method, preset):
@@ -143,6 +144,18 @@ def test_describe_command_prints_the_table(capsys):
     assert main(["describe", "--methods", "vgg"]) == 2
 
 
+def test_the_training_column_appears_only_with_a_run_that_measured_it(tmp_path, capsys):
+    assert main(["describe", "--presets", "tiny,cpu", "--methods", "gmic"]) == 0
+    assert "training" not in capsys.readouterr().out  # a fresh checkout: no column of dashes
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"checkpoints": {"gmic": {"training_seconds": 90}}}')
+    assert main(["describe", "--presets", "tiny,cpu", "--methods", "gmic", "--manifest", f"cpu={manifest}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| GFLOP | training (min) |") and lines[1].count("---") == 12
+    assert lines[2].startswith("| gmic | tiny |") and lines[2].endswith(" | – |")
+    assert lines[3].startswith("| gmic | cpu |") and lines[3].endswith(" | 1.5 |")
+
+
 def _load_report_script(name: str):
     import importlib.util
     from pathlib import Path
@@ -154,6 +167,7 @@ def _load_report_script(name: str):
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["geometry", "evidence"])
 def test_committed_tables_are_what_the_code_measures(script):
     """The tables in the method cards and reports/README.md are generated: a changed preset, network or

@@ -31,6 +31,7 @@ def test_registered_with_variants():
     assert isinstance(wsl_bench.create_method("glam", image_size=TINY), GlamMethod)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("geometry", ["pixels", "scaled"])
 @pytest.mark.parametrize("size", [(256, 160), (736, 480)])
 def test_runs_at_preset_sizes(size, geometry):
@@ -56,6 +57,7 @@ def test_runs_at_preset_sizes(size, geometry):
     assert out.extras["local_maps"].shape == (1, 1, 2, side, side)
 
 
+@pytest.mark.slow
 def test_fused_map_is_half_the_global_map_outside_the_patches(tiny):
     """Why GLAM's Dice at τ = 0.5 counts only lesion pixels inside its patches: the published fusion
     averages the pasted local maps (zero outside the windows) with the global map (a sigmoid, < 1)."""
@@ -77,6 +79,7 @@ def test_published_configuration_is_default():
     assert (config.num_patches, config.percent_k, config.local_percent_k) == (1, 0.03, 0.3)
 
 
+@pytest.mark.slow
 def test_batch_of_two_equals_two_batches_of_one(tiny):
     x = images(2, seed=1)
     both = tiny.forward(x)
@@ -88,6 +91,7 @@ def test_batch_of_two_equals_two_batches_of_one(tiny):
         torch.testing.assert_close(both.local_maps[i], one.local_maps[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_fast_engine_matches_plain_network(tiny):
     x = images(2, seed=2)
     fast = tiny.forward(x)
@@ -103,6 +107,7 @@ def test_fast_engine_matches_plain_network(tiny):
     torch.testing.assert_close(fast.saliency_map, plain.saliency_map, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_engine_follows_weight_changes(tiny):
     x = images(1, seed=3)
     before = tiny.forward(x).glob.y_global.clone()
@@ -129,6 +134,7 @@ def test_predict_keeps_no_graph_and_training_flag(tiny):
     net.eval()
 
 
+@pytest.mark.slow
 def test_bf16_mode_close_to_fp32(tiny):
     x = images(1, seed=5)
     ref = tiny.forward(x)
@@ -139,6 +145,7 @@ def test_bf16_mode_close_to_fp32(tiny):
     assert (out.glob.y_global - ref.glob.y_global).abs().max() < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["joint", "global", "local"])
 def test_training_loss_backward(stage):
     method = GlamMethod(image_size=TINY, stage=stage)
@@ -154,6 +161,7 @@ def test_training_loss_backward(stage):
     assert all(b.grad is None for b in net.buffers())
 
 
+@pytest.mark.slow
 def test_global_loss_prefers_the_predicted_labels():
     method = GlamMethod(image_size=TINY, stage="global")
     x = images(2, seed=7)
@@ -163,6 +171,7 @@ def test_global_loss_prefers_the_predicted_labels():
         assert method.training_loss(x, likely) < method.training_loss(x, 1 - likely)
 
 
+@pytest.mark.slow
 def test_classifier_view(tiny):
     module, target = tiny.classifier()
     assert any(target is m for m in tiny.network().modules())
@@ -213,6 +222,7 @@ def test_no_host_round_trip_in_forward():
     assert out.saliency_map.shape == (2, 2, 2944, 1920) and out.patches.shape == (2, 3, 512, 512)
 
 
+@pytest.mark.slow
 def test_conformance():
     from wsl_bench.testing import check_method
 

@@ -18,6 +18,7 @@ def test_conv_ceiling_small():
     assert ceiling["best"] == max(ceiling["nchw"], ceiling["channels_last"]) > 0
 
 
+@pytest.mark.slow
 def test_run_bench_reports_every_figure():
     results = run_bench(["gmic", ("glam", {"fast": False})], size=(256, 160), repeats=2, ceiling_shape=(32, 16))
     assert [r["method"] for r in results] == ["gmic", "glam"] and results[1]["options"] == "fast=False"

@@ -118,6 +118,7 @@ def test_bf16_mode_close_to_fp32(tiny):
     assert (out.saliency_map - ref.saliency_map).abs().max() < 0.05
 
 
+@pytest.mark.slow
 def test_training_loss_backward():
     method = GmicMethod(image_size=TINY)
     net = method.network()
@@ -170,6 +171,7 @@ def test_no_host_round_trip_in_forward():
     assert out.y_fusion.shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_conformance():
     from wsl_bench.testing import check_method
 

@@ -23,6 +23,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow
 def test_gpu_script_steps_on_cpu_at_the_tiny_preset(tmp_path):
     script = load_script()
     out = tmp_path / "out"

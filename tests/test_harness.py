@@ -33,6 +33,7 @@ def _config(methods, **kw):
     return RunConfig(methods=tuple(methods), dataset="toy", preset="tiny", **kw)
 
 
+@pytest.mark.slow
 def test_run_writes_records_manifest_and_report(toy_dataset, tmp_path):
     out = tmp_path / "run"
     summary = run(_config(["cam", "intensity", "centre_prior", "random"]), out, progress=False)
@@ -64,6 +65,7 @@ def test_run_writes_records_manifest_and_report(toy_dataset, tmp_path):
     assert {i.split("-")[1] for i in stored_figure_images(out)} == {"test"}
 
 
+@pytest.mark.slow
 def test_report_from_records_alone_is_identical(toy_dataset, tmp_path):
     out = tmp_path / "run"
     run(_config(["intensity", "random"]), out, progress=False)
@@ -95,6 +97,7 @@ def test_methods_can_be_added_to_an_existing_run_but_config_must_match(toy_datas
         run(_config(["intensity"], seed=1), out, progress=False, write_report=False)
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_recorded_and_the_run_goes_on(toy_dataset, tmp_path):
     toy_dataset.corrupt = {"toy-test-002"}
     out = tmp_path / "run"
@@ -157,6 +160,7 @@ KILL_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_killed_run_loses_at_most_one_record_and_resumes(tmp_path):
     script = tmp_path / "kill_me.py"
     script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))

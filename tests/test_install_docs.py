@@ -16,8 +16,12 @@ def install_section() -> str:
 
 
 def test_the_plain_install_stays_the_one_command_and_ci_uses_it():
-    first_block = re.search(r"```bash\n(.*?)```", install_section(), re.S).group(1).strip()
-    assert first_block == f"{PLAIN_INSTALL} && wsl-bench run"
+    # issue 26: the reader first clones the repository and enters it (pip installs the folder it runs in)
+    blocks = [b.strip() for b in re.findall(r"```bash\n(.*?)```", install_section(), re.S)]
+    get, install = blocks[0].splitlines(), blocks[1]
+    assert get[0].startswith("git clone ") and get[0].split("#")[0].split()[-1] == "wsl-bench"
+    assert get[1] == "cd wsl-bench"
+    assert install == f"{PLAIN_INSTALL} && wsl-bench run"
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^pip install -e \"\.\[test\]\"$", ci, re.M), "CI must install as the README's one command"
     assert "download.pytorch.org" not in ci

@@ -131,6 +131,7 @@ def test_the_report_puts_the_warning_before_the_table():
 
 
 # -- end to end: what the trainer stores and the run reports --------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_stores_the_chance_levels_and_the_verdict(toy_dataset, tmp_path):
     toy_dataset.counts = {"train": 16, "val": 8, "test": 4}
     config = RunConfig(methods=("cam",), dataset="toy", split="val", preset="tiny", batch_size=8)

@@ -172,6 +172,7 @@ KILLED_WRITER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_a_kill_loses_at_most_the_record_being_written(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)

@@ -473,6 +473,7 @@ def test_refuses_lists_that_are_not_raw_and_foreign_outputs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_two_workers_give_the_same_output(tmp_path):
     src = tmp_path / "raw"
     exam = raw_exam(0, "YES")
@@ -548,6 +549,7 @@ def model_frame_mask(raw_shape, disc, view, flip, window, center, frame=FRAME):
     return inside & ((y + top - cy) ** 2 + (x + left - cx) ** 2 < r**2)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_prepare_then_run_scores_every_present_image_with_aligned_masks(tmp_path):
     """The published sample_data layout (raw list, images/, segmentation/): prepare, run, Dice."""

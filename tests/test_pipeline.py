@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -12,6 +13,7 @@ from wsl_bench.evaluation.harness import RunConfig
 from wsl_bench.training.distributed import DistContext
 
 
+@pytest.mark.slow
 def test_run_train_and_a_sharded_run_ask_one_owner_for_the_same_training_identity(toy_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
     asked: list[tuple[str, str, str]] = []
@@ -70,6 +72,7 @@ def test_an_explainer_runs_on_its_classifier_method_and_its_identity_follows_tha
     assert changed["training"] != identity["training"] and changed["options"] != identity["options"]
 
 
+@pytest.mark.slow
 def test_a_network_trained_in_this_process_is_evaluated_in_the_layout_a_cached_run_loads(
     toy_dataset, tmp_path, monkeypatch
 ):

@@ -22,6 +22,7 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_prepare_in_parallel_reads_back_aligned(tmp_path):
     src, out = tmp_path / "nyu", tmp_path / "prepared"
     expected = make_nyu(src, n_exams=2)

@@ -44,6 +44,39 @@ def test_unknown_name_lists_known_names():
         registry.list("z*")
 
 
+@pytest.mark.parametrize(
+    "kind, argv, suggestion",
+    [
+        ("method", ["--methods", "glma", "--preset", "tiny"], "unknown method 'glma' (did you mean glam?); known "),
+        ("method", ["--methods", "GMIC", "--preset", "tiny"], "unknown method 'GMIC' (did you mean gmic"),
+        ("method", ["--methods", "gradcam@glma", "--preset", "tiny"], "unknown method 'glma' (did you mean glam?)"),
+        ("dataset", ["--dataset", "synthtic", "--preset", "tiny"], "unknown dataset 'synthtic' (did you mean synth"),
+        ("preset", ["--preset", "tniy"], "unknown preset 'tniy' (did you mean tiny?); known presets: tiny, cpu"),
+    ],
+)
+def test_a_misspelt_name_suggests_the_closest_names_then_lists_every_known_one(kind, argv, suggestion, tmp_path,
+                                                                                capsys):
+    from wsl_bench.cli import main
+
+    assert main(["run", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"wsl-bench: error: {suggestion}" in err and f"known {kind}s: " in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_suggestions_are_the_closest_names_first_and_none_for_a_name_like_no_other():
+    registry: Registry = Registry("widget")
+    for name in ("gradcam", "gradcam++", "xgradcam", "scorecam", "intensity"):
+        registry.register(name, int)
+    with pytest.raises(UnknownNameError) as info:
+        registry.get("gradcan")
+    # by similarity (xgradcam shares more of it than gradcam++ does), not in alphabetical order
+    assert "(did you mean gradcam or xgradcam or gradcam++?)" in str(info.value)
+    with pytest.raises(UnknownNameError) as info:
+        registry.get("qqq")
+    assert "did you mean" not in str(info.value) and "known widgets: gradcam, gradcam++" in str(info.value)
+
+
 def test_invalid_names_are_refused():
     registry: Registry = Registry("widget")
     for bad in ("", "a*b", "a,b", "a b"):
@@ -115,6 +148,7 @@ def test_variant_instance_is_its_base_class_named_with_the_tag(tmp_path):
     assert plain.name == "gmic" and plain.published_file is None and not plain.requires_weights
 
 
+@pytest.mark.slow
 def test_plugin_found_through_a_real_entry_point(tmp_path):
     """Install a throw-away distribution with entry points in a temporary site folder and find it
     by name in a fresh interpreter, exactly as a third-party plugin would be found."""

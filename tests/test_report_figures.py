@@ -88,6 +88,7 @@ def test_styles_make_the_flagship_findable_and_keep_colours_apart():
 
 
 # -- the figures at twenty methods --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dice_vs_lesion_size_has_a_panel_per_family_with_distinct_labelled_lines(run, drawn, tmp_path):
     data, plan, results, _ = run
     assert figures.dice_vs_lesion_size(data, tmp_path, results, plan)
@@ -129,6 +130,7 @@ def test_cost_vs_dice_labels_every_method_once_per_class_without_overlap(run, dr
         assert bold == {"glam", "gmic"}
 
 
+@pytest.mark.slow
 def test_the_qualitative_maps_are_split_by_family_and_by_class(run, drawn, tmp_path):
     data, plan, _, report = run
     pages = qualitative.pages(data, plan)
@@ -149,4 +151,4 @@ def test_the_qualitative_maps_are_split_by_family_and_by_class(run, drawn, tmp_p
         assert titles and min(t.get_fontsize() for t in titles) >= 9
     # the report's page shows each of them
     page = (report / "index.html").read_text(encoding="utf-8")
-    assert all(f"src='{e.name}.png'" in page for e in entries)
+    assert all(f"data-file='{e.name}.png'" in page for e in entries)  # embedded (test_report_page.py)

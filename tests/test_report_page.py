@@ -9,6 +9,7 @@ installs the Debian package) it skips, saying so.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -70,20 +71,23 @@ def test_the_page_has_no_raw_markdown_no_scientific_notation_and_links_full_reso
     assert "http://" not in page and "https://" not in page  # self-contained: nothing from the network
     assert page.index("Summary: ranked") < page.index("id='results'") < page.index("id='figures'")
     for name in ("qualitative", "dice_vs_lesion_size", "cost_vs_dice", "dice_boxplot"):
-        assert f"<a href='{name}.png'><img src='{name}.png'" in page and f"href='{name}.pdf'" in page
-        assert (report / f"{name}.png").exists() and (report / f"{name}.pdf").exists()
+        # the PNG itself is in the page (self-contained), linked to the full-resolution files beside it
+        embedded = re.search(rf"<a href='{name}.png'><img src='data:image/png;base64,([A-Za-z0-9+/=]+)' "
+                             rf"data-file='{name}.png'", page)
+        assert embedded and base64.b64decode(embedded.group(1)) == (report / f"{name}.png").read_bytes()
+        assert f"href='{name}.pdf'" in page and (report / f"{name}.pdf").exists()
     assert " ms<" in page and " µs<" in page  # times carry units
 
 
 # -- in a real browser ----------------------------------------------------------------------------------------------
-def _selftest(report, tmp_path) -> dict:
+def _selftest(report, tmp_path, page=None) -> dict:
     browser = _browser()
     if browser is None:
         pytest.skip("no Chromium on PATH (chromium, chromium-browser or google-chrome): `.ci/run` installs the "
                     "Debian package `chromium`; run `apt-get install -y chromium` to run this test")
     command = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
                f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={WIDTH},1000",
-               "--virtual-time-budget=10000", "--dump-dom", f"{(report / 'index.html').as_uri()}?selftest"]
+               "--virtual-time-budget=10000", "--dump-dom", f"{(page or report / 'index.html').as_uri()}?selftest"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     found = re.search(r'<pre id="selftest">(.*?)</pre>', done.stdout, re.S)
     assert found and found.group(1).strip(), f"the page wrote no self-test (exit {done.returncode}): " \
@@ -105,7 +109,7 @@ def test_the_page_in_chromium_at_1400px_cuts_nothing_and_sorts(report, tmp_path)
     for image in result["images"]:
         assert image["natural"] > 0, image
         assert image["shown"] >= min(image["natural"], 0.9 * image["column"]), image
-        assert image["link"] == image["src"], image
+        assert image["embedded"] and image["link"] == image["file"], image
     assert not result["raw_markdown"]
     # clicking a heading sorts the ranked rows (the floor stays apart): by name, then Dice down, then up
     by_name, down, up = result["sort"]["clicks"]
@@ -115,3 +119,13 @@ def test_the_page_in_chromium_at_1400px_cuts_nothing_and_sorts(report, tmp_path)
     assert down["direction"] == "descending" and numbers == sorted(numbers, reverse=True)
     assert len(numbers) == len(down["after"]) >= 10
     assert up["direction"] == "ascending" and [float(v) for v in up["after"]] == sorted(numbers)
+
+
+def test_the_page_alone_without_its_folder_still_shows_every_figure(report, tmp_path):
+    """``index.html`` copied away from the PNG files (mailed, attached): the figures are in the page."""
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(report / "index.html", alone / "index.html")
+    result = _selftest(report, tmp_path, page=alone / "index.html")
+    assert len(result["images"]) >= 6 and not any((alone / i["file"]).exists() for i in result["images"])
+    assert all(i["embedded"] and i["natural"] > 0 for i in result["images"]), result["images"]

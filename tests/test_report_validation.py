@@ -39,6 +39,7 @@ def _dice_at_bin(pos, neg, k):
     return 2.0 * inter / (predicted + pos.sum(axis=1))
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_dice_at_the_validation_threshold_and_resumes_validation_records(tmp_path):
     out = tmp_path / "run"
     config = RunConfig(methods=CHEAP, preset="tiny")  # synthetic: 8 test and 8 validation images
@@ -149,6 +150,7 @@ def _folder_without_annotated_validation(root: Path, drop_split: bool) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_split, reason", [
     (False, "no annotated validation images: dataset folder split val has 2 images, none with a lesion mask"),
     (True, "no validation split: dataset folder split val cannot be opened"),
@@ -185,6 +187,7 @@ def test_dataset_without_annotated_validation_images_reports_the_column_missing_
     assert (out / "report" / "dice_boxplot.png").exists() and (out / "report" / "cost_vs_dice.png").exists()
 
 
+@pytest.mark.slow
 def test_validation_split_none_or_equal_to_the_evaluated_split_is_missing_with_its_reason(toy_dataset, tmp_path):
     for name, options, reason in (
         ("none", {"validation_split": None}, "validation_split=None"),
@@ -198,6 +201,7 @@ def test_validation_split_none_or_equal_to_the_evaluated_split_is_missing_with_i
         assert pd.read_csv(out / "report" / "results.csv")["dice_val_tau"].isna().all()
 
 
+@pytest.mark.slow
 def test_a_method_without_validation_lesions_of_a_class_is_missing_for_that_class_only(toy_dataset, tmp_path,
                                                                                        monkeypatch):
     # val images 0 (no lesion) and 1 (benign only)
@@ -229,6 +233,7 @@ def test_sharded_validation_records_merge_into_the_single_process_records(toy_da
     assert [r["split"] for r in single if r["method"] == "intensity"] == ["test"] * 6 + ["val"] * 8
 
 
+@pytest.mark.slow
 def test_old_records_without_split_still_load_and_report(toy_dataset, tmp_path):
     out = tmp_path / "run"
     run(RunConfig(methods=("intensity", "random"), dataset="toy", preset="tiny"), out, progress=False)

@@ -58,6 +58,7 @@ def test_a_dataset_that_fails_to_open_leaves_no_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_refusal_names_the_settings_that_differ_and_overwrite_replaces_the_run(toy_dataset, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--methods", "intensity", "--dataset", "toy", "--preset", "tiny", "--out", str(out), "--no-progress"]

@@ -180,6 +180,7 @@ class BadOutput(SaliencyMethod):
         return SaliencyOutput(maps=torch.full((n, 2, 4, 4), 0.5), scores=torch.full((n, 2), 5.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "status", "message"), [
     ("empty", "failed", "at least one pixel"),
     ("score", "failed", "scores must lie in [0, 1]"),
@@ -300,6 +301,7 @@ def test_a_released_lock_can_be_taken_again_but_a_held_one_cannot(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_removes_the_temporary_files_a_kill_left(toy_dataset, tmp_path):
     out = tmp_path / "run"
     run(_config(["intensity"]), out, progress=False)

@@ -150,6 +150,7 @@ print("GREW", grew)
     ],
     ids=["bytearray-6GiB", "memo-index-2**31", "binbytes8-6GiB", "bytearray8-6GiB"],
 )
+@pytest.mark.slow
 def test_tiny_pickle_asking_for_gigabytes_is_refused_without_allocating(payload, message):
     assert len(payload) < 40
     out = subprocess.run(

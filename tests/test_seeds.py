@@ -52,6 +52,7 @@ def _exit_code(argv: list[str]) -> int:
 
 
 # -- one run, several trainings ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_seeds_train_each_method_once_per_seed_on_the_same_images_and_one_report_gives_mean_and_sd(
     toy_dataset, tmp_path
 ):
@@ -126,6 +127,7 @@ def test_seeds_train_each_method_once_per_seed_on_the_same_images_and_one_report
     assert (tmp_path / "sharded" / "done").exists()
 
 
+@pytest.mark.slow
 def test_the_manifest_and_the_report_header_record_the_cpu_torch_and_the_training_precision(
     toy_dataset, tmp_path, monkeypatch
 ):
@@ -200,6 +202,7 @@ def test_a_training_has_one_cache_key_whichever_run_asks_for_it():
 
 
 # -- resuming, gaining seeds, refusing others ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_killed_seeds_run_resumes_per_seed_and_a_folder_may_gain_seeds_but_not_lose_them(
     toy_dataset, tmp_path, monkeypatch, capsys
 ):
@@ -353,6 +356,7 @@ def test_with_identical_seeds_the_joint_interval_is_the_one_seed_interval():
     assert low == pytest.approx(expected[0] + 0.1) and high == pytest.approx(expected[1] + 0.1)
 
 
+@pytest.mark.slow
 def test_a_one_seed_report_reads_as_before(tmp_path):
     run_dir = fake_run(tmp_path / "run", methods=("glam", "cam", "intensity", "random"), twins={}, figure_images=2)
     out = build_report(run_dir)

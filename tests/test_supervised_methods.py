@@ -90,6 +90,7 @@ def _train(name: str) -> set[str]:
     return set(RecordingToy.reads)
 
 
+@pytest.mark.slow
 def test_fsl_reads_only_validation_masks_and_supervised_only_training_masks(recording_toy):
     assert _train("fsl") == {"val"}
     assert _train("supervised") == {"train"}
@@ -120,6 +121,7 @@ def test_they_are_in_the_default_run():
         assert {"fsl", "supervised"} <= set(pipeline.default_methods(preset))
 
 
+@pytest.mark.slow
 def test_trained_outputs_are_probability_maps_at_half_resolution_and_top_pixel_scores(toy_dataset):
     config = RunConfig(methods=("fsl",), dataset="toy", preset="tiny")
     method = pipeline.create_run_method("fsl", config).method
@@ -211,6 +213,7 @@ def test_the_family_is_its_own_and_sits_between_the_ranked_methods_and_the_floor
         "glam", "cam", "fsl", "supervised", "intensity", "random"]
 
 
+@pytest.mark.slow
 def test_the_summary_sets_them_apart_and_never_calls_them_the_best(reported):
     import pandas as pd
 

@@ -91,6 +91,7 @@ class _Recorder:
         self.calls = state["recorder_calls"]
 
 
+@pytest.mark.slow
 def test_trainer_calls_its_policies_and_registered_callbacks_every_epoch(toy_dataset, tmp_path):
     train, val = (wsl_bench.create_dataset("toy", split=s, image_size=SMALL, n=4) for s in ("train", "val"))
     make = lambda epochs, recorder: Trainer(  # noqa: E731

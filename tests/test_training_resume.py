@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from wsl_bench.methods.cam import CAM
@@ -92,6 +93,22 @@ def log_rows(path: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(handle)]
 
 
+def test_what_the_kill_test_relies_on_is_still_there():
+    """The quick loop's check of this module (the kill-and-resume test is slow): the child compiles, the
+    trainer step it stalls in exists, and CAM's network splits into the trunk and the head its two
+    stages train (the parameter names the slow test's last assertions read)."""
+    from wsl_bench.training import trainer as training
+
+    compile(CHILD, "child.py", "exec")
+    assert callable(training.Trainer._train_step)
+    network = CAM(image_size=(256, 160), seed=0, width=0.25).network()
+    assert network.get_submodule("backbone") is not None and network.get_submodule("head") is not None
+    keys = network.state_dict().keys()
+    assert any(k.startswith("head.") for k in keys) and any(k.startswith("backbone.") for k in keys)
+    assert all(k.startswith(("head.", "backbone.")) for k in keys)
+
+
+@pytest.mark.slow
 def test_sigkill_twice_and_resume_gives_the_same_weights(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)

@@ -274,6 +274,7 @@ def test_a_missing_module_the_forward_pass_never_uses_is_stood_in_for(tmp_path, 
     assert sys.modules["cv2"] is None  # put back as it was
 
 
+@pytest.mark.slow
 def test_a_crop_the_published_window_search_cannot_take_is_a_usage_error(tmp_path, capsys):
     root = write_checkout(tmp_path / "glam", "glam")
     assert main(["verify", "glam", "--published", str(root), "--size", "256x160", "--crop", "512",

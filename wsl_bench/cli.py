@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", default=None, help="comma-separated presets (default: all)")
     p.add_argument("--methods", default=None, help="comma-separated methods among glam, gmic, cam (default: all)")
     p.add_argument("--manifest", action="append", default=[], metavar="PRESET=PATH",
-                   help="a run's manifest.json whose training times fill that preset's column (repeatable)")
+                   help="a run's manifest.json whose training times fill a 'training (min)' column for that "
+                        "preset (repeatable; without one the table has no training column)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("verify", help="compare GLAM or GMIC with your own checkout of the published code (imports "
@@ -801,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     _warn_landscape(args)
     # these modules import torch (seconds): only a command that runs pays for them
     from wsl_bench.data import DatasetError
+    from wsl_bench.devices import DeviceError, check_device
     from wsl_bench.evaluation.harness import RunConfigMismatch
     from wsl_bench.evaluation.manifest import DamagedFileError
     from wsl_bench.evaluation.run_folder import RunFolderError
@@ -815,10 +817,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args([*(["-v"] if args.verbose else []), "run"])
     command = args.command
     try:
+        if getattr(args, "device", None) is not None:  # run, train, bench: a missing device fails here, not mid-run
+            check_device(args.device)
         return COMMANDS[command](args)
     except (UnknownNameError, UsageError, RunConfigMismatch, DatasetError, RunFolderError, RunFolderLocked,
-            CheckpointError, DamagedFileError) as exc:
-        # bad names, flags, dataset or weights files, an unusable or busy --out (each names the file): the user's to fix
+            CheckpointError, DamagedFileError, DeviceError) as exc:
+        # bad names, flags, devices, dataset or weights files, an unusable or busy --out (each names the file):
+        # the user's to fix
         return _error(exc, args, EXIT_USAGE)
     except TypeError as exc:
         message = _refused_option(exc, args)

@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 
 from wsl_bench.data import MammogramDataset
-from wsl_bench.estimates import Estimate, evaluation_estimate, timing_facts, training_estimate
+from wsl_bench.estimates import (
+    Estimate,
+    TrainingWork,
+    evaluation_estimate,
+    network_fingerprint,
+    timing_facts,
+    training_estimate,
+)
 from wsl_bench.evaluation.bench_harness import run_harness_bench
 from wsl_bench.evaluation.figure_maps import figure_maps_present
 from wsl_bench.evaluation.harness import (
@@ -384,8 +391,7 @@ def _ensure_trained_locked(job: TrainingJob, method: TrainableMethod, config: Ru
                      context=context, progress=progress)
         if context.is_main:  # wall time of this (last, possibly resumed) training and its work: later plans' estimates
             write_json_atomic(folder / "timing.json", timing_facts(
-                time.perf_counter() - started, config.device, job.train_config.epochs, len(job.train_set.ids()),
-                config.size()))
+                time.perf_counter() - started, config.device, training_work(job, config)))
     elif job.donor is not None:
         initialised_from = _donor_facts(job, config, progress, context)
     # The checkpoint selected on the validation split (by the stage's criterion) is evaluated;
@@ -529,10 +535,19 @@ def training_chain(trainee: TrainableMethod, config: RunConfig) -> tuple[list[Tr
     return [j for j in jobs if j.key not in cached], [j for j in jobs if j.key in cached]
 
 
+def training_work(job: TrainingJob, config: RunConfig) -> TrainingWork:
+    """What ``job`` trains, for its time estimate: every epoch of every stage of its recipe, each
+    stage's starting network validated first (a training on masks has no validation split)."""
+    val_images = len(job.val_set.ids()) if job.val_set is not None else 0
+    return TrainingWork(sum(stage.epochs(job.train_config) for stage in job.stages),
+                        job.train_config.epoch_images or len(job.train_set.ids()), val_images, config.size(),
+                        config.preset, network_fingerprint(job.key_data), len(job.stages) if val_images else 0)
+
+
 def estimate_training(job: TrainingJob, config: RunConfig) -> Estimate:
     """How long ``job`` is likely to take (:func:`wsl_bench.estimates.training_estimate`)."""
-    return training_estimate(job.key_data["method"], config.device, job.train_config.epochs,
-                             len(job.train_set.ids()), config.size(), cache_root() / "checkpoints")
+    return training_estimate(job.key_data["method"], config.device, training_work(job, config),
+                             cache_root() / "checkpoints")
 
 
 def plan_run(config: RunConfig, pending: dict[str, dict[int | None, int]], splits: str) -> RunPlan:
@@ -576,7 +591,10 @@ def plan_run(config: RunConfig, pending: dict[str, dict[int | None, int]], split
                 if job.key not in planned:
                     planned[job.key] = PlannedTraining(seed_label(job.method.name, seed, seeds), job.key, [],
                                                        estimate_training(job, config))
-                planned[job.key].needed_by.append(label)
+                if job.method.name == trainee.name:
+                    planned[job.key].needed_by.append(label)
+                elif trainee.name not in planned[job.key].starts:  # a donor: its network starts the trainee's
+                    planned[job.key].starts.append(trainee.name)
             plan.reused += [r for r in (seed_label(j.method.name, seed, seeds) for j in cached) if r not in plan.reused]
     plan.train = list(planned.values())
     return plan

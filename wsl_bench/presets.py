@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from wsl_bench.registry import UnknownNameError
+from wsl_bench.registry import UnknownNameError, unknown_name_message
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
-            "tiny", (256, 160), 48, 8, 8, 2, 8, "seconds; for tests and smoke runs",
+            "tiny", (256, 160), 24, 8, 8, 1, 8, "seconds; for tests and smoke runs",
             methods=_settings(networks=TINY_NETWORKS),
         ),
         Preset(
@@ -236,4 +236,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UnknownNameError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        raise UnknownNameError(unknown_name_message("preset", name, PRESETS)) from None

@@ -13,6 +13,7 @@ so listing ``gmic*`` shows every variant.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import importlib.metadata
@@ -45,6 +46,21 @@ class UnknownNameError(RegistryError):
 
 class DuplicateNameError(RegistryError):
     """A second registration under a name already taken."""
+
+
+def closest_names(name: str, known: Iterable[str], count: int = 3) -> list[str]:
+    """The known names most like ``name`` (a typo's likely intent), closest first; ignores case."""
+    by_lower = {k.lower(): k for k in known}
+    return [by_lower[k] for k in difflib.get_close_matches(name.lower(), list(by_lower), n=count, cutoff=0.6)]
+
+
+def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown method 'glma' (did you mean glam?); known methods: ...``: the closest names first,
+    then every known one."""
+    known = list(known)
+    close = closest_names(name, known)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; known {kind}s: {', '.join(known) or '(none)'}"
 
 
 class Registry(Generic[T]):
@@ -128,8 +144,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            known = ", ".join(sorted(self._entries)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
+            raise UnknownNameError(unknown_name_message(self.kind, name, sorted(self._entries))) from None
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()

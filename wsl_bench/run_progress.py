@@ -33,19 +33,34 @@ from tqdm.auto import tqdm
 
 from wsl_bench.estimates import Estimate, format_duration
 
-SOURCES = {"measured here": "earlier trainings on this machine", "reference": "the reference run on a 2-core CPU"}
+SOURCES = {"measured here": "earlier trainings on this machine",
+           "reference": "reference trainings of the preset on a 2-core CPU"}
 """How the plan names the sources of :class:`~wsl_bench.estimates.Estimate`."""
 
 
 @dataclass
 class PlannedTraining:
     """One training the run expects to do: the method trained, its cache key, the run methods that
-    need it, its estimate."""
+    need it (the method itself, explainers of its classifier), its estimate, and the trained methods
+    whose training starts from its network (``global_init``: CAM's trained ResNet-22 starts GLAM's
+    and GMIC's global networks)."""
 
     method: str
     key: str
     needed_by: list[str]
     estimate: Estimate
+    starts: list[str] = field(default_factory=list)
+
+    def shared(self) -> str:
+        """What else the training serves, in words (empty when only its own method uses it)."""
+        parts = []
+        users = [n for n in self.needed_by if n != self.method]
+        if users:
+            parts.append(f"explained by {', '.join(users)}")
+        if self.starts:
+            verb = "starts its" if len(self.starts) == 1 else "start their"
+            parts.append(f"{' and '.join(self.starts)} then {verb} global network from it")
+        return f"; {'; '.join(parts)}" if parts else ""
 
 
 @dataclass
@@ -79,10 +94,8 @@ class RunPlan:
                        f"(an estimate from {' and '.join(sources)}; the bar's time left corrects it as the run goes):")
             width = max(len(t.method) for t in self.train)
             for t in self.train:
-                users = [n for n in t.needed_by if n != t.method]
-                used = f"  (also for {', '.join(users)})" if users else ""
                 out.append(f"  train {t.method:<{width}}  ~{format_duration(t.estimate.seconds)}"
-                           f" ({t.estimate.source}){used}")
+                           f" ({t.estimate.source}){t.shared()}")
         else:
             out.append("plan: nothing to train")
         if self.reused:

@@ -4,7 +4,8 @@ Two kinds of file load into a method's network:
 
 * **Published** weights: a ``torch.save``-d flat state dict in the published key names (GLAM
   ``model_sep.ckpt`` / ``model_joint.ckpt``, GMIC ``sample_model_1.p`` … ``_5.p``), or the
-  reference ``.npz`` files of ``../shared/reference`` (float16 arrays, cast to float32). The
+  reference ``.npz`` files of ``../shared/reference`` (float16 arrays, cast to float32; reference outputs
+  of the published code, not distributed: ``docs/published_reference.md``). The
   networks in :mod:`wsl_bench.methods` name their submodules after the published keys, so the key
   mapping (:func:`map_published_keys`) is the identity except for a ``module.`` prefix that
   ``DataParallel`` adds. Every key must be used and every shape must match.

@@ -365,9 +365,11 @@ def format_bench(results: Sequence[dict[str, Any]]) -> str:
         f"load average {first['load_average']:.2f}",
         f"conv ceiling ({first['ceiling_conv']}): NCHW {first['ceiling_nchw_gflops']:.0f} GFLOP/s, "
         f"channels-last {first['ceiling_channels_last_gflops']:.0f} GFLOP/s",
+        "GFLOP/s: at the median time; ceil@med, ceil@min: GFLOP/s at the median and at the fastest repeat, as a share "
+        "of the conv ceiling",
         "",
-        f"{'method':<{width}} {'median s':>9} {'p90 s':>8} {'min s':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'of ceiling':>10} "
-        f"{'(at min)':>8} {'peak MiB':>9} {'+MiB':>7}",
+        f"{'method':<{width}} {'median s':>9} {'p90 s':>8} {'min s':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'ceil@med':>10} "
+        f"{'ceil@min':>8} {'peak MiB':>9} {'+MiB':>7}",
     ]
     for label, r in zip(labels, results, strict=True):  # each value as wide as its column's header above
         lines.append(

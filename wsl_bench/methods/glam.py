@@ -3,8 +3,8 @@
 A global module (pre-activation ResNet-22) gives three coarse saliency maps and the image-level
 prediction; the window where their weighted sum peaks is cropped at full resolution and a local
 module (ResNet-34 layout, all stages stride 1) segments it; the fused map is the mean of the
-pasted local map and the upsampled global map. See ``methods/glam.md`` and
-``../shared/reference/README.md`` (steps 1–8) for the exact path.
+pasted local map and the upsampled global map. See ``methods/glam.md`` ("What the model computes",
+steps 1–7) for the exact path.
 
 Registered methods: ``glam`` (trainable, random initialisation unless ``weights=`` is given) and
 the published-weight variants ``glam.sep`` and ``glam.joint``.

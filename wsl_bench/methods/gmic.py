@@ -3,8 +3,7 @@
 A global network (pre-activation ResNet-22) gives a coarse saliency map and ``y_global``; K
 windows where the map peaks are cropped at full resolution, a ResNet-18 encodes each, gated
 attention pools them into ``y_local``, and a fusion layer combines the global and local
-representations into ``y_fusion``, GMIC's prediction. See ``methods/gmic.md`` and
-``../shared/reference/README.md`` for the exact path.
+representations into ``y_fusion``, GMIC's prediction. See ``methods/gmic.md`` for the exact path.
 
 Registered methods: ``gmic`` (trainable) and the published-weight variants ``gmic.m1`` … ``gmic.m5``.
 """

@@ -113,7 +113,8 @@ class PublishedModel:
 
 
 def _glam_outputs(ours: GlamOutputs, model: nn.Module, returned: Any) -> dict[str, tuple[Any, Any]]:
-    """GLAM's outputs, named as the reference README names them (``../shared/reference``)."""
+    """GLAM's outputs, named as the published code names them (and the reference outputs of
+    ``docs/published_reference.md``)."""
     glob = ours.glob
     return {
         "y_global": (glob.y_global, returned),

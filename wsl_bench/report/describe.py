@@ -186,18 +186,22 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def to_markdown(rows: list[GeometryRow]) -> str:
-    """A Markdown table, one row per method and preset (the published configuration is ``full``)."""
+    """A Markdown table, one row per method and preset (the published configuration is ``full``).
+
+    The ``training (min)`` column is there only when some row has a training time (a run's manifest
+    was given): a column of dashes would only say that nothing was measured."""
+    timed = any(r.training_minutes is not None for r in rows)
     lines = [
         "| method | preset | image | map cells | cell / lesion | patch / lesion | window (cells) "
-        "| receptive field / height | local cell / lesion | width × | GFLOP | training (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| receptive field / height | local cell / lesion | width × | GFLOP |" + (" training (min) |" if timed else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if timed else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r.method} | {r.preset} | {_size(r.image_size)} | {' / '.join(_size(c) for c in r.map_cells)} "
             f"| {_num(r.cell_over_lesion)} | {_num(r.patch_over_lesion)} | {_size(r.window_cells)} "
             f"| {r.receptive_field} px = {_num(r.receptive_field_over_height)} | {_num(r.local_cell_over_lesion)} "
-            f"| {r.width} | {_num(r.gflops, 1)} | {_num(r.training_minutes, 1)} |"
+            f"| {r.width} | {_num(r.gflops, 1)} |" + (f" {_num(r.training_minutes, 1)} |" if timed else "")
         )
     return "\n".join(lines) + "\n"
 

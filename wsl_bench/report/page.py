@@ -6,7 +6,9 @@ inside their own box when they are wider than the window, so the page itself nev
 column sorts on a click (a small inline script; missing values stay last); numbers follow
 :mod:`wsl_bench.report.formatting`; Markdown sentences are rendered (:mod:`wsl_bench.report.markup`);
 figures are shown at their own size or the column's width, whichever is smaller, each linked to its
-full-resolution PNG and PDF.
+full-resolution PNG and PDF. The PNGs are embedded in the page (``data:`` URIs, given ``figure_dir``),
+so ``index.html`` alone, copied or mailed without its folder, still shows every figure; only the
+links to the full-resolution files need the folder.
 
 Opened with ``?selftest`` in its URL, the page measures itself in the browser (is anything cut,
 does the page scroll sideways, did every figure load, does a column sort) and writes the result as
@@ -15,9 +17,11 @@ JSON into ``<pre id="selftest">``, which a headless browser's ``--dump-dom`` ret
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -162,7 +166,8 @@ SCRIPT = """
       return {id: t.id, width: t.scrollWidth, box: box.clientWidth, scrolls: o === 'auto' || o === 'scroll'}; });
     r.images = Array.prototype.map.call(document.images, function(i){
       var a = i.closest('a[href]');
-      return {src: i.getAttribute('src'), natural: i.naturalWidth, shown: Math.round(i.getBoundingClientRect().width),
+      return {file: i.dataset.file, embedded: i.getAttribute('src').indexOf('data:image/png;base64,') === 0,
+              natural: i.naturalWidth, shown: Math.round(i.getBoundingClientRect().width),
               column: i.closest('main').clientWidth, link: a ? a.getAttribute('href') : null}; });
     r.raw_markdown = /\\*\\*|`/.test(document.querySelector('main').innerText);
     /* sorting: the ranked table by method name (a new order), then by Dice twice (down, then up) */
@@ -373,12 +378,23 @@ def results_table(results: pd.DataFrame, details: pd.DataFrame | None, manifest:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def figure_block(figure: FigureEntry) -> str:
+def embedded_png(path: Path) -> str | None:
+    """``path`` as a ``data:image/png;base64,...`` URI; ``None`` when it cannot be read."""
+    try:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError:
+        return None
+
+
+def figure_block(figure: FigureEntry, figure_dir: Path | None = None) -> str:
+    """One figure: its PNG embedded when ``figure_dir`` holds it (else linked by relative path), and
+    links to the full-resolution PNG and PDF beside the page."""
     name = html.escape(figure.name, quote=True)
     title = html.escape(figure.title or figure.name)
     caption = inline(figure.caption) + " " if figure.caption else ""
-    return (f"<figure id='fig-{name}'><h3>{title}</h3><a href='{name}.png'><img src='{name}.png' "
-            f"alt='{title}' loading='eager'></a><figcaption>{caption}Full resolution: "
+    source = (embedded_png(figure_dir / f"{figure.name}.png") if figure_dir is not None else None) or f"{name}.png"
+    return (f"<figure id='fig-{name}'><h3>{title}</h3><a href='{name}.png'><img src='{source}' "
+            f"data-file='{name}.png' alt='{title}' loading='eager'></a><figcaption>{caption}Full resolution: "
             f"<a href='{name}.png'>PNG</a> · <a href='{name}.pdf'>PDF</a>.</figcaption></figure>")
 
 
@@ -391,8 +407,10 @@ def render(
     notes_markdown: str = "",
     figures: Sequence[FigureEntry | str] = (),
     definitions: str = "",
+    figure_dir: Path | None = None,
 ) -> str:
-    """The whole page. Markdown arguments (``run_line``, ``notes_markdown``, ``definitions``) are rendered."""
+    """The whole page. Markdown arguments (``run_line``, ``notes_markdown``, ``definitions``) are rendered;
+    the figures' PNGs are read from ``figure_dir`` and embedded (see the module docstring)."""
     entries = [f if isinstance(f, FigureEntry) else FigureEntry(f) for f in figures]
     nav = ["<a href='#summary'>Summary</a>" if summary_html else "",
            "<a href='#all-results'>All results</a>" if results_html else "",
@@ -419,7 +437,7 @@ def render(
         parts.append(f"<section id='notes'>{to_html(notes_markdown)}</section>")
     if entries:
         parts.append("<section id='figures'><h2>Figures</h2>")
-        parts += [figure_block(f) for f in entries]
+        parts += [figure_block(f, figure_dir) for f in entries]
         parts.append("</section>")
     if definitions:
         parts.append(f"<section id='definitions'><h2>Definitions</h2>{to_html(definitions)}</section>")

@@ -590,10 +590,12 @@ def to_html(
     manifest: dict[str, Any] | None = None,
     summaries: list[summary.ClassSummary] | None = None,
     groups: list[IdenticalGroup] | None = None,
+    figure_dir: Path | None = None,
 ) -> str:
     """``index.html`` (:mod:`wsl_bench.report.page`). ``markdown`` is ``results.md``, whose second
     paragraph (what was run) heads the page; ``notes`` are the missing-headline sentences, used when
-    ``details`` is not given (with it, the notes are those of ``results.md``)."""
+    ``details`` is not given (with it, the notes are those of ``results.md``); the figures' PNGs in
+    ``figure_dir`` are embedded in the page."""
     manifest = manifest or {}
     paragraphs = markdown.split("\n\n")
     header = run_line(manifest) if manifest else (paragraphs[1] if len(paragraphs) > 1 else "")
@@ -615,6 +617,7 @@ def to_html(
         notes_markdown=notes_md,
         figures=figures,
         definitions=definitions(results),
+        figure_dir=figure_dir,
     )
 
 
@@ -653,5 +656,5 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         figures = report_figures.draw_all(data, results, out, groups)
     write_text_atomic(out / "index.html", to_html(results, markdown, figures, warnings=learning_warnings(data.manifest),
                                                   details=details, manifest=data.manifest, summaries=summaries,
-                                                  groups=groups))
+                                                  groups=groups, figure_dir=out))
     return out
