@@ -34,7 +34,7 @@ REFERENCE_PIXELS = 368 * 240
 VALIDATION_SHARE = 0.3
 """Cost of scoring a validation image (``predict`` and the Dice/PxAP histograms) relative to a
 training step's forward and backward pass on one image (measured at the tiny preset: 0.2-0.4)."""
-TRAINING_OVERHEAD_S = 5.0
+TRAINING_OVERHEAD_S = 3.0
 """Seconds a training takes whatever its size: building the method and its data, the first batches."""
 EPOCH_OVERHEAD_S = 0.5
 """Seconds each epoch of each stage adds whatever its size: ``last.pt``, ``best.pt``, ``log.csv`` and
@@ -84,12 +84,13 @@ REFERENCE_TRAININGS: dict[str, dict[str, tuple[float, TrainingWork]]] = {
         "gmic": (380.7, TrainingWork(12, 320, 40, (368, 240), "cpu")),
     },
     # the smoke run (`wsl-bench run --methods glam,gmic,cam --preset tiny`, benchmarks/smoke_run.py) on a
-    # fresh cache, a 2-core AMD EPYC (AVX-512, no AMX); GLAM's three stages train one epoch each, every
+    # fresh cache, a 2-core AMD EPYC (AVX-512, no AMX), idle; the mean of two runs (2026-12-08: 42.9 s and
+    # 36.1 s wall); GLAM's three stages train one epoch each, every
     # stage validates its starting network first
     "tiny": {
-        "cam": (8.0, TrainingWork(1, 24, 8, (256, 160), "tiny", start_validations=1)),
-        "glam": (30.0, TrainingWork(3, 24, 8, (256, 160), "tiny", start_validations=3)),
-        "gmic": (10.0, TrainingWork(1, 24, 8, (256, 160), "tiny", start_validations=1)),
+        "cam": (4.1, TrainingWork(1, 24, 8, (256, 160), "tiny", start_validations=1)),
+        "glam": (18.2, TrainingWork(3, 24, 8, (256, 160), "tiny", start_validations=3)),
+        "gmic": (4.9, TrainingWork(1, 24, 8, (256, 160), "tiny", start_validations=1)),
     },
 }
 """preset → method → (training seconds, its work) of a reference training on a 2-core CPU."""
