@@ -39,8 +39,9 @@ def test_geometry_ratios_stay_within_a_factor_1_5_of_the_published_configuration
 
 
 def test_the_published_reference_row_is_the_published_geometry(table):
-    """At 2944×1920 the measured geometry is the published one (reference/README.md): GLAM's maps
-    184×120 / 92×60 / 46×30 with a 32×32 window, GMIC's 46×30 with a 4×4 window, 883-pixel receptive field."""
+    """At 2944×1920 the measured geometry is the published one (methods/glam.md and methods/gmic.md, "What
+    the model computes"): GLAM's maps 184×120 / 92×60 / 46×30 with a 32×32 window, GMIC's 46×30 with a 4×4
+    window, 883-pixel receptive field."""
     full = {r.method: r for r in table if r.preset == "full"}
     assert full["glam"].map_cells == ((184, 120), (92, 60), (46, 30)) and full["glam"].window_cells == (32, 32)
     assert full["gmic"].map_cells == ((46, 30),) and full["gmic"].window_cells == (4, 4)

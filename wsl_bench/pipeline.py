@@ -497,18 +497,6 @@ def prepare_method(
     return checkpoint
 
 
-def build_method(
-    name: str, config: RunConfig, progress: bool = True, context: DistContext = SINGLE_PROCESS
-) -> tuple[SaliencyMethod, dict[str, Any]]:
-    """Instantiate a method; train it (or load its cached checkpoint) when it is trainable.
-
-    Returns:
-        the method ready for ``predict`` and its checkpoint facts for the manifest.
-    """
-    run_method = create_run_method(name, config)
-    return run_method.method, prepare_method(run_method, config, progress=progress, context=context)
-
-
 def create_trainee(name: str, config: RunConfig) -> TrainableMethod | None:
     """The method whose weights run method ``name`` needs trained (:attr:`RunMethod.trainee` when
     :attr:`RunMethod.needs_training`), created without ``name`` itself when that is a post-hoc

@@ -45,7 +45,12 @@ from wsl_bench.evaluation import cpu_histograms
 from wsl_bench.evaluation.figure_maps import save_figure_maps
 from wsl_bench.evaluation.identity import current_records
 from wsl_bench.evaluation.interrupts import is_method_failure, watch_sigint
-from wsl_bench.evaluation.loading import Loaded, default_workers, load_batches, load_one
+from wsl_bench.evaluation.loading import (  # noqa: F401  (SampleCache: re-exported)
+    Loaded,
+    SampleCache,
+    default_workers,
+    load_batches,
+)
 from wsl_bench.evaluation.manifest import (
     MANIFEST_SCHEMA,
     DamagedFileError,
@@ -235,52 +240,6 @@ def open_manifest(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         "methods": {},
         "checkpoints": {},
     }
-
-
-class SampleCache:
-    """Loaded samples of one split, kept while they fit in a byte budget, so every method sees
-    identical images without decoding them once per method. An image that fails to load is
-    remembered with its error (and fails alike for every method)."""
-
-    def __init__(self, dataset: MammogramDataset, budget_bytes: int = 2 * 2**30) -> None:
-        self.dataset = dataset
-        self.budget = budget_bytes
-        self.used = 0
-        self._samples: dict[str, Sample | SampleError] = {}
-
-    def has(self, sample_id: str) -> bool:
-        return sample_id in self._samples
-
-    def loaded(self, sample_id: str) -> Loaded:
-        """A cached image (:meth:`has` it) as the loader hands images over."""
-        cached = self._samples[sample_id]
-        if isinstance(cached, SampleError):
-            return Loaded(sample_id, error=cached)
-        return Loaded(sample_id, cached)
-
-    def add(self, loaded: Loaded) -> None:
-        """Keep an image just loaded (or its error), within the byte budget."""
-        if loaded.error is not None:
-            self._samples[loaded.sample_id] = loaded.error
-            return
-        sample = loaded.sample
-        size = sample.image.nbytes + sum(m.nbytes for m in sample.masks.values() if m is not None)
-        if self.used + size <= self.budget:
-            self._samples[loaded.sample_id] = sample
-            self.used += size
-
-    def get(self, sample_id: str) -> Sample:
-        """The sample, loaded now if it is not kept.
-
-        Raises:
-            SampleError: the image cannot be loaded (any loader error becomes one, naming the image).
-        """
-        loaded = self.loaded(sample_id) if self.has(sample_id) else load_one(self.dataset, sample_id)
-        if not self.has(sample_id):
-            self.add(loaded)
-        if loaded.error is not None:
-            raise loaded.error
-        return loaded.sample
 
 
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsl_bench.data import MammogramDataset, Sample, SampleError
 from wsl_bench.saliency import CLASSES
-
-if TYPE_CHECKING:
-    from wsl_bench.evaluation.harness import SampleCache
 
 
 @dataclass
@@ -127,6 +124,52 @@ def _worker_sources(dataset: MammogramDataset, ids: list[str], workers: int, pre
                         num_workers=min(workers, len(ids)), collate_fn=_one, prefetch_factor=prefetch)
     for shared in loader:
         yield shared.unpack()
+
+
+class SampleCache:
+    """Loaded samples of one split, kept while they fit in a byte budget, so every method sees
+    identical images without decoding them once per method. An image that fails to load is
+    remembered with its error (and fails alike for every method)."""
+
+    def __init__(self, dataset: MammogramDataset, budget_bytes: int = 2 * 2**30) -> None:
+        self.dataset = dataset
+        self.budget = budget_bytes
+        self.used = 0
+        self._samples: dict[str, Sample | SampleError] = {}
+
+    def has(self, sample_id: str) -> bool:
+        return sample_id in self._samples
+
+    def loaded(self, sample_id: str) -> Loaded:
+        """A cached image (:meth:`has` it) as the loader hands images over."""
+        cached = self._samples[sample_id]
+        if isinstance(cached, SampleError):
+            return Loaded(sample_id, error=cached)
+        return Loaded(sample_id, cached)
+
+    def add(self, loaded: Loaded) -> None:
+        """Keep an image just loaded (or its error), within the byte budget."""
+        if loaded.error is not None:
+            self._samples[loaded.sample_id] = loaded.error
+            return
+        sample = loaded.sample
+        size = sample.image.nbytes + sum(m.nbytes for m in sample.masks.values() if m is not None)
+        if self.used + size <= self.budget:
+            self._samples[loaded.sample_id] = sample
+            self.used += size
+
+    def get(self, sample_id: str) -> Sample:
+        """The sample, loaded now if it is not kept.
+
+        Raises:
+            SampleError: the image cannot be loaded (any loader error becomes one, naming the image).
+        """
+        loaded = self.loaded(sample_id) if self.has(sample_id) else load_one(self.dataset, sample_id)
+        if not self.has(sample_id):
+            self.add(loaded)
+        if loaded.error is not None:
+            raise loaded.error
+        return loaded.sample
 
 
 def load_batches(cache: SampleCache, ids: list[str], batch_size: int, workers: int = 0,

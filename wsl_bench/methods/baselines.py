@@ -1,4 +1,5 @@
-"""Trivial baselines every learned method must beat (DESIGN.md §5).
+"""Trivial baselines every learned method must beat: the floor of every benchmark
+(docs/architecture.md#reference-points-the-floor-and-the-ceiling).
 
 - ``random``: uniform noise; the floor of every metric.
 - ``centre_prior``: a Gaussian bump at the centre of the breast region, the best one can do knowing

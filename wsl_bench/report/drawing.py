@@ -16,7 +16,7 @@ from wsl_bench.report.labels import spread
 from wsl_bench.report.styles import Style, styles
 
 if TYPE_CHECKING:
-    from wsl_bench.report.tables import RunData
+    from wsl_bench.report.run_data import RunData
 
 LABEL_POINTS = 8.0
 """Font size of direct labels, in points."""

@@ -22,7 +22,7 @@ from wsl_bench.evaluation.records import decode_counts
 from wsl_bench.report.families import classifier_of, method_options, ordered
 
 if TYPE_CHECKING:
-    from wsl_bench.report.tables import RunData
+    from wsl_bench.report.run_data import RunData
 
 TOLERANCE = 1e-3
 """Two maps count as identical on an image when, at every threshold, the number of pixels at or

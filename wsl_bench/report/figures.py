@@ -40,7 +40,7 @@ from wsl_bench.report.styles import FAMILY_MARKERS, styles
 from wsl_bench.saliency import CLASSES
 
 if TYPE_CHECKING:
-    from wsl_bench.report.tables import RunData
+    from wsl_bench.report.run_data import RunData
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from wsl_bench.report.page import FigureEntry
 from wsl_bench.saliency import CLASSES
 
 if TYPE_CHECKING:
-    from wsl_bench.report.tables import RunData
+    from wsl_bench.report.run_data import RunData
 
 MAX_METHODS = 7
 """Map columns per figure: at 1.6 in each, a figure of 8 columns is 1500 px wide at 120 dpi."""

@@ -17,16 +17,13 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from wsl_bench.atomic_io import atomic_write, save_figure_atomic
 from wsl_bench.saliency import CLASSES, CRITERION_NAMES
 from wsl_bench.weights import atomic_torch_save
-
-if TYPE_CHECKING:
-    from wsl_bench.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +37,24 @@ CRITERIA: dict[str, tuple[str, int]] = {
 assert tuple(CRITERIA) == CRITERION_NAMES  # the contract (wsl_bench.saliency) names the same ones
 
 
+class TrainerView(Protocol):
+    """What a callback reads of the :class:`~wsl_bench.training.trainer.Trainer` that calls it.
+
+    Declared here rather than imported: the trainer imports this module, and an import back, even one
+    for type checking alone, would be a cycle (``tests/test_architecture.py``).
+    """
+
+    out_dir: Path
+    epoch: int
+    history: list[dict[str, Any]]
+    train_set: Any  # the training split of the current fit() (a MammogramDataset)
+
+    @property
+    def last_path(self) -> Path: ...
+
+    def method_checkpoint(self, train_set: Any, metrics: dict[str, Any]) -> dict[str, Any]: ...
+
+
 @runtime_checkable
 class EpochCallback(Protocol):
     """Called by the trainer (rank 0 only) after each epoch, with that epoch's ``log.csv`` row.
@@ -48,7 +63,7 @@ class EpochCallback(Protocol):
     epoch as completed; ``trainer.last_path`` is written after every callback has run.
     """
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, Any]) -> None: ...
 
 
 @runtime_checkable
@@ -95,7 +110,7 @@ class BestCheckpoint:
         value = self.value(row)
         return value is not None and (self.best_value is None or value > self.best_value)
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, Any]) -> None:
         if self.is_best(row):
             self.best_value = self.value(row)
             atomic_torch_save(trainer.method_checkpoint(trainer.train_set, row), self.path)
@@ -122,7 +137,7 @@ class TrainingLog:
         self.out_dir = Path(out_dir)
         self.title = title
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainerView, row: dict[str, Any]) -> None:
         self.write(trainer.history)
 
     def write(self, history: list[dict[str, Any]]) -> None:
