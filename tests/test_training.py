@@ -488,6 +488,30 @@ def test_global_init_copies_the_donors_resnet22_and_class_weights(name):
         narrower.initialise_global_backbone(donor)
 
 
+def test_glams_donorless_heads_start_at_zero_so_its_global_map_is_the_donors_head_map_rescaled():
+    """With ``donorless_heads="zero"`` the stage-3 and stage-4 heads contribute a constant sigmoid(0) = 0.5,
+    so the global map is ``w3·cam3 + (w2 + w1)·0.5``: it ranks pixels as the donor-started head does.
+    Left random, they add maps of their own."""
+    donor = cam(width=0.25)
+    with torch.no_grad():
+        donor.network().head.weight.normal_()
+    images = torch.randn(2, 1, *SMALL)
+    rescaled = {}
+    for start in ("zero", "random"):
+        glam = wsl_bench.create_method("glam", image_size=SMALL, width=0.25, global_init="cam", donorless_heads=start)
+        glam.initialise_global_backbone(donor)
+        heads = glam.network().global_network.postprocess_module
+        assert (start == "zero") == (not heads.gn_conv_1.weight.any() and not heads.gn_conv_2.weight.any())
+        w3, w2, w1 = glam.network().config.global_weights
+        glam.network().eval()
+        with torch.no_grad():
+            out = glam.network().run_global(images)
+        rescaled[start] = torch.allclose(out.saliency_map_global, w3 * out.cam_level3 + (w2 + w1) * 0.5, atol=1e-6)
+    assert rescaled == {"zero": True, "random": False}
+    with pytest.raises(ValueError, match="donorless_heads"):
+        wsl_bench.create_method("glam", image_size=SMALL, width=0.25, donorless_heads="donor")
+
+
 @pytest.mark.slow
 def test_run_trains_the_donor_first_and_keys_the_checkpoint_by_its_weights(toy_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WSL_BENCH_CACHE", str(tmp_path / "cache"))
