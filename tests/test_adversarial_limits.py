@@ -94,6 +94,7 @@ FOLDER_RUN = ["run", "--dataset", "folder", "--methods", "intensity", "--preset"
 
 
 # ------------------------------------------------------------------------------- 2: hangs
+@pytest.mark.slow
 def test_a_fifo_or_a_link_to_dev_zero_named_as_an_image_fails_its_record(clean_folder, tmp_path):
     root = _folder(clean_folder, tmp_path)
     fifo_id, zero_id = _test_images(root)[:2]
@@ -111,6 +112,7 @@ def test_a_fifo_or_a_link_to_dev_zero_named_as_an_image_fails_its_record(clean_f
     assert {r["status"] for i, r in records.items() if i not in (fifo_id, zero_id)} == {"ok"}
 
 
+@pytest.mark.slow
 def test_a_fifo_named_as_the_exam_list_is_refused(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from fixtures_real import make_nyu
@@ -137,6 +139,7 @@ def _shared_reference_bomb(depth: int = 45) -> list[dict]:
 
 
 @pytest.mark.parametrize("command", ["run", "prepare"])
+@pytest.mark.slow
 def test_an_exam_list_of_shared_references_is_refused_by_its_expanded_size(tmp_path, command):
     sys.path.insert(0, str(Path(__file__).parent))
     from fixtures_real import make_nyu
@@ -186,6 +189,7 @@ def _inflating_weights(path: Path, nbytes: int) -> None:
                 out.writestr(info.filename, data, compress_type=zipfile.ZIP_STORED)
 
 
+@pytest.mark.slow
 def test_a_weights_file_inflating_to_gigabytes_is_refused_from_its_zip_directory(clean_folder, tmp_path):
     weights = tmp_path / "glam.pt"
     _inflating_weights(weights, 1536 << 20)  # 1.5 GiB once loaded, past the cap
@@ -198,6 +202,7 @@ def test_a_weights_file_inflating_to_gigabytes_is_refused_from_its_zip_directory
     assert grew < 1024
 
 
+@pytest.mark.slow
 def test_a_record_whose_histogram_inflates_to_gigabytes_is_skipped_naming_the_bound(clean_folder, tmp_path):
     root = _folder(clean_folder, tmp_path)
     out = tmp_path / "run"
@@ -228,6 +233,7 @@ def test_a_record_line_too_long_is_skipped_without_being_read_whole(tmp_path):
 
 
 @pytest.mark.parametrize("flag", [["run", "--image-size"], ["data", "synth", "--out", "x", "--size"]])
+@pytest.mark.slow
 def test_an_image_size_beyond_the_bound_is_refused_before_anything_is_allocated(tmp_path, flag):
     status, stderr, grew = capped([*flag, "20000x20000"], tmp_path, timeout=120)
     line = refusal(stderr)
@@ -247,6 +253,7 @@ def _png_declaring(path: Path, height: int, width: int) -> None:
                      + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_a_small_png_declaring_169_megapixels_fails_its_record_naming_the_bound(clean_folder, tmp_path):
     root = _folder(clean_folder, tmp_path)
     big = _test_images(root)[0]
@@ -261,6 +268,7 @@ def test_a_small_png_declaring_169_megapixels_fails_its_record_naming_the_bound(
     assert grew < 1024
 
 
+@pytest.mark.slow
 def test_a_raw_nyu_png_declaring_169_megapixels_fails_its_image_in_prepare(tmp_path):
     from test_nyu_prepare import VIEWS, raw_exam, small_raw, write_raw_list
 
@@ -278,6 +286,7 @@ def test_a_raw_nyu_png_declaring_169_megapixels_fails_its_image_in_prepare(tmp_p
     assert grew < 1024
 
 
+@pytest.mark.slow
 def test_an_index_of_100k_rows_is_refused_naming_the_bound(clean_folder, tmp_path):
     root = _folder(clean_folder, tmp_path)
     with open(root / "labels.csv", newline="") as handle:

@@ -78,6 +78,7 @@ def _rewrite(path: Path, edit) -> None:
 
 
 # ------------------------------------------------------------------------------- 4: wrong numbers, exit 0
+@pytest.mark.slow
 def test_a_record_of_an_image_not_in_the_dataset_is_not_counted(finished_run, capsys):
     before = results(finished_run)
 
@@ -97,6 +98,7 @@ def test_a_record_of_an_image_not_in_the_dataset_is_not_counted(finished_run, ca
     assert {key: row["n_images"] for key, row in after.items()} == {key: row["n_images"] for key, row in before.items()}
 
 
+@pytest.mark.slow
 def test_values_out_of_range_are_never_reported(finished_run):
     def implausible(records):
         for record in records:
@@ -112,6 +114,7 @@ def test_values_out_of_range_are_never_reported(finished_run):
     assert "no record for 1 of 6 evaluated images" in (finished_run / "report" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_manifest_from_another_run_does_not_title_these_records(finished_run, tmp_path, capsys):
     other = tmp_path / "other"
     data = tmp_path / "data"
@@ -128,6 +131,7 @@ def test_a_manifest_from_another_run_does_not_title_these_records(finished_run, 
     assert "`folder`" not in (finished_run / "report" / "results.md").read_text()  # the old report stays
 
 
+@pytest.mark.slow
 def test_a_report_from_part_of_the_records_says_what_is_missing(finished_run):
     def half(records):
         tests = [r for r in records if r["method"] == "intensity" and r["split"] == "test"]
@@ -142,6 +146,7 @@ def test_a_report_from_part_of_the_records_says_what_is_missing(finished_run):
     assert "no record for 3 of 6 evaluated images" in (finished_run / "report" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_report_over_training_seeds_counts_the_missing_records_of_every_seed(tmp_path):
     """A run of several training seeds reports what each seed lacks: part of one seed's records, or a
     seed with no record at all (the missing count of the first seed alone said nothing)."""
@@ -258,6 +263,7 @@ def hostile_plugins(tmp_path, monkeypatch):
     sys.modules.pop("hostile_plugins", None)
 
 
+@pytest.mark.slow
 def test_a_plugins_failure_is_that_methods_failure(toy_dataset, hostile_plugins, tmp_path, capsys):
     out = tmp_path / "run"
     status = exit_code(["run", "--methods", "exits-plugin,broken-plugin,interrupt-plugin,intensity", *RUN,
@@ -280,6 +286,7 @@ def test_a_plugins_failure_is_that_methods_failure(toy_dataset, hostile_plugins,
     assert "failed 14" in summary["broken-plugin"] and "constructor is broken" in summary["broken-plugin"]
 
 
+@pytest.mark.slow
 def test_a_plugin_whose_training_fails_fails_each_training_seed_and_the_run_goes_on(toy_dataset, hostile_plugins,
                                                                                      tmp_path, capsys):
     """With ``--seeds`` a plugin's failed training is that seed's failure: failed records of each seed
@@ -310,6 +317,7 @@ def test_a_real_ctrl_c_still_stops_the_run(toy_dataset, hostile_plugins, tmp_pat
     assert not [r for r in read_records(out / "records.jsonl") if r["method"] == "intensity"]
 
 
+@pytest.mark.slow
 def test_a_plugin_map_of_20000_squared_pixels_fails_its_records_within_the_memory_bound(tmp_path):
     """In a subprocess with the address-space cap of ``test_adversarial_limits`` (the plugin installed
     through ``PYTHONPATH``): refused from its shape, before the harness reads or resizes it."""

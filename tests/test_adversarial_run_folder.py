@@ -92,6 +92,7 @@ def test_a_users_hidden_tmp_files_survive_a_refused_run(tmp_path, capsys):
     assert listing(user) == before  # no .lock either
 
 
+@pytest.mark.slow
 def test_only_the_runs_own_temporary_files_are_removed_from_a_run_folder(finished_run, capsys):
     out = finished_run
     mine = [out / ".draft.tmp", out / ".notes.tmp", out / "report" / ".draft.tmp", out / "maps" / ".keep.tmp"]
@@ -161,6 +162,7 @@ def test_a_lock_file_linked_to_a_users_file_never_truncates_it(finished_run, tmp
     assert precious.read_text() == "do not truncate"
 
 
+@pytest.mark.slow
 def test_a_linked_out_folder_itself_is_followed(toy_dataset, tmp_path):
     """The user chose ``--out``: a link there is theirs, and the run goes where it points."""
     target = tmp_path / "target"
@@ -255,6 +257,7 @@ def test_an_unreadable_weights_file_is_one_line(toy_dataset, tmp_path, capsys):
     assert str(weights) in one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_a_damaged_cached_checkpoint_is_set_aside_and_retrained(toy_dataset, tmp_path, isolated_cache, caplog):
     cam = ["run", "--methods", "cam", "--dataset", "toy", "--preset", "tiny", "--no-progress", "--image-size", "64x48"]
     assert exit_code([*cam, "--out", str(tmp_path / "first")]) == 0
@@ -282,6 +285,7 @@ def test_train_out_takes_the_run_folder_lock(toy_dataset, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing trained into the held folder
 
 
+@pytest.mark.slow
 def test_two_processes_needing_one_checkpoint_train_it_once(toy_dataset, tmp_path, monkeypatch):
     """A second run needing the same cache key waits for the first one's training, then loads it."""
     import wsl_bench.pipeline as pipeline
@@ -317,6 +321,7 @@ def test_two_processes_needing_one_checkpoint_train_it_once(toy_dataset, tmp_pat
     assert len(facts) == 2 and facts[0]["sha256"] == facts[1]["sha256"]
 
 
+@pytest.mark.slow
 def test_a_train_folder_holds_one_trainings_files(toy_dataset, tmp_path):
     out = tmp_path / "train"
     assert exit_code(["train", "--method", "cam", "--dataset", "toy", "--preset", "tiny", "--epochs", "1",

@@ -175,6 +175,7 @@ def test_explainer_conforms_and_leaves_no_graph_hooks_or_gradients(name):
         )
 
 
+@pytest.mark.slow
 def test_no_tensor_with_a_graph_survives_any_explainer():
     explainers = [make(name) for name in EXPLAINERS]
     images = conformance_images(1, SIZE)

@@ -55,6 +55,7 @@ def test_probabilities(outputs, reference):
 
 
 @pytest.mark.parametrize("name", ["cam_level1", "cam_level2", "cam_level3", "cam_mean", "saliency_map_global"])
+@pytest.mark.slow
 def test_global_maps(outputs, reference, name):
     assert_close(name, getattr(outputs.glob, name), reference[name])
 

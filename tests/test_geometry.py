@@ -38,6 +38,7 @@ def test_geometry_ratios_stay_within_a_factor_1_5_of_the_published_configuration
         assert 1 / TOLERANCE <= ratio <= TOLERANCE, f"{method} at {preset}: {name} is {ratio:.2f}× the published"
 
 
+@pytest.mark.slow
 def test_the_published_reference_row_is_the_published_geometry(table):
     """At 2944×1920 the measured geometry is the published one (methods/glam.md and methods/gmic.md, "What
     the model computes"): GLAM's maps 184×120 / 92×60 / 46×30 with a 32×32 window, GMIC's 46×30 with a 4×4

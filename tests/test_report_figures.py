@@ -113,6 +113,7 @@ def test_dice_vs_lesion_size_has_a_panel_per_family_with_distinct_labelled_lines
         assert any(t.get_text() == "cam ≡ gradcam +3" for t in ax.texts)  # identical methods drawn once
 
 
+@pytest.mark.slow
 def test_cost_vs_dice_labels_every_method_once_per_class_without_overlap(run, drawn, tmp_path):
     data, plan, results, _ = run
     assert figures.cost_vs_dice(results, tmp_path, plan)

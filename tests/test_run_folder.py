@@ -36,6 +36,7 @@ def folder_data(tmp_path):
     return good, only_test
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_its_first_record_does_not_block_the_corrected_command(folder_data, tmp_path,
                                                                                         capsys):
     good, only_test = folder_data

@@ -239,6 +239,7 @@ def test_the_summary_sets_them_apart_and_never_calls_them_the_best(reported):
     assert page.count("supervised reference points (trained with masks, not ranked)</th>") == 2  # one per class
 
 
+@pytest.mark.slow
 def test_every_figure_shows_the_family(reported):
     _, out = reported
     assert (out / "qualitative_supervised.png").exists()

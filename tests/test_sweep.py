@@ -79,6 +79,7 @@ def _sweep_argv(out: Path) -> list[str]:
             "--image-size", "128x80", "--out", str(out), "--no-progress"]
 
 
+# a whole sweep of two levels (about 12 s): the tests that read it are all marked slow
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """The sweep, its rerun into the same folder, a rerun into a new folder, and ``--report`` on both,
@@ -102,6 +103,7 @@ def swept(tmp_path_factory):
             "fresh": fresh, "rebuilt": rebuilt}
 
 
+@pytest.mark.slow
 def test_the_sweep_runs_and_announces_each_level(swept):
     code, stdout, stderr = swept["first"]
     assert code == 0, stderr
@@ -113,6 +115,7 @@ def test_the_sweep_runs_and_announces_each_level(swept):
     assert str(swept["out"] / "sweep.md") in stdout
 
 
+@pytest.mark.slow
 def test_one_ordinary_run_folder_per_level_with_the_level_in_its_manifest(swept):
     keys = set()
     for level in LEVELS:
@@ -126,6 +129,7 @@ def test_one_ordinary_run_folder_per_level_with_the_level_in_its_manifest(swept)
     assert [level for level, _ in level_folders(swept["out"])] == list(LEVELS)
 
 
+@pytest.mark.slow
 def test_the_measured_conspicuity_falls_with_the_level(swept):
     measured = {level: json.loads((swept["out"] / level / "conspicuity.json").read_text()) for level in LEVELS}
     for level in LEVELS:
@@ -136,6 +140,7 @@ def test_the_measured_conspicuity_falls_with_the_level(swept):
         assert easy["contrast_median"] > hard["contrast_median"]
 
 
+@pytest.mark.slow
 def test_the_report_holds_one_row_per_method_level_and_class(swept):
     out = swept["out"]
     for name in ("sweep.md", "sweep.pdf"):
@@ -165,6 +170,7 @@ def test_the_report_holds_one_row_per_method_level_and_class(swept):
     assert markdown.count(f"| {LEARNER} | learned |") == len(CLASSES)
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_every_record_and_a_new_folder_every_checkpoint(swept):
     code, stdout, stderr = swept["again"]
     assert code == 0, stderr
@@ -179,6 +185,7 @@ def test_a_rerun_reuses_every_record_and_a_new_folder_every_checkpoint(swept):
     pd.testing.assert_frame_equal(fresh, first)  # the same checkpoints give the same numbers
 
 
+@pytest.mark.slow
 def test_report_rebuilds_the_same_tables_from_the_level_folders(swept):
     code, stdout, stderr = swept["rebuilt"]
     assert code == 0, stderr

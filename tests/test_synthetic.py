@@ -286,6 +286,7 @@ def test_benign_and_malignant_masses_differ_in_shape(population):
 
 # ----------------------------------------------------------------------------- figure
 # (generation speed is measured by benchmarks/test_bench_synthetic.py, never asserted in a unit test)
+@pytest.mark.slow
 def test_plot_examples_writes_a_readable_png(tmp_path):
     path = plot_examples(tmp_path / "fig" / "ex.png", n=4, image_size=(128, 80), seed=0)
     assert path.is_file() and path.stat().st_size < 500_000

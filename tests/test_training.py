@@ -82,6 +82,7 @@ def test_pos_weight_multiplies_positive_terms_only(name, options, stage):
                 torch.testing.assert_close(per_class[0] / 3.0 + per_class[1] / 0.5, plain, rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_trainer_weights_positives_by_the_split_imbalance(toy_dataset, tmp_path, monkeypatch):
     seen = []
     original = CAM.training_loss
