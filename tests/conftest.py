@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated checkpoint cache, and a tiny in-memory dataset for harness tests."""
+"""Shared fixtures: an isolated checkpoint cache, a tiny in-memory dataset for harness tests, and a finished
+run of it made once per module for tests that damage a copy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 # Set before torch is first imported, which the imports below do.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -85,3 +87,27 @@ def toy_dataset():
     DATASETS.unregister("toy")
     ToyDataset.corrupt = set()
     ToyDataset.counts = counts
+
+
+def finished_toy_run(tmp_path_factory, run_argv: list[str]) -> Path:
+    """One finished ``wsl-bench run RUN_ARGV --out OUT`` of the ``toy`` dataset, made with a checkpoint cache
+    of its own (for a module-scoped fixture, which the per-test cache fixture cannot serve); returns OUT."""
+    from wsl_bench.cli import main
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    saved = os.environ.get("WSL_BENCH_CACHE")
+    os.environ["WSL_BENCH_CACHE"] = str(tmp_path_factory.mktemp("reference_cache"))
+    DATASETS.register("toy", ToyDataset)
+    try:
+        try:
+            code = main(["run", *run_argv, "--out", str(out)])
+        except SystemExit as exit_info:
+            code = exit_info.code
+        assert code == 0, f"the reference run exited {code}"
+    finally:
+        DATASETS.unregister("toy")
+        if saved is None:
+            os.environ.pop("WSL_BENCH_CACHE")
+        else:
+            os.environ["WSL_BENCH_CACHE"] = saved
+    return out

@@ -47,21 +47,9 @@ def results(run: Path) -> dict[tuple[str, str], dict[str, str]]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """One finished run of the module, made once (with ``toy`` registered and a cache of its own)."""
-    from conftest import ToyDataset
+    from conftest import finished_toy_run
 
-    out = tmp_path_factory.mktemp("reference") / "run"
-    saved = os.environ.get("WSL_BENCH_CACHE")
-    os.environ["WSL_BENCH_CACHE"] = str(tmp_path_factory.mktemp("reference_cache"))
-    DATASETS.register("toy", ToyDataset)
-    try:
-        assert exit_code(["run", "--methods", "intensity,random", *RUN, "--out", str(out)]) == 0
-    finally:
-        DATASETS.unregister("toy")
-        if saved is None:
-            os.environ.pop("WSL_BENCH_CACHE")
-        else:
-            os.environ["WSL_BENCH_CACHE"] = saved
-    return out
+    return finished_toy_run(tmp_path_factory, ["--methods", "intensity,random", *RUN])
 
 
 @pytest.fixture
