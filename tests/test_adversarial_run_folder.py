@@ -127,26 +127,17 @@ def test_a_report_folder_linked_elsewhere_is_never_written_through(finished_run,
     assert listing(elsewhere) == {"keep.txt": b"mine"}
 
 
-def test_a_records_file_linked_elsewhere_is_never_appended_to(finished_run, tmp_path, capsys):
-    other = tmp_path / "other.jsonl"
-    other.write_text("")
-    records = finished_run / "records.jsonl"
-    records.unlink()
-    records.symlink_to(other)
+@pytest.mark.parametrize("run_file", ["records.jsonl", ".lock"])
+def test_a_run_file_linked_to_a_users_file_never_writes_through_the_link(finished_run, tmp_path, capsys, run_file):
+    """records.jsonl was appended to, and .lock truncated, through a link to a file of the user's."""
+    users = tmp_path / "precious.txt"
+    users.write_text("do not append or truncate")
+    linked = finished_run / run_file
+    linked.unlink()
+    linked.symlink_to(users)
     assert exit_code(["run", *RUN, "--out", str(finished_run)]) == 2
-    assert "records.jsonl" in one_error_line(capsys)
-    assert other.read_text() == ""
-
-
-def test_a_lock_file_linked_to_a_users_file_never_truncates_it(finished_run, tmp_path, capsys):
-    precious = tmp_path / "precious.txt"
-    precious.write_text("do not truncate")
-    lock = finished_run / ".lock"
-    lock.unlink()
-    lock.symlink_to(precious)
-    assert exit_code(["run", *RUN, "--out", str(finished_run)]) == 2
-    assert ".lock" in one_error_line(capsys)
-    assert precious.read_text() == "do not truncate"
+    assert run_file in one_error_line(capsys)
+    assert users.read_text() == "do not append or truncate"
 
 
 @pytest.mark.slow
