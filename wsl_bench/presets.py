@@ -164,7 +164,7 @@ block per local stage (at a 45-pixel patch the published depth would see 1.6 pat
 # chance (validation PxAP 0.005 / 0.013 benign / malignant, obvious lesions, CAM seed-0 donor) where
 # its final-map head alone and GMIC's global map from the same donor scored 0.103 / 0.194 and
 # 0.104 / 0.198; at zero the global map starts at 0.103 / 0.190. Three epochs of the global stage kept
-# 0.013-0.028 / 0.092-0.096 (random heads: 0.006-0.007 / 0.009-0.010; another donor, see glam.md).
+# 0.013-0.028 / 0.072-0.096 (random heads: 0.004-0.007 / 0.011; another donor, see glam.md).
 FINE_TUNING_FROM_CAM: dict[str, Training] = {
     "glam": Training(learning_rate=1e-4, global_epochs=0.25, local_epochs=0.34, joint_epochs=0.17,
                      global_init="cam", donorless_heads="zero"),
